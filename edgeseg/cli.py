@@ -1,0 +1,252 @@
+"""The ``edgeseg`` command: thin wrappers that parse, call the library and print."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from .errors import EdgesegError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Take a trained segmentation model to an edge device and run it on a live camera.")
+
+DEFAULT_TARGET = "onnxruntime"
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn edgeseg's own errors into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except EdgesegError as e:
+            _fail(str(e))
+        except OSError as e:
+            if e.errno == 28:  # ENOSPC
+                _fail(f"{e.filename or 'output'}: disk full; free space and run again (nothing was left half-written)")
+            raise
+
+    return wrapper
+
+
+def _default_bundle() -> Path:
+    from .convert.build import DEFAULT_MODEL, default_bundle_dir
+
+    p = default_bundle_dir(DEFAULT_MODEL, DEFAULT_TARGET, "int8")
+    if not p.is_dir():
+        raise EdgesegError(f"no BUNDLE given and the default bundle {p} does not exist; "
+                           f"create it with `edgeseg convert --target {DEFAULT_TARGET}` or pass a bundle folder")
+    return p
+
+
+def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Optional[list[str]] = None,
+                threads: Optional[int] = None):
+    from .runtime.model import Model, Thresholds
+
+    opts = {"threads": threads} if threads is not None else {}
+    model = Model.load(bundle or _default_bundle(), **opts)
+    ids = None
+    if classes:
+        ids = []
+        for c in classes:
+            if c.isdigit():
+                ids.append(int(c))
+            elif c in model.names:
+                ids.append(model.names.index(c))
+            else:
+                raise EdgesegError(f"--classes: '{c}' is not a class of this bundle; choose from {', '.join(model.names)}")
+    model.thresholds = Thresholds(conf=conf, iou=iou, classes=ids)
+    return model
+
+
+@app.command()
+@friendly
+def convert(
+    model: Optional[Path] = typer.Argument(None, help="Model file (.onnx, Ultralytics .pt, TorchScript); default: the bundled reference model."),
+    target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target profile name (see `edgeseg doctor`)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8, calibrated (the target's default)."),
+    fp16: bool = typer.Option(False, "--fp16"),
+    fp32: bool = typer.Option(False, "--fp32"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images or an Ultralytics dataset .yaml."),
+    calib_images: Optional[int] = typer.Option(None, "--calib-images", help="How many calibration images to sample."),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input size, for models with a dynamic input."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default bundles/<model>_<target>_<precision>)."),
+    head: Optional[str] = typer.Option(None, "--head", help="yolo-seg or semantic (default: detected)."),
+    names: Optional[str] = typer.Option(None, "--names", help="Class names: a,b,c or a .txt file."),
+    no_split: bool = typer.Option(False, "--no-split", help="Keep Ultralytics' concatenated output (for comparison: INT8 then detects nothing)."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint (runs code from the file)."),
+    keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
+) -> None:
+    """Convert a trained model into a deployment bundle for one target."""
+    from .convert import convert as do_convert
+
+    chosen = [p for p, on in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if on]
+    if len(chosen) > 1:
+        raise EdgesegError("pass only one of --int8, --fp16, --fp32")
+    b = do_convert(model, target=target, precision=chosen[0] if chosen else None, calib=calib,
+                   calib_images=calib_images, imgsz=imgsz, out=out, head=head, names=names, split=not no_split,
+                   trust_model=trust_model, options={"keep_float": keep_float or []},
+                   log=lambda m: typer.echo(m, err=True))
+    typer.echo(str(b.path))
+
+
+@app.command()
+@friendly
+def run(
+    bundle: Optional[Path] = typer.Argument(None, help="Bundle folder; default: the reference ONNX Runtime INT8 bundle."),
+    camera: Optional[str] = typer.Option(None, "--camera", help="Camera index (0, 1, ...) or 'pi' for picamera2."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Video file, image folder or glob, or rtsp:// / http:// URL."),
+    show: bool = typer.Option(False, "--show", help="Show a window with the results."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi) or a folder of images."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE."),
+    conf: float = typer.Option(0.25, "--conf", help="Confidence threshold."),
+    iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold."),
+    classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes (ids or names); repeatable."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many frames."),
+    width: Optional[int] = typer.Option(None, "--width", help="Camera capture width."),
+    height: Optional[int] = typer.Option(None, "--height", help="Camera capture height."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Camera frame rate."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Runtime threads (default: the runtime's)."),
+) -> None:
+    """Stream frames through a bundle: camera, video, images or RTSP; show, save or write JSON."""
+    from .runtime.pipeline import run_pipeline
+    from .runtime.sinks import JsonlSink, WindowSink, make_save_sink
+    from .runtime.sources import open_source
+
+    if (camera is None) == (source is None):
+        raise EdgesegError("pass exactly one of --camera N (or --camera pi) and --source PATH_OR_URL")
+    model = _load_model(bundle, conf, iou, classes, threads)
+    spec = camera if camera is not None else source
+    if camera is not None and camera != "pi" and not camera.isdigit():
+        raise EdgesegError(f"--camera {camera}: expected a camera index (0, 1, ...) or 'pi'")
+    src = open_source(spec, width, height, fps, **({"prefer_pi": True} if camera == "0" else {}),
+                      **({"on_event": lambda m: typer.echo(f"\n{m}", err=True)} if camera is not None or "://" in str(spec) else {}))
+    sinks = []
+    try:
+        if save:
+            sinks.append(make_save_sink(save, getattr(src, "fps", 30.0)))
+        if json_out:
+            sinks.append(JsonlSink(json_out, src.name))
+        if show:
+            sinks.append(WindowSink())
+    except BaseException:
+        for s in sinks:
+            s.close()
+        src.close()
+        raise
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def status(st, fr, res) -> None:
+        import time as _t
+
+        now = _t.monotonic()
+        if tty and now - last[0] > 0.5:
+            last[0] = now
+            sys.stderr.write(f"\rframe {st.frames}  {st.fps:5.1f} FPS  pre {st.median('preprocess', 30):.1f} ms  "
+                             f"inf {st.median('inference', 30):.1f} ms  dec {st.median('decode', 30):.1f} ms  "
+                             f"dropped {st.dropped}  objects {len(res.instances)}   ")
+            sys.stderr.flush()
+
+    st = run_pipeline(model, src, sinks, annotate=bool(save or show), max_frames=max_frames, on_frame=status)
+    if tty:
+        sys.stderr.write("\n")
+    s = st.summary()
+    typer.echo(f"{s['frames']} frames in {s['elapsed_s']} s: {s['fps']} FPS (pipelined), dropped {s['dropped']}; "
+               f"median preprocess {s['preprocess_ms']} ms, inference {s['inference_ms']} ms, decode {s['decode_ms']} ms"
+               + (f"; saved {save}" if save else "") + (f"; wrote {json_out}" if json_out else ""))
+    if st.error == "interrupted":
+        raise typer.Exit(130)
+
+
+@app.command("eval")
+@friendly
+def eval_cmd(
+    bundle: Optional[Path] = typer.Argument(None, help="Bundle folder; default: the reference INT8 bundle."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Ultralytics dataset .yaml (default: the bundled shapes set)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as a flat JSON object."),
+    against: Optional[Path] = typer.Option(None, "--against", help="FP32 bundle to measure fidelity against."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Folder for a visual report (side-by-side, per-class AP)."),
+    conf: float = typer.Option(0.001, "--conf", help="Confidence threshold (0.001 as Ultralytics' val)."),
+    iou: float = typer.Option(0.7, "--iou"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
+) -> None:
+    """Accuracy on a labeled dataset (mask/box mAP, or mIoU) and fidelity to the FP32 source."""
+    from .convert.build import DEFAULT_DATA
+    from .eval import evaluate
+
+    model = _load_model(bundle, conf, iou)
+    ref = _load_model(against, conf, iou) if against else None
+    r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=sys.stderr.isatty())
+    flat = {k: v for k, v in r.items() if not isinstance(v, dict)}
+    if "fidelity" in r:
+        flat.update({f"fidelity_{k}": v for k, v in r["fidelity"].items()})
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(flat, indent=2))
+    keys = ["mask_map50_95", "mask_map50", "box_map50_95", "box_map50", "mask_map50_95_full_res", "miou"]
+    typer.echo("  ".join(f"{k} {r[k]}" for k in keys if k in r) + f"  ({r['images']} images)")
+    if "fidelity" in r:
+        f = r["fidelity"]
+        typer.echo(f"fidelity vs {f['reference']}: detections kept {f['detections_kept']}, mean mask IoU {f['mean_mask_iou']}")
+
+
+@app.command()
+@friendly
+def bench(
+    bundle: Optional[Path] = typer.Argument(None, help="Bundle folder; default: the reference INT8 bundle."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Images or video to time on (default: bundled scenes)."),
+    frames: int = typer.Option(100, "--frames", help="Timed frames after warm-up."),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+) -> None:
+    """Per-stage latency (median, p90) one frame at a time, pipelined FPS and peak memory."""
+    from .convert.build import ASSETS
+    from .runtime.bench import bench as do_bench
+
+    model = _load_model(bundle, 0.25, 0.7, None, threads)
+    r = do_bench(model, source or str(ASSETS / "shapes" / "val" / "images"), frames=frames)
+    if json_out:
+        json_out.write_text(json.dumps(r, indent=2))
+    for k in ("preprocess_ms", "inference_ms", "decode_ms", "end_to_end_ms"):
+        typer.echo(f"{k:15s} median {r[k]['median']:8.2f}  p90 {r[k]['p90']:8.2f}")
+    typer.echo(f"pipeline_fps    {r['pipeline_fps']:.1f} ({r['pipeline_vs_inference_bound']:.2f}x of 1000/inference_ms)")
+    typer.echo(f"peak_rss_mb     {r['peak_rss_mb']:.0f}   instances max {r['instances_max']}")
+
+
+@app.command()
+@friendly
+def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """What each target needs, what is installed, and the command that installs the rest."""
+    from .doctor import report
+
+    r = report()
+    if json_out:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    typer.echo(f"python {r['python']} on {r['machine']}")
+    typer.echo("core: " + ", ".join(f"{k} {v}" for k, v in r["core"].items() if v))
+    typer.echo("host: " + ", ".join(f"{k} {v or 'missing'}" for k, v in r["host"].items()))
+    for t in r["targets"]:
+        tc = "ok " + " ".join(f"{k} {v}" for k, v in t.get("toolchain_versions", {}).items()) if t["toolchain_ok"] else f"MISSING: {t['toolchain_install']}"
+        rt = f"ok {t.get('runtime_version') or ''}" if t["runtime_ok"] else f"MISSING: {t['runtime_install']}"
+        typer.echo(f"{t['target']:12s} convert: {tc}\n{'':12s} run:     {rt}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""``edgeseg convert``: import, split, calibrate, run the target's toolchain, write the bundle."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .. import __version__
+from ..bundle import Bundle, Manifest, atomic_bundle_dir, write_manifest
+from ..errors import EdgesegError
+from ..profiles import load_profile
+from .calibration import DEFAULT_IMAGES, CalibrationSet, read_image
+from .importer import import_model
+from .split import split_yolo_seg
+from .toolchains import ConvertJob, get_toolchain
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL = ASSETS / "shapes-yolo11n-seg.onnx"
+DEFAULT_CALIB = ASSETS / "shapes" / "calib" / "images"
+DEFAULT_DATA = ASSETS / "shapes" / "shapes.yaml"
+
+
+def default_bundle_dir(model: Path, target: str, precision: str, split: bool = True) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.stem)
+    return Path("bundles") / f"{stem}_{target}_{precision}{'' if split else '_nosplit'}"
+
+
+def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
+            calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | None = None,
+            out: str | Path | None = None, head: str | None = None, names: str | None = None,
+            split: bool = True, trust_model: bool = False, fidelity: bool = True,
+            options: dict[str, Any] | None = None, log=print) -> Bundle:
+    """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``."""
+    profile = load_profile(target)
+    precision = precision or profile.default_precision
+    if precision not in profile.precisions:
+        raise EdgesegError(f"target '{target}' does not offer {precision}; choose one of: {', '.join(profile.precisions)}")
+    toolchain = get_toolchain(profile.toolchain)
+    model_path = Path(model) if model else DEFAULT_MODEL
+
+    # Read the images before minutes of toolchain work, so a bad set fails at once.
+    n = calib_images or int(profile.quantization.get("calibration_images", DEFAULT_IMAGES))
+    calib_path = Path(calib) if calib else DEFAULT_CALIB
+    if precision == "int8" or calib:
+        cset: CalibrationSet | None = CalibrationSet.from_path(calib_path, n)
+        cset.check_readable()
+    else:
+        cset = CalibrationSet.from_path(DEFAULT_CALIB, n) if fidelity and DEFAULT_CALIB.is_dir() else None
+
+    work = Path(tempfile.mkdtemp(prefix="edgeseg-convert-"))
+    try:
+        imported = import_model(model_path, head=head, names=names, imgsz=imgsz, trust_model=trust_model,
+                                workdir=work)
+        spec = dict(imported.head)
+        outputs = imported.output_roles
+        fp32 = imported.model
+        do_split = split and spec["type"] == "yolo-seg" and bool(profile.quantization.get("split_outputs", True))
+        if do_split:
+            det, pro = outputs[0]["name"], outputs[1]["name"]
+            fp32, outputs = split_yolo_seg(fp32, det, pro)
+            spec["layout"] = "split"
+            spec["strides"] = sorted({o["stride"] for o in outputs if o["role"] != "protos"})
+        fp32_path = work / "fp32.onnx"
+        onnx.save(fp32, str(fp32_path))
+
+        out_dir = Path(out) if out else default_bundle_dir(model_path, target, precision, do_split or spec["type"] != "yolo-seg")
+        log(f"converting {model_path} -> {out_dir} ({target}, {precision}"
+            f"{', outputs split' if do_split else ''})")
+        with atomic_bundle_dir(out_dir) as tmp:
+            job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
+                             tmp, dict(options or {}))
+            res = toolchain.convert(job)
+            h, w = imported.input_hw
+            inp = {"name": imported.input_name, "height": h, "width": w, "layout": "nchw", "dtype": "float32",
+                   "color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                   "letterbox": {"pad_value": 114, "center": True}}
+            inp.update(res.input)
+            quant = dict(res.quantization)
+            if cset is not None and precision == "int8":
+                quant["calibration"] = cset.summary()
+            manifest = Manifest(
+                target=target, precision=precision, runtime=profile.runtime, model_files=res.model_files,
+                input=inp, head=spec, names=imported.names, outputs=res.outputs,
+                source={"path": model_path.name, "sha256": imported.sha256, "format": imported.format,
+                        "metadata": {k: v for k, v in imported.metadata.items() if k in ("version", "task", "imgsz", "stride")}},
+                profile=profile.as_dict(), quantization=quant, toolchain=res.toolchain,
+                fidelity={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+            )
+            write_manifest(tmp, manifest)
+            if res.log:
+                (tmp / "toolchain.log").write_text(res.log)
+            if fidelity and cset is not None and cset.holdout:
+                manifest.fidelity.update(_fidelity(tmp, fp32_path, manifest, toolchain, cset))
+                write_manifest(tmp, manifest)
+        bundle = Bundle.load(out_dir)
+        f = bundle.manifest.fidelity
+        if "cosine" in f:
+            log(f"fidelity on {f['images']} held-back images: cosine per role {f['cosine']}"
+                + (f", detections kept {f.get('detections_kept')}, mask IoU {f.get('mean_mask_iou')}" if "matched" in f else ""))
+        return bundle
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, cset: CalibrationSet) -> dict:
+    import onnxruntime as ort
+
+    from ..fidelity import compare
+    from ..runtime.decode import make_decoder
+    from ..runtime.preprocess import preprocess
+
+    sess = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    iname = sess.get_inputs()[0].name
+    run_test = toolchain.host_runner(bundle_dir)
+    if run_test is None:
+        return {"note": "the converted model cannot run on this host; fidelity not measured"}
+    hw = manifest.input_hw
+    dec = make_decoder(manifest.head, [dict(o, quant=None) for o in manifest.outputs], manifest.names, hw)
+    layout, dtype = manifest.input.get("layout", "nchw"), manifest.input.get("dtype", "float32")
+
+    def run_ref(x):
+        xf, _ = x
+        return dict(zip(names, sess.run(None, {iname: xf})))
+
+    def prep(frame):
+        xf, lb = preprocess(frame, hw)
+        xt, _ = preprocess(frame, hw, layout, dtype)
+        return (xf, xt), lb
+
+    rep = compare((read_image(p) for p in cset.holdout), run_ref, lambda x: run_test(x[1]), prep, dec,
+                  manifest.outputs, manifest.head.get("num_classes") if manifest.head.get("layout") == "concat" else None)
+    rep["reference"] = "FP32 ONNX (outputs split as in this bundle) on ONNX Runtime"
+    rep["edgeseg_version"] = __version__
+    return rep

@@ -1,0 +1,221 @@
+"""Model import: any supported source becomes a canonical FP32 ONNX plus a head description.
+
+Supported sources: ONNX (Ultralytics YOLOv8/YOLO11-seg exports, semantic-segmentation models
+with [N,C,H,W] logits or [N,H,W] labels), Ultralytics ``.pt`` checkpoints (needs the optional
+``ultralytics`` package, and ``trust_model`` because a checkpoint is a pickle that runs code on
+load) and TorchScript archives (needs torch; exported to ONNX here).
+"""
+
+from __future__ import annotations
+
+import ast
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ..bundle import sha256_file
+from ..errors import EdgesegError, ToolchainMissing
+
+HEADS = ("yolo-seg", "semantic")
+
+
+@dataclass
+class ImportedModel:
+    model: onnx.ModelProto
+    path: Path
+    sha256: str
+    format: str
+    head: dict
+    names: list[str]
+    input_name: str
+    input_hw: tuple[int, int]
+    output_roles: list[dict] = field(default_factory=list)  # before splitting
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+
+
+def parse_names(text: str | None, where: str) -> list[str] | None:
+    """Class names from Ultralytics metadata (``{0: 'a', ...}``), a comma list or a text file."""
+    if text is None:
+        return None
+    text = text.strip()
+    p = Path(text)
+    if len(text) < 4096 and p.suffix in (".txt", ".names") and p.is_file():
+        return [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if text.startswith("{") or text.startswith("["):
+        try:
+            v = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise EdgesegError(f"{where}: class names {text[:60]!r} are not a dict or list literal; pass --names a,b,c") from None
+        if isinstance(v, dict):
+            return [str(v[k]) for k in sorted(v)]
+        return [str(x) for x in v]
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _load_onnx(path: Path) -> onnx.ModelProto:
+    if path.stat().st_size == 0:
+        raise EdgesegError(f"{path}: file is empty; export the model again")
+    try:
+        m = onnx.load(str(path))
+    except Exception as e:  # protobuf raises several unrelated types for a corrupt file
+        raise EdgesegError(f"{path}: not a readable ONNX model ({type(e).__name__}); "
+                           "pass an .onnx, Ultralytics .pt or TorchScript file") from None
+    if not m.graph.node or not m.graph.input:
+        raise EdgesegError(f"{path}: ONNX file has no graph (truncated or not a model); export the model again")
+    return m
+
+
+def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_model: bool) -> Path:
+    if not trust_model:
+        raise EdgesegError(f"{path}: a .pt checkpoint is a pickle that can run code when loaded; pass --trust-model "
+                           "if you trust where it came from, or export it to ONNX yourself")
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise ToolchainMissing(f"{path}: importing an Ultralytics .pt needs the ultralytics package (AGPL-3.0): "
+                               "pip install torch==2.14.1 torchvision==0.29.1 ultralytics, or export to ONNX "
+                               "with `yolo export format=onnx` and pass the .onnx") from None
+    model = YOLO(str(path))
+    out = model.export(format="onnx", imgsz=imgsz or 640, opset=17, simplify=True, dynamic=False)
+    dst = workdir / (path.stem + ".onnx")
+    Path(out).replace(dst)
+    return dst
+
+
+def _export_torchscript(path: Path, imgsz: int | None, workdir: Path) -> Path:
+    try:
+        import torch
+    except ImportError:
+        raise ToolchainMissing(f"{path}: importing TorchScript needs torch: pip install torch, "
+                               "or export the model to ONNX and pass the .onnx") from None
+    module = torch.jit.load(str(path), map_location="cpu")
+    size = imgsz or int(getattr(module, "imgsz", 0) or 0) or 640
+    extra = {"config.txt": ""}
+    try:  # Ultralytics TorchScript exports carry their metadata in this extra file
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception:
+        pass
+    dst = workdir / (path.stem + ".onnx")
+    x = torch.zeros(1, 3, size, size)
+    with torch.no_grad():
+        y = module(x)
+    n_out = len(y) if isinstance(y, (tuple, list)) else 1
+    names = ["output0", "output1"][:n_out] if n_out <= 2 else [f"output{i}" for i in range(n_out)]
+    torch.onnx.export(module, x, str(dst), input_names=["images"], output_names=names, opset_version=17,
+                      dynamo=False)
+    m = onnx.load(str(dst))
+    meta = extra.get("config.txt") or b""
+    if meta:
+        import json
+        try:
+            cfg = json.loads(meta)
+            for k in ("names", "task", "imgsz"):
+                if k in cfg:
+                    e = m.metadata_props.add()
+                    e.key, e.value = k, str(cfg[k])
+        except (ValueError, TypeError):
+            pass
+    onnx.save(m, str(dst))
+    return dst
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or n.endswith("/code/__torch__.py") or "/code/" in n for n in z.namelist())
+
+
+def import_model(path: str | Path, *, head: str | None = None, names: str | None = None, imgsz: int | None = None,
+                 trust_model: bool = False, workdir: Path | None = None) -> ImportedModel:
+    """Load ``path`` as a canonical FP32 ONNX and describe its head. Raises EdgesegError on bad input."""
+    src = Path(path)
+    if not src.exists():
+        raise EdgesegError(f"{src}: no such file; pass the path of an .onnx, .pt or TorchScript model")
+    if src.is_dir():
+        raise EdgesegError(f"{src}: is a folder; pass a model file (.onnx, .pt, .torchscript)")
+    if src.stat().st_size == 0:
+        raise EdgesegError(f"{src}: file is empty; export the model again")
+    digest = sha256_file(src)
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeseg-import-"))
+    fmt = "onnx"
+    onnx_path = src
+    if src.suffix.lower() in (".torchscript", ".ts") or (src.suffix.lower() in (".pt", ".pth") and _is_torchscript(src)):
+        fmt, onnx_path = "torchscript", _export_torchscript(src, imgsz, workdir)
+    elif src.suffix.lower() in (".pt", ".pth"):
+        fmt, onnx_path = "ultralytics-pt", _export_ultralytics_pt(src, imgsz, workdir, trust_model)
+    m = _load_onnx(onnx_path)
+    meta = {p.key: p.value for p in m.metadata_props}
+
+    inputs = [i for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
+    if len(inputs) != 1:
+        raise EdgesegError(f"{src}: model has {len(inputs)} inputs; edgeseg needs one image input [1,3,H,W]")
+    inp = inputs[0]
+    dims = _dims(inp)
+    if len(dims) != 4 or dims[1] != 3:
+        raise EdgesegError(f"{src}: input '{inp.name}' has shape {dims}; edgeseg needs [1,3,H,W] (RGB, NCHW)")
+    if not all(isinstance(d, int) and d > 0 for d in dims[2:]) or not (dims[0] == 1 or not isinstance(dims[0], int)):
+        if imgsz is None:
+            raise EdgesegError(f"{src}: input '{inp.name}' has dynamic shape {dims}; pass --imgsz N "
+                               "or export with a fixed size (yolo export ... dynamic=False)")
+    if imgsz is not None or not isinstance(dims[0], int) or dims[0] != 1:
+        h = w = imgsz if imgsz is not None else int(dims[2])  # type: ignore[arg-type]
+        if imgsz is not None and all(isinstance(d, int) and d > 0 for d in dims[2:]) and (dims[2], dims[3]) != (h, w):
+            raise EdgesegError(f"{src}: input is fixed at {dims[2]}x{dims[3]} but --imgsz is {imgsz}; "
+                               f"drop --imgsz or re-export the model at {imgsz}")
+        for d, v in zip(inp.type.tensor_type.shape.dim, (1, 3, h, w)):
+            d.Clear()
+            d.dim_value = v
+        m = onnx.shape_inference.infer_shapes(m)
+        dims = [1, 3, h, w]
+    input_hw = (int(dims[2]), int(dims[3]))
+
+    outs = [(o.name, _dims(o)) for o in m.graph.output]
+    proto_nm = None
+    guess = None
+    if len(outs) == 2 and len(outs[0][1]) == 3 and len(outs[1][1]) == 4:
+        guess = "yolo-seg"
+    elif len(outs) == 1 and len(outs[0][1]) in (3, 4):
+        guess = "semantic"
+    chosen = head or guess
+    if chosen not in HEADS:
+        shapes = ", ".join(f"{n}{s}" for n, s in outs)
+        raise EdgesegError(f"{src}: unknown head (outputs {shapes}); pass --head yolo-seg or --head semantic")
+
+    meta_names = parse_names(names, str(src)) or parse_names(meta.get("names"), str(src))
+    if chosen == "yolo-seg":
+        if len(outs) != 2:
+            raise EdgesegError(f"{src}: --head yolo-seg needs two outputs (detections, prototypes), found {len(outs)}")
+        (det, ddims), (pro, pdims) = outs
+        if len(ddims) != 3 or len(pdims) != 4 or not isinstance(pdims[1], int) or not isinstance(ddims[1], int):
+            raise EdgesegError(f"{src}: outputs {det}{ddims}, {pro}{pdims} are not [1,4+nc+nm,A] and [1,nm,H,W]; "
+                               "pass --head semantic or export with Ultralytics")
+        proto_nm = int(pdims[1])
+        nc = int(ddims[1]) - 4 - proto_nm
+        if nc < 1:
+            raise EdgesegError(f"{src}: output {det}{ddims} is too small for 4 box values and {proto_nm} mask coefficients")
+        names_list = meta_names or [f"class{i}" for i in range(nc)]
+        if len(names_list) != nc:
+            raise EdgesegError(f"{src}: {len(names_list)} class names given but the model has {nc} classes; "
+                               "fix --names")
+        spec = {"type": "yolo-seg", "layout": "concat", "num_classes": nc, "num_masks": proto_nm, "reg_max": 16}
+        roles = [{"name": det, "role": "det", "shape": ddims}, {"name": pro, "role": "protos", "shape": pdims}]
+    else:
+        (out, odims), = outs[:1] if len(outs) >= 1 else [(None, [])]
+        if len(outs) != 1:
+            raise EdgesegError(f"{src}: --head semantic needs one output, found {len(outs)}")
+        kind = "labels" if len(odims) == 3 else "logits"
+        nc = int(odims[1]) if kind == "logits" and isinstance(odims[1], int) else None
+        names_list = meta_names or ([f"class{i}" for i in range(max(nc or 0, 2))] if nc != 1 else ["background", "foreground"])
+        if nc and nc > 1 and len(names_list) != nc:
+            raise EdgesegError(f"{src}: {len(names_list)} class names given but the model outputs {nc} classes; fix --names")
+        spec = {"type": "semantic", "output": kind, "num_classes": nc or len(names_list)}
+        roles = [{"name": out, "role": kind, "shape": odims}]
+    return ImportedModel(m, src, digest, fmt, spec, names_list, inp.name, input_hw, roles, meta)

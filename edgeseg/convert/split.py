@@ -1,0 +1,148 @@
+"""Rewrite a YOLO-seg graph so that each output role gets its own tensor (and INT8 scale).
+
+Ultralytics' ``output0`` concatenates boxes in pixels, class scores and mask coefficients; one
+INT8 scale cannot hold all three and the class scores round to zero (../DESIGN.md). We cut the
+graph at the raw per-scale head convolutions instead, the way Rockchip's model zoo does:
+
+    box_p{s}  [1, 4*reg_max, H, W]  DFL logits      (softmax + expectation + decode in numpy)
+    cls_p{s}  [1, nc, H, W]         class logits    (sigmoid in numpy, thresholded in logit space)
+    coef_p{s} [1, nm, H, W]         mask coefficients
+    protos    [1, nm, mh, mw]       mask prototypes
+
+Everything after those convolutions (DFL, anchors, sigmoid, concat) is removed from the graph and
+done by :mod:`edgeseg.runtime.decode`, which also decodes the unsplit ``output0`` layout.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import onnx
+from onnx import helper
+
+from ..errors import EdgesegError
+
+ROLE_PREFIX = ("box", "cls", "coef")
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def _conv_through_reshape(name: str, prod: dict[str, onnx.NodeProto]) -> str | None:
+    """The Conv output feeding ``name`` through at most one Reshape/Flatten, else None."""
+    node = prod.get(name)
+    if node is not None and node.op_type in ("Reshape", "Flatten"):
+        name = node.input[0]
+        node = prod.get(name)
+    return name if node is not None and node.op_type == "Conv" else None
+
+
+def _find_scale_concat(start: str, prod: dict[str, onnx.NodeProto]) -> list[str] | None:
+    """Walk up from ``start`` to the first Concat whose every input is Reshape(Conv(...)).
+
+    That Concat joins the per-scale head convolutions of one role; its inputs' Conv outputs are
+    returned in anchor order.
+    """
+    seen, todo = set(), deque([start])
+    while todo:
+        name = todo.popleft()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = prod.get(name)
+        if node is None:
+            continue
+        if node.op_type == "Concat" and len(node.input) >= 2:
+            convs = [_conv_through_reshape(i, prod) for i in node.input]
+            if all(convs):
+                return convs  # type: ignore[return-value]
+        todo.extend(node.input)
+    return None
+
+
+def _shape(vi: onnx.ValueInfoProto) -> list[int]:
+    return [d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes and initializers no graph output depends on."""
+    prod = _producers(graph)
+    need, todo = set(), deque(o.name for o in graph.output)
+    keep_nodes: set[int] = set()
+    while todo:
+        name = todo.popleft()
+        if name in need:
+            continue
+        need.add(name)
+        node = prod.get(name)
+        if node is not None and id(node) not in keep_nodes:
+            keep_nodes.add(id(node))
+            todo.extend(i for i in node.input if i)
+    nodes = [n for n in graph.node if id(n) in keep_nodes]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    inits = [i for i in graph.initializer if i.name in need]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    vis = [v for v in graph.value_info if v.name in need]
+    del graph.value_info[:]
+    graph.value_info.extend(vis)
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i == old:
+                n.input[k] = new
+        for k, o in enumerate(n.output):
+            if o == old:
+                n.output[k] = new
+
+
+def split_yolo_seg(model: onnx.ModelProto, det_output: str, proto_output: str) -> tuple[onnx.ModelProto, list[dict]]:
+    """Return a copy of ``model`` cut at its per-scale head convs, and the output descriptions.
+
+    Each description is ``{"name", "role", "scale", "stride", "shape"}`` with role one of
+    ``box_dfl``, ``cls_logits``, ``coef`` or ``protos``, in the order the decoder expects.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    prod = _producers(g)
+    final = prod.get(det_output)
+    if final is None or final.op_type != "Concat" or len(final.input) != 3:
+        raise EdgesegError(
+            f"cannot split outputs: '{det_output}' is not the Concat(boxes, scores, coefficients) of an "
+            "Ultralytics YOLO-seg export; export with `yolo export format=onnx simplify=True` or pass --no-split")
+    branches = [_find_scale_concat(i, prod) for i in final.input]
+    if not all(branches) or len({len(b) for b in branches}) != 1:  # type: ignore[arg-type]
+        raise EdgesegError(
+            f"cannot split outputs: no per-scale head convolutions found above '{det_output}'; pass --no-split")
+
+    inferred = onnx.shape_inference.infer_shapes(m)
+    shapes = {v.name: _shape(v) for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    in_h = _shape(g.input[0])[2]
+
+    outputs: list[dict] = []
+    new_outs: list[onnx.ValueInfoProto] = []
+    n_scales = len(branches[0])  # type: ignore[index]
+    for s in range(n_scales):
+        for prefix, role, convs in zip(ROLE_PREFIX, ("box_dfl", "cls_logits", "coef"), branches):
+            old = convs[s]  # type: ignore[index]
+            shape = shapes[old]
+            stride = in_h // shape[2]
+            new = f"{prefix}_p{s + 3}" if stride == 2 ** (s + 3) else f"{prefix}_s{stride}"
+            _rename(g, old, new)
+            outputs.append({"name": new, "role": role, "scale": s, "stride": stride, "shape": shape})
+            new_outs.append(helper.make_tensor_value_info(new, onnx.TensorProto.FLOAT, shape))
+    proto_shape = shapes.get(proto_output) or next(_shape(o) for o in g.output if o.name == proto_output)
+    _rename(g, proto_output, "protos")
+    outputs.append({"name": "protos", "role": "protos", "scale": None, "stride": in_h // proto_shape[2],
+                    "shape": proto_shape})
+    new_outs.append(helper.make_tensor_value_info("protos", onnx.TensorProto.FLOAT, proto_shape))
+    del g.output[:]
+    g.output.extend(new_outs)
+    _prune(g)
+    onnx.checker.check_model(m)
+    return m, outputs

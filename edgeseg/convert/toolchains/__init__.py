@@ -1,0 +1,88 @@
+"""One module per vendor toolchain, each behind the small :class:`Toolchain` interface.
+
+A toolchain answers three questions the same way for every target: is it available (and if
+not, the exact install command), convert (canonical FP32 ONNX + profile + calibration set ->
+files in the bundle folder), and how to run the result on this host to measure fidelity.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import EdgesegError
+from ...profiles import Profile
+from ..calibration import CalibrationSet
+from ..importer import ImportedModel
+
+# toolchain name (profiles' ``toolchain`` key) -> module under this package
+REGISTRY = {"onnxruntime": "onnxruntime"}
+
+
+@dataclass
+class Availability:
+    installed: bool
+    versions: dict[str, str] = field(default_factory=dict)
+    install: str = ""  # the exact command that installs what is missing
+    detail: str = ""
+
+
+@dataclass
+class ConvertJob:
+    imported: ImportedModel
+    fp32_path: Path  # canonical FP32 ONNX (outputs already split when the head allows)
+    outputs: list[dict]  # output descriptions of fp32_path, in decoder order
+    profile: Profile
+    precision: str  # int8 | fp16 | fp32
+    calib: CalibrationSet | None
+    workdir: Path  # the bundle's temporary folder: write model files here
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ConvertResult:
+    model_files: list[str]
+    outputs: list[dict]
+    quantization: dict[str, Any] = field(default_factory=dict)
+    toolchain: dict[str, str] = field(default_factory=dict)
+    input: dict[str, Any] = field(default_factory=dict)  # overrides of the input spec (dtype, layout)
+    log: str = ""
+
+
+class Toolchain(ABC):
+    name: str = ""
+
+    @classmethod
+    @abstractmethod
+    def availability(cls) -> Availability: ...
+
+    @abstractmethod
+    def convert(self, job: ConvertJob) -> ConvertResult: ...
+
+    def host_runner(self, bundle_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
+        """A function running the converted model on this host, to measure fidelity before a device.
+
+        By default the target's own runtime backend (when it runs on this host); toolchains whose
+        runtime needs the device override this with their simulator.
+        """
+        from ...bundle import Bundle
+        from ...runtime.backends import open_backend
+
+        return open_backend(Bundle.load(bundle_dir, verify=False)).run
+
+
+def get_toolchain(name: str) -> Toolchain:
+    if name not in REGISTRY:
+        raise EdgesegError(f"no toolchain '{name}' in this edgeseg; known: {', '.join(sorted(REGISTRY))}")
+    mod = importlib.import_module(f"{__name__}.{REGISTRY[name]}")
+    tc: Toolchain = mod.TOOLCHAIN
+    av = tc.availability()
+    if not av.installed:
+        from ...errors import ToolchainMissing
+        raise ToolchainMissing(f"the {name} toolchain is not installed ({av.detail}); install it with: {av.install}")
+    return tc

@@ -1,0 +1,103 @@
+"""ONNX Runtime toolchain: FP32 as is, FP16 by graph conversion, INT8 by static QDQ quantization."""
+
+from __future__ import annotations
+
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+import onnx
+
+from . import Availability, ConvertJob, ConvertResult, Toolchain
+
+MODEL_FILE = "model.onnx"
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over edgeseg's calibration arrays."""
+
+    def __init__(self, input_name: str, arrays):
+        self._it = iter(arrays)
+        self._name = input_name
+
+    def get_next(self):
+        x = next(self._it, None)
+        return None if x is None else {self._name: x}
+
+
+def _qdq_params(model: onnx.ModelProto, output: str) -> dict | None:
+    """Scale and zero point of the DequantizeLinear that produces ``output``, if any."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if output in n.output and n.op_type == "DequantizeLinear":
+            s, z = inits.get(n.input[1]), inits.get(n.input[2]) if len(n.input) > 2 else None
+            if s is not None and s.size == 1:
+                return {"scale": float(s), "zero_point": int(z) if z is not None else 0,
+                        "dtype": str(z.dtype) if z is not None else "uint8"}
+    return None
+
+
+class OnnxRuntimeToolchain(Toolchain):
+    name = "onnxruntime"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            vs = {"onnxruntime": version("onnxruntime"), "onnx": version("onnx")}
+        except PackageNotFoundError as e:
+            return Availability(False, install='pip install "edgeseg[host]"', detail=f"{e.name} missing")
+        return Availability(True, vs)
+
+    def convert(self, job: ConvertJob) -> ConvertResult:
+        out = job.workdir / MODEL_FILE
+        q: dict = {"precision": job.precision}
+        if job.precision == "fp32":
+            shutil.copyfile(job.fp32_path, out)
+        elif job.precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            m = convert_float_to_float16(onnx.load(str(job.fp32_path)), keep_io_types=True)
+            onnx.save(m, str(out))
+            q.update(scheme="fp16 weights and activations, float32 inputs/outputs")
+        else:
+            q.update(self._int8(job, out))
+        model = onnx.load(str(out))
+        outputs = []
+        for o in job.outputs:
+            o = dict(o)
+            o["quant"] = None  # QDQ models hand back float32; nothing to dequantize on the device
+            qp = _qdq_params(model, o["name"])
+            if qp:
+                o["qdq"] = qp
+            outputs.append(o)
+        return ConvertResult([MODEL_FILE], outputs, q, self.availability().versions)
+
+    def _int8(self, job: ConvertJob, out: Path) -> dict:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        assert job.calib is not None
+        pq = job.profile.quantization
+        pre = job.workdir.parent / (job.workdir.name + ".pre.onnx")
+        try:
+            quant_pre_process(str(job.fp32_path), str(pre), skip_symbolic_shape=True)
+            keep_float = list(job.options.get("keep_float") or [])
+            reader = _Reader(job.imported.input_name, job.calib.arrays(job.imported.input_hw))
+            quantize_static(
+                str(pre), str(out), reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=bool(pq.get("weights_per_channel", True)),
+                activation_type=QuantType.QUInt8 if pq.get("activations", "uint8") == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=keep_float,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        finally:
+            pre.unlink(missing_ok=True)
+            pre.with_suffix(".onnx.data").unlink(missing_ok=True)
+        return {"scheme": "static QDQ", "weights": "int8 per-channel symmetric",
+                "activations": pq.get("activations", "uint8") + " per-tensor asymmetric",
+                "calibration_method": "MinMax", "kept_float": keep_float}
+
+
+TOOLCHAIN = OnnxRuntimeToolchain()

@@ -1,0 +1,45 @@
+"""``edgeseg doctor``: what is installed for each target, and the command for what is not."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from .profiles import available_profiles, load_profile
+
+
+def _ver(pkg: str) -> str | None:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+def report() -> dict:
+    from .convert.toolchains import REGISTRY as TOOLCHAINS
+    from .runtime.backends import REGISTRY as RUNTIMES
+
+    core = {p: _ver(p) for p in ("numpy", "opencv-python-headless", "opencv-python", "typer", "rich", "pycocotools")}
+    host = {p: _ver(p) for p in ("onnx", "onnxruntime", "pyyaml", "torch", "ultralytics")}
+    targets = []
+    for name in sorted(available_profiles()):
+        prof = load_profile(name)
+        row = {"target": name, "description": prof.description, "toolchain": prof.toolchain, "runtime": prof.runtime}
+        if prof.toolchain in TOOLCHAINS:
+            import importlib
+            tc = importlib.import_module(f"edgeseg.convert.toolchains.{TOOLCHAINS[prof.toolchain]}").TOOLCHAIN
+            av = tc.availability()
+            row.update(toolchain_ok=av.installed, toolchain_versions=av.versions, toolchain_install=av.install)
+        else:
+            row.update(toolchain_ok=False, toolchain_install="not implemented in this edgeseg version")
+        if prof.runtime in RUNTIMES:
+            module, pkg, install = RUNTIMES[prof.runtime]
+            ok = importlib.util.find_spec(module) is not None
+            row.update(runtime_ok=ok, runtime_version=_ver(pkg), runtime_install=install)
+        else:
+            row.update(runtime_ok=False, runtime_install="not implemented in this edgeseg version")
+        targets.append(row)
+    return {"python": sys.version.split()[0], "machine": platform.machine(), "core": core, "host": host,
+            "targets": targets}

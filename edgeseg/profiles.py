@@ -1,0 +1,73 @@
+"""Target profiles: one declarative TOML file per deployment target, in the top-level ``targets/``.
+
+A profile says which toolchain converts for the target, which runtime backend runs the bundle,
+what input the target accepts and which quantization scheme it uses. Later targets add a file
+here and a toolchain/backend module; nothing else needs to know about them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgesegError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def profile_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    # wheel installs carry them as package data; a source checkout reads the top-level folder
+    return [d for d in (here / "_targets", here.parent / "targets") if d.is_dir()]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    toolchain: str
+    runtime: str
+    platform: str = "cpu"
+    input: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.quantization.get("precisions", ["fp32"]))
+
+    @property
+    def default_precision(self) -> str:
+        return str(self.quantization.get("default", self.precisions[0]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def available_profiles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in profile_dirs():
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def load_profile(name: str) -> Profile:
+    profiles = available_profiles()
+    if name not in profiles:
+        raise EdgesegError(f"unknown target '{name}'; choose one of: {', '.join(sorted(profiles)) or '(none installed)'}")
+    path = profiles[name]
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise EdgesegError(f"{path}: invalid TOML ({e}); fix the profile file") from None
+    data.setdefault("name", name)
+    try:
+        return Profile(**data)
+    except TypeError as e:
+        raise EdgesegError(f"{path}: {e}; fix the profile file") from None

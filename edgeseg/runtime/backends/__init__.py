@@ -1,0 +1,53 @@
+"""Runtime backends: one module per runtime, each a small :class:`Backend`.
+
+A backend only runs the model: it takes the preprocessed input batch and returns the raw
+outputs by name. Preprocessing and decoding are shared (``preprocess.py``, ``decode.py``), so a
+new runtime is a few dozen lines.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from ...bundle import Bundle
+from ...errors import EdgesegError, ToolchainMissing
+
+# runtime name (manifest ``runtime``) -> (module, pip package, install command)
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "onnxruntime": ("onnxruntime", "onnxruntime", 'pip install "edgeseg[onnxruntime]"'),
+}
+
+
+class Backend(ABC):
+    """Runs one bundle's model. Subclasses set ``name`` and implement ``run``."""
+
+    name: str = ""
+
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
+        self.bundle = bundle
+        self.options = options
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by name for one preprocessed input batch (as ``manifest.input`` describes)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release device resources (NPU contexts, camera-side networks)."""
+
+
+def open_backend(bundle: Bundle, **options: Any) -> Backend:
+    name = bundle.manifest.runtime
+    if name not in REGISTRY:
+        raise EdgesegError(f"{bundle.path}: runtime '{name}' is not supported by this edgeseg; "
+                           f"known: {', '.join(sorted(REGISTRY))}")
+    module, package, install = REGISTRY[name]
+    try:
+        mod = importlib.import_module(f"{__name__}.{module}")
+    except ImportError as e:
+        raise ToolchainMissing(f"{bundle.path}: needs the {package} runtime ({e.name} is not installed); "
+                               f"install it with: {install}") from None
+    return mod.BACKEND(bundle, **options)

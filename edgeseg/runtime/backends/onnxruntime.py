@@ -1,0 +1,39 @@
+"""ONNX Runtime backend (CPU execution provider by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from . import Backend
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, bundle, threads: int | None = None, providers: list[str] | None = None,
+                 spin: bool = True, **options: Any):
+        super().__init__(bundle, **options)
+        so = ort.SessionOptions()
+        threads = threads if threads is not None else int(bundle.manifest.profile.get("runtime_options", {}).get("threads", 0))
+        if threads:
+            so.intra_op_num_threads = threads
+        # One frame at a time: parallelism comes from edgeseg's pipeline, not from inter-op threads.
+        so.inter_op_num_threads = 1
+        if not spin:
+            # Idle workers then sleep instead of spinning: fairer to the capture and decode threads
+            # on a small board, but each inference is ~15% slower on a 2-core x86 (README, bench).
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        model = bundle.file(bundle.manifest.model_files[0])
+        self.session = ort.InferenceSession(str(model), so, providers=providers or ["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x})))
+
+
+BACKEND = OnnxRuntimeBackend

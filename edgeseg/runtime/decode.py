@@ -1,0 +1,250 @@
+"""Turn a bundle's raw outputs into instances (or a label map) in source-frame pixels, in numpy.
+
+Two YOLO-seg layouts are decoded:
+
+* ``split`` — the per-scale head outputs edgeseg's converter exposes (DFL logits, class logits,
+  coefficients per stride, plus prototypes). DFL, anchors and sigmoid happen here, and only for
+  anchors whose best class logit passes the threshold, so most of the grid is never decoded.
+* ``concat`` — Ultralytics' own ``output0`` [1, 4+nc+nm, A] (xywh in input pixels, scores,
+  coefficients) with ``output1`` prototypes.
+
+Masks follow Ultralytics' ``process_mask(upsample=True)``: logits = coef @ protos, bilinearly
+upsampled, thresholded at 0, cropped to the box. We evaluate that only inside each kept box and
+warp straight from prototype resolution to the source frame, never building full-frame masks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .nms import nms
+from .preprocess import Letterbox
+
+MAX_NMS = 30000  # as Ultralytics: candidates kept for NMS
+
+
+@dataclass
+class Instance:
+    """One detected object. ``mask`` covers the frame region starting at (``mask_x``, ``mask_y``)."""
+
+    class_id: int
+    class_name: str
+    score: float
+    box: np.ndarray  # [x1, y1, x2, y2] in source-frame pixels
+    mask: np.ndarray | None = None  # bool, cropped to the box
+    mask_x: int = 0
+    mask_y: int = 0
+
+    def full_mask(self, height: int, width: int) -> np.ndarray:
+        """The instance mask as a full-frame bool array (allocates; use for export only)."""
+        out = np.zeros((height, width), dtype=bool)
+        if self.mask is not None:
+            h, w = self.mask.shape
+            out[self.mask_y:self.mask_y + h, self.mask_x:self.mask_x + w] = self.mask
+        return out
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum()) if self.mask is not None else 0
+
+
+@dataclass
+class FrameResult:
+    """What a bundle found in one frame."""
+
+    width: int
+    height: int
+    instances: list[Instance] = field(default_factory=list)
+    label_map: np.ndarray | None = None  # semantic heads: [H, W] class ids
+    names: list[str] = field(default_factory=list)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def dequantize(x: np.ndarray, quant: dict | None) -> np.ndarray:
+    """Float32 view of a runtime output; integer outputs use the manifest's scale and zero point."""
+    if x.dtype == np.float32:
+        return x
+    if np.issubdtype(x.dtype, np.integer):
+        if not quant:
+            raise ValueError("integer output without quantization parameters in the manifest")
+        return (x.astype(np.float32) - np.float32(quant["zero_point"])) * np.float32(quant["scale"])
+    return x.astype(np.float32)
+
+
+def _mask_in_frame(logits_fn, box_src: np.ndarray, box_in: np.ndarray, lb: Letterbox,
+                   proto_stride_x: float, proto_stride_y: float, mh: int, mw: int):
+    """Binary mask of one instance over the source pixels of its box.
+
+    ``logits_fn(y0, y1, x0, x1)`` returns prototype-resolution mask logits of that window. A
+    source pixel u maps to prototype coordinate ((u + 0.5) * sx + pad_x) / stride - 0.5, the
+    half-pixel convention of bilinear upsampling with align_corners=False.
+    """
+    u0, v0 = max(int(math.ceil(box_src[0])), 0), max(int(math.ceil(box_src[1])), 0)
+    u1, v1 = min(int(math.ceil(box_src[2])), lb.src_w), min(int(math.ceil(box_src[3])), lb.src_h)
+    if u1 <= u0 or v1 <= v0:
+        return None, u0, v0
+    ax = lb.scale_x / proto_stride_x
+    ay = lb.scale_y / proto_stride_y
+    bx = (0.5 * lb.scale_x + lb.pad_x) / proto_stride_x - 0.5
+    by = (0.5 * lb.scale_y + lb.pad_y) / proto_stride_y - 0.5
+    px0 = min(max(int(math.floor(ax * u0 + bx)), 0), mw - 1)
+    px1 = min(max(int(math.floor(ax * (u1 - 1) + bx)) + 2, px0 + 1), mw)
+    py0 = min(max(int(math.floor(ay * v0 + by)), 0), mh - 1)
+    py1 = min(max(int(math.floor(ay * (v1 - 1) + by)) + 2, py0 + 1), mh)
+    logits = logits_fn(py0, py1, px0, px1)
+    # dst (u_local, v_local) -> src (x_local, y_local) in the cropped logits window
+    m = np.array([[ax, 0, ax * u0 + bx - px0], [0, ay, ay * v0 + by - py0]], dtype=np.float64)
+    up = cv2.warpAffine(logits, m, (u1 - u0, v1 - v0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                        borderMode=cv2.BORDER_REPLICATE)
+    return up > 0, u0, v0
+
+
+class YoloSegDecoder:
+    """Decoder for YOLO-seg heads in either layout; build once per bundle, call per frame."""
+
+    def __init__(self, head: dict, outputs: list[dict], names: list[str], input_hw: tuple[int, int]):
+        self.layout = head["layout"]
+        self.nc = int(head["num_classes"])
+        self.nm = int(head["num_masks"])
+        self.reg_max = int(head.get("reg_max") or 16)
+        self.names = list(names)
+        self.input_hw = input_hw
+        self.quant = {o["name"]: o.get("quant") for o in outputs}
+        by_role: dict[str, list[dict]] = {}
+        for o in outputs:
+            by_role.setdefault(o["role"], []).append(o)
+        self.protos_name = by_role["protos"][0]["name"]
+        if self.layout == "split":
+            key = lambda o: o["scale"]  # noqa: E731
+            self.box_names = [o["name"] for o in sorted(by_role["box_dfl"], key=key)]
+            self.cls_names = [o["name"] for o in sorted(by_role["cls_logits"], key=key)]
+            self.coef_names = [o["name"] for o in sorted(by_role["coef"], key=key)]
+            ax, ay, st = [], [], []
+            for o in sorted(by_role["cls_logits"], key=key):
+                h, w = o["shape"][2], o["shape"][3]
+                s = o["stride"]
+                gy, gx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+                ax.append(gx.ravel() + 0.5)
+                ay.append(gy.ravel() + 0.5)
+                st.append(np.full(h * w, s, dtype=np.float32))
+            self.anchor_x = np.concatenate(ax)
+            self.anchor_y = np.concatenate(ay)
+            self.anchor_stride = np.concatenate(st)
+            self.dfl_bins = np.arange(self.reg_max, dtype=np.float32)
+        elif self.layout == "concat":
+            self.det_name = by_role["det"][0]["name"]
+        else:
+            raise ValueError(f"unknown YOLO-seg layout {self.layout!r}")
+
+    def _flat(self, outs: dict, names: list[str]) -> np.ndarray:
+        parts = [dequantize(outs[n], self.quant.get(n)) for n in names]
+        return np.concatenate([p.reshape(p.shape[1], -1) for p in parts], axis=1)
+
+    def candidates(self, outs: dict, conf: float, classes: list[int] | None):
+        """Boxes (xyxy, input pixels), scores, class ids and coefficients above ``conf``."""
+        if self.layout == "split":
+            cls = self._flat(outs, self.cls_names)  # [nc, A] logits
+            thr = -np.inf if conf <= 0 else (np.inf if conf >= 1 else math.log(conf / (1 - conf)))
+            best = cls.max(0)
+            idx = np.flatnonzero(best > thr)
+            if len(idx) == 0:
+                return None
+            cid = cls[:, idx].argmax(0)
+            score = _sigmoid(best[idx])
+        else:
+            det = dequantize(outs[self.det_name], self.quant.get(self.det_name))[0]  # [4+nc+nm, A]
+            sc = det[4:4 + self.nc]
+            best = sc.max(0)
+            idx = np.flatnonzero(best > conf)
+            if len(idx) == 0:
+                return None
+            cid = sc[:, idx].argmax(0)
+            score = best[idx]
+        if classes is not None:
+            keep = np.isin(cid, classes)
+            idx, cid, score = idx[keep], cid[keep], score[keep]
+        if len(idx) > MAX_NMS:
+            top = np.argsort(-score, kind="stable")[:MAX_NMS]
+            idx, cid, score = idx[top], cid[top], score[top]
+        if self.layout == "split":
+            dfl = self._flat(outs, self.box_names)[:, idx].reshape(4, self.reg_max, -1)
+            dfl = np.exp(dfl - dfl.max(1, keepdims=True))
+            dist = (dfl * self.dfl_bins[None, :, None]).sum(1) / dfl.sum(1)  # [4, n] ltrb in grid cells
+            s = self.anchor_stride[idx]
+            x, y = self.anchor_x[idx], self.anchor_y[idx]
+            boxes = np.stack([(x - dist[0]) * s, (y - dist[1]) * s, (x + dist[2]) * s, (y + dist[3]) * s], 1)
+            coef = self._flat(outs, self.coef_names)[:, idx].T
+        else:
+            xywh = det[:4, idx].T
+            boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+            coef = det[4 + self.nc:4 + self.nc + self.nm, idx].T
+        return boxes.astype(np.float32), score.astype(np.float32), cid, coef.astype(np.float32)
+
+    def __call__(self, outs: dict, lb: Letterbox, conf: float = 0.25, iou: float = 0.7,
+                 classes: list[int] | None = None, max_det: int = 300, masks: bool = True) -> FrameResult:
+        res = FrameResult(lb.src_w, lb.src_h, names=self.names)
+        cand = self.candidates(outs, conf, classes)
+        if cand is None:
+            return res
+        boxes, score, cid, coef = cand
+        keep = nms(boxes, score, cid, iou, max_det)
+        boxes, score, cid, coef = boxes[keep], score[keep], cid[keep], coef[keep]
+        src_boxes = lb.to_source(boxes)
+        protos = dequantize(outs[self.protos_name], self.quant.get(self.protos_name))[0]
+        nm, mh, mw = protos.shape
+        psx, psy = self.input_hw[1] / mw, self.input_hw[0] / mh
+        for k in range(len(keep)):
+            c = coef[k]
+            inst = Instance(int(cid[k]), self.names[cid[k]] if cid[k] < len(self.names) else str(cid[k]),
+                            float(score[k]), src_boxes[k])
+            if masks:
+                fn = lambda y0, y1, x0, x1, c=c: np.tensordot(c, protos[:, y0:y1, x0:x1], 1)  # noqa: E731
+                m, mx, my = _mask_in_frame(fn, src_boxes[k], boxes[k], lb, psx, psy, mh, mw)
+                # Like Ultralytics, an instance whose mask is empty is not reported.
+                if m is None or not m.any():
+                    continue
+                inst.mask, inst.mask_x, inst.mask_y = m, mx, my
+            res.instances.append(inst)
+        return res
+
+
+class SemanticDecoder:
+    """Argmax (multi-class logits), threshold (one channel) or pass-through (labels) to frame size."""
+
+    def __init__(self, head: dict, outputs: list[dict], names: list[str], input_hw: tuple[int, int]):
+        self.names = list(names)
+        self.out = outputs[0]
+        self.kind = head.get("output", "logits")
+        self.threshold = float(head.get("threshold", 0.0))
+        self.input_hw = input_hw
+
+    def __call__(self, outs: dict, lb: Letterbox, **_: object) -> FrameResult:
+        y = dequantize(outs[self.out["name"]], self.out.get("quant"))[0]
+        if self.kind == "labels":
+            lab = y.astype(np.uint8)
+        elif y.shape[0] == 1:
+            lab = (y[0] > self.threshold).astype(np.uint8)
+        else:
+            lab = y.argmax(0).astype(np.uint8)
+        oh, ow = lab.shape
+        fy, fx = oh / self.input_hw[0], ow / self.input_hw[1]
+        y0, x0 = int(round(lb.pad_y * fy)), int(round(lb.pad_x * fx))
+        y1, x1 = int(round((lb.pad_y + lb.new_h) * fy)), int(round((lb.pad_x + lb.new_w) * fx))
+        crop = lab[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+        full = cv2.resize(crop, (lb.src_w, lb.src_h), interpolation=cv2.INTER_NEAREST)
+        return FrameResult(lb.src_w, lb.src_h, label_map=full, names=self.names)
+
+
+def make_decoder(head: dict, outputs: list[dict], names: list[str], input_hw: tuple[int, int]):
+    if head["type"] == "yolo-seg":
+        return YoloSegDecoder(head, outputs, names, input_hw)
+    if head["type"] == "semantic":
+        return SemanticDecoder(head, outputs, names, input_hw)
+    raise ValueError(f"unknown head type {head['type']!r}")

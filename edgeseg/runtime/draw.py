@@ -1,0 +1,51 @@
+"""Annotating frames: masks, boxes, labels and an FPS line, drawn only inside each box."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .decode import FrameResult
+
+# Ultralytics-like palette (BGR), so pictures look familiar next to the reference tool.
+_PALETTE = np.array([(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207),
+                     (10, 249, 72), (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0),
+                     (168, 153, 44), (255, 194, 0), (147, 69, 52), (255, 115, 100), (236, 24, 0),
+                     (255, 56, 132), (133, 0, 82), (255, 56, 203), (200, 149, 255), (199, 55, 255)],
+                    dtype=np.uint8)
+
+
+def color(class_id: int) -> tuple[int, int, int]:
+    c = _PALETTE[class_id % len(_PALETTE)]
+    return int(c[0]), int(c[1]), int(c[2])
+
+
+def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str | None = None,
+         inplace: bool = False) -> np.ndarray:
+    """Return ``frame`` with the result drawn on it (a copy unless ``inplace``)."""
+    out = frame if inplace else frame.copy()
+    if result.label_map is not None:
+        lut = np.zeros((256, 3), dtype=np.uint8)
+        for k in range(1, 256):
+            lut[k] = color(k)
+        over = lut[result.label_map]
+        fg = result.label_map > 0
+        out[fg] = (out[fg] * (1 - alpha) + over[fg] * alpha).astype(np.uint8)
+    for inst in result.instances:
+        c = color(inst.class_id)
+        if inst.mask is not None:
+            h, w = inst.mask.shape
+            roi = out[inst.mask_y:inst.mask_y + h, inst.mask_x:inst.mask_x + w]
+            m = inst.mask
+            roi[m] = (roi[m] * (1 - alpha) + np.array(c) * alpha).astype(np.uint8)
+        x1, y1, x2, y2 = (int(round(v)) for v in inst.box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), c, 2)
+        label = f"{inst.class_name} {inst.score:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        ty = max(y1, th + 4)
+        cv2.rectangle(out, (x1, ty - th - 4), (x1 + tw + 2, ty), c, -1)
+        cv2.putText(out, label, (x1 + 1, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    if text:
+        cv2.putText(out, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    return out

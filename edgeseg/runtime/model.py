@@ -1,0 +1,93 @@
+"""The Python API: a loaded bundle you call on frames.
+
+    import edgeseg
+    model = edgeseg.load("bundles/shapes-yolo11n-seg_onnxruntime_int8")
+    result = model(frame_bgr)            # FrameResult: instances with boxes, scores, masks
+    for frame, result in model.stream("video.mp4"): ...
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..bundle import Bundle
+from .backends import Backend, open_backend
+from .decode import FrameResult, make_decoder
+from .preprocess import Letterbox, preprocess
+
+
+@dataclass
+class Thresholds:
+    """Ultralytics' defaults, so that results compare with the reference implementation."""
+
+    conf: float = 0.25
+    iou: float = 0.7
+    classes: list[int] | None = None
+    max_det: int = 300
+
+
+@dataclass
+class Timing:
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    decode_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Model:
+    """A bundle with its backend and decoder. Thread-compatible: one call at a time per stage."""
+
+    def __init__(self, bundle: Bundle, backend: Backend, thresholds: Thresholds | None = None):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.backend = backend
+        self.thresholds = thresholds or Thresholds()
+        m = self.manifest
+        self.input_hw = m.input_hw
+        self.layout = m.input.get("layout", "nchw")
+        self.dtype = m.input.get("dtype", "float32")
+        self.decoder = make_decoder(m.head, m.outputs, m.names, self.input_hw)
+        self.names = m.names
+        self.last_timing = Timing()
+
+    @classmethod
+    def load(cls, path: str | Path, thresholds: Thresholds | None = None, **backend_options: Any) -> "Model":
+        bundle = Bundle.load(path)
+        return cls(bundle, open_backend(bundle, **backend_options), thresholds)
+
+    def preprocess(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        return preprocess(frame_bgr, self.input_hw, self.layout, self.dtype)
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.backend.run(x)
+
+    def decode(self, outputs: dict[str, np.ndarray], lb: Letterbox) -> FrameResult:
+        t = self.thresholds
+        return self.decoder(outputs, lb, conf=t.conf, iou=t.iou, classes=t.classes, max_det=t.max_det)
+
+    def __call__(self, frame_bgr: np.ndarray) -> FrameResult:
+        t0 = time.perf_counter()
+        x, lb = self.preprocess(frame_bgr)
+        t1 = time.perf_counter()
+        outs = self.infer(x)
+        t2 = time.perf_counter()
+        res = self.decode(outs, lb)
+        t3 = time.perf_counter()
+        self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        return res
+
+    def stream(self, source: str | int, **source_options: Any) -> Iterator[tuple[np.ndarray, FrameResult]]:
+        """Frames of ``source`` (camera index, video, folder, URL) with their results, in order."""
+        from .sources import open_source
+
+        with open_source(source, **source_options) as src:
+            for item in src:
+                yield item.image, self(item.image)
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,135 @@
+"""Where results go: a window, an annotated video or image folder, and a JSON-lines file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from ..errors import EdgesegError
+from .decode import FrameResult
+from .sources import VIDEO_SUFFIXES, Frame
+
+
+class Sink(Protocol):
+    def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None: ...
+    def close(self) -> None: ...
+
+
+def rle(mask: np.ndarray) -> dict:
+    """COCO run-length encoding of a bool mask (pycocotools' own encoder, string counts)."""
+    import pycocotools.mask as mu
+
+    r = mu.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")}
+
+
+def result_record(frame: Frame, result: FrameResult, source: str) -> dict:
+    """The JSON-lines record of one frame, in source-frame pixels."""
+    h, w = result.height, result.width
+    inst = []
+    if result.label_map is not None:
+        for k in np.unique(result.label_map):
+            m = result.label_map == k
+            ys, xs = np.nonzero(m)
+            inst.append({"class_id": int(k), "class_name": result.names[k] if k < len(result.names) else str(k),
+                         "score": 1.0, "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                         "mask": rle(m)})
+    for i in result.instances:
+        inst.append({"class_id": i.class_id, "class_name": i.class_name, "score": round(i.score, 5),
+                     "box": [round(float(v), 2) for v in i.box], "mask": rle(i.full_mask(h, w))})
+    return {"frame": frame.index, "source": source, "width": w, "height": h, "time": round(frame.time, 6),
+            "instances": inst}
+
+
+class JsonlSink:
+    """One JSON object per line, written and flushed whole, so a killed run leaves valid lines."""
+
+    def __init__(self, path: str | Path, source: str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "w", encoding="utf-8")
+        self.source = source
+
+    def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
+        self.f.write(json.dumps(result_record(frame, result, self.source), separators=(",", ":")) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class VideoSink:
+    """An annotated MP4 (or AVI); frames of another size are resized to the first frame's size."""
+
+    def __init__(self, path: str | Path, fps: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps = fps
+        self.writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+
+    def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
+        assert annotated is not None
+        if self.writer is None:
+            h, w = annotated.shape[:2]
+            self.size = (w, h)
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self.size)
+            if not self.writer.isOpened():
+                raise EdgesegError(f"{self.path}: cannot write a video here; use .mp4 or .avi, or a folder for images")
+        if (annotated.shape[1], annotated.shape[0]) != self.size:
+            annotated = cv2.resize(annotated, self.size)
+        self.writer.write(annotated)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+class ImageFolderSink:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
+        stem = Path(frame.name).stem if frame.name and "." in frame.name else f"frame{frame.index:06d}"
+        cv2.imwrite(str(self.path / f"{frame.index:06d}_{stem}.jpg"), annotated)
+
+    def close(self) -> None:
+        pass
+
+
+class WindowSink:
+    def __init__(self, title: str = "edgeseg"):
+        self.title = title
+        try:
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise EdgesegError("--show needs OpenCV with GUI support and a display: pip install opencv-python "
+                               "(not -headless), or use --save out.mp4") from None
+        self.quit = False
+
+    def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
+        cv2.imshow(self.title, annotated)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.quit = True
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
+
+
+def make_save_sink(path: str | Path, fps: float) -> Sink:
+    p = Path(path)
+    if p.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoSink(p, fps)
+    if p.suffix and not p.is_dir():
+        raise EdgesegError(f"{p}: --save takes a video path (.mp4, .avi) or a folder for annotated images")
+    return ImageFolderSink(p)
+

@@ -1,0 +1,254 @@
+"""Frame sources: camera index, Raspberry Pi camera, video file, image folder/glob, RTSP/HTTP.
+
+Every source yields :class:`Frame` items and says whether it is *live* (a sensor that keeps
+producing whether or not we keep up: the pipeline drops stale frames) or not (a file: every
+frame is processed). Live sources that fail are reopened with back-off instead of ending the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import cv2
+import numpy as np
+
+from ..data import IMAGE_SUFFIXES
+from ..errors import EdgesegError
+
+log = logging.getLogger("edgeseg.sources")
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif"}
+
+
+@dataclass
+class Frame:
+    index: int
+    image: np.ndarray  # HxWx3 uint8 BGR
+    time: float  # capture time, seconds since the epoch
+    name: str  # file name, or the source spec for streams
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own warnings while probing a device; edgeseg reports the outcome itself."""
+    try:
+        prev = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # pragma: no cover - very old OpenCV
+        yield
+        return
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(prev)
+
+
+class Source:
+    live: bool = False
+    name: str = ""
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageFolder(Source):
+    def __init__(self, files: list[Path], name: str):
+        self.files = files
+        self.name = name
+
+    def __iter__(self) -> Iterator[Frame]:
+        from ..convert.calibration import read_image
+
+        for i, f in enumerate(self.files):
+            try:
+                img = read_image(f)
+            except EdgesegError as e:
+                log.warning("%s", e)  # one bad file does not end a folder run
+                continue
+            yield Frame(i, img, time.time(), f.name)
+
+
+class VideoFile(Source):
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = path.name
+        self.cap = cv2.VideoCapture(str(path))
+        if not self.cap.isOpened():
+            raise EdgesegError(f"{path}: cannot open this video (corrupt or codec missing); re-encode it as H.264 MP4")
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
+
+    def __iter__(self) -> Iterator[Frame]:
+        i = 0
+        while True:
+            ok, img = self.cap.read()
+            if not ok:
+                return
+            yield Frame(i, img, time.time(), self.name)
+            i += 1
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class LiveCapture(Source):
+    """An OpenCV camera or network stream, reopened with exponential back-off when it drops."""
+
+    live = True
+
+    def __init__(self, spec: int | str, width: int | None = None, height: int | None = None,
+                 fps: float | None = None, retries: int = 10, backoff: float = 0.5,
+                 opener: Callable[[int | str], Any] | None = None, on_event: Callable[[str], None] | None = None):
+        self.spec = spec
+        self.name = f"camera {spec}" if isinstance(spec, int) else str(spec)
+        self.size = (width, height)
+        self.fps_req = fps
+        self.retries = retries
+        self.backoff = backoff
+        self.opener = opener or cv2.VideoCapture
+        self.on_event = on_event or (lambda msg: log.warning("%s", msg))
+        self.reconnects = 0
+        self.cap = self._open()
+        if self.cap is None:
+            if isinstance(spec, int):
+                raise EdgesegError(f"camera {spec}: no camera found at this index; check the cable and "
+                                   "`ls /dev/video*`, or pass --source FILE_OR_URL")
+            raise EdgesegError(f"{spec}: cannot open this stream; check the URL and that the server is reachable")
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
+        self._closed = False
+
+    def _open(self):
+        with quiet_opencv():
+            cap = self.opener(self.spec)
+        if not cap.isOpened():
+            cap.release()
+            return None
+        w, h = self.size
+        if w:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, w)
+        if h:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, h)
+        if self.fps_req:
+            cap.set(cv2.CAP_PROP_FPS, self.fps_req)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a queue of stale ones
+        return cap
+
+    def _reconnect(self) -> bool:
+        delay = self.backoff
+        for attempt in range(1, self.retries + 1):
+            if self._closed:
+                return False
+            self.on_event(f"{self.name}: no frames; reconnecting (attempt {attempt}/{self.retries}) in {delay:.1f} s")
+            time.sleep(delay)
+            self.cap.release()
+            cap = self._open()
+            if cap is not None:
+                self.cap = cap
+                self.reconnects += 1
+                self.on_event(f"{self.name}: reconnected")
+                return True
+            delay = min(delay * 2, 10.0)
+        self.on_event(f"{self.name}: gave up after {self.retries} attempts")
+        return False
+
+    def __iter__(self) -> Iterator[Frame]:
+        i = 0
+        while not self._closed:
+            ok, img = self.cap.read()
+            if not ok or img is None or img.ndim != 3 or img.size == 0:
+                if not self._reconnect():
+                    return
+                continue
+            yield Frame(i, img, time.time(), self.name)
+            i += 1
+
+    def close(self) -> None:
+        self._closed = True
+        self.cap.release()
+
+
+class PiCamera(Source):
+    """The Raspberry Pi camera through picamera2 (libcamera), delivering BGR frames."""
+
+    live = True
+
+    def __init__(self, width: int | None = None, height: int | None = None, fps: float | None = None):
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise EdgesegError("--camera pi needs picamera2: sudo apt install python3-picamera2 "
+                               "(and create the venv with --system-site-packages)") from None
+        self.name = "picamera2"
+        self.cam = Picamera2()
+        # "RGB888" in libcamera is BGR byte order in memory, which is what OpenCV expects.
+        cfg = self.cam.create_video_configuration(main={"size": (width or 1280, height or 720), "format": "RGB888"},
+                                                  controls={"FrameRate": fps or 30})
+        self.cam.configure(cfg)
+        self.cam.start()
+        self.fps = fps or 30.0
+
+    def __iter__(self) -> Iterator[Frame]:
+        i = 0
+        while True:
+            img = self.cam.capture_array("main")
+            yield Frame(i, np.ascontiguousarray(img[:, :, :3]), time.time(), self.name)
+            i += 1
+
+    def close(self) -> None:
+        self.cam.stop()
+
+
+def on_raspberry_pi() -> bool:
+    try:
+        return platform.machine().startswith(("aarch64", "arm")) and "Raspberry Pi" in Path(
+            "/proc/device-tree/model").read_text(errors="ignore")
+    except OSError:
+        return False
+
+
+def open_source(spec: int | str, width: int | None = None, height: int | None = None, fps: float | None = None,
+                **kw: Any) -> Source:
+    """Open ``spec``: camera index (int or digits), 'pi', URL, video file, image folder or glob."""
+    if isinstance(spec, str) and spec.isdigit():
+        spec = int(spec)
+    if spec == "pi" or (isinstance(spec, int) and spec == 0 and kw.pop("prefer_pi", False) and on_raspberry_pi()):
+        return PiCamera(width, height, fps)
+    if isinstance(spec, int):
+        return LiveCapture(spec, width, height, fps, **kw)
+    s = str(spec)
+    if "://" in s:
+        return LiveCapture(s, width, height, fps, **kw)
+    if any(ch in s for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise EdgesegError(f"{s}: the pattern matches no images; check the glob")
+        return ImageFolder(files, s)
+    p = Path(s)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise EdgesegError(f"{p}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return ImageFolder(files, p.name)
+    if not p.exists():
+        raise EdgesegError(f"{p}: no such file or folder; pass --camera N, a video, an image folder or a URL")
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageFolder([p], p.name)
+    if p.suffix.lower() in VIDEO_SUFFIXES or os.path.getsize(p) > 0:
+        return VideoFile(p)
+    raise EdgesegError(f"{p}: not an image or video")

@@ -1,0 +1,44 @@
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeseg.runtime.nms import box_iou, nms
+
+
+def reference_nms(boxes, scores, classes, thr):
+    """Plain greedy NMS, one class at a time, as torchvision.ops.batched_nms defines it."""
+    keep = []
+    for c in np.unique(classes):
+        idx = [i for i in np.argsort(-scores, kind="stable") if classes[i] == c]
+        while idx:
+            i = idx.pop(0)
+            keep.append(i)
+            idx = [j for j in idx if box_iou(boxes[i:i + 1], boxes[j:j + 1])[0, 0] <= thr]
+    return sorted(keep, key=lambda i: (-scores[i], i))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 60), st.integers(0, 2**31 - 1), st.floats(0.1, 0.9))
+def test_nms_matches_reference(n, seed, thr):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 100, (n, 2))
+    wh = rng.uniform(1, 60, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    scores = rng.permutation(n).astype(np.float32) / max(n, 1)  # distinct scores: a unique answer
+    classes = rng.integers(0, 3, n)
+    got = nms(boxes, scores, classes, thr, max_det=1000)
+    assert list(got) == reference_nms(boxes, scores, classes, thr)
+
+
+def test_nms_class_aware_and_max_det():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    assert list(nms(boxes, scores, np.array([0, 0, 1]), 0.5)) == [0, 2]
+    assert list(nms(boxes, scores, np.array([0, 0, 1]), 0.5, agnostic=True)) == [0]
+    assert list(nms(boxes, scores, np.array([0, 1, 2]), 0.5, max_det=2)) == [0, 1]
+
+
+def test_degenerate_boxes_do_not_produce_nan():
+    boxes = np.array([[5, 5, 5, 5], [5, 5, 5, 5]], np.float32)
+    iou = box_iou(boxes, boxes)
+    assert np.isfinite(iou).all()
