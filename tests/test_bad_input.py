@@ -1,0 +1,110 @@
+"""Bad input: one line on stderr naming the file and the fix, exit status 2, no bundle left behind."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import MODEL, cli
+
+
+def _tiny_onnx(path: Path, out_shape, in_shape=(1, 3, 32, 32), op="Identity", names=None):
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, list(in_shape))
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, list(out_shape))
+    if op == "Flatten":
+        node = helper.make_node("Flatten", ["images"], ["out"], axis=1)
+    else:
+        node = helper.make_node("Identity", ["images"], ["out"])
+    m = helper.make_model(helper.make_graph([node], "g", [inp], [out]), opset_imports=[helper.make_opsetid("", 17)])
+    if names:
+        e = m.metadata_props.add()
+        e.key, e.value = "names", names
+    onnx.save(m, str(path))
+    return path
+
+
+def _calib(folder: Path, n: int, bad: bool = False) -> Path:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((40, 60, 3), i * 10 % 255, np.uint8))
+    if bad:
+        (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def case(tmp: Path, name: str):
+    out = tmp / "out" / "bundle"
+    if name == "missing file":
+        return ["convert", str(tmp / "nope.onnx"), "--out", str(out)], "no such file"
+    if name == "empty file":
+        (tmp / "e.onnx").write_bytes(b"")
+        return ["convert", str(tmp / "e.onnx"), "--out", str(out)], "file is empty"
+    if name == "not a model":
+        (tmp / "t.onnx").write_text("hello, I am a text file")
+        return ["convert", str(tmp / "t.onnx"), "--out", str(out)], "not a readable ONNX model"
+    if name == "truncated model":
+        data = MODEL.read_bytes()
+        (tmp / "half.onnx").write_bytes(data[: len(data) // 2])
+        return ["convert", str(tmp / "half.onnx"), "--out", str(out)], "ONNX"
+    if name == "folder instead of model":
+        return ["convert", str(tmp), "--out", str(out)], "is a folder"
+    if name == "unknown head":
+        m = _tiny_onnx(tmp / "flat.onnx", (1, 3072), op="Flatten")
+        return ["convert", str(m), "--out", str(out), "--fp32"], "unknown head"
+    if name == "wrong input shape":
+        m = _tiny_onnx(tmp / "gray.onnx", (1, 1, 32, 32), in_shape=(1, 1, 32, 32))
+        return ["convert", str(m), "--out", str(out), "--fp32"], "needs [1,3,H,W]"
+    if name == "dynamic input":
+        m = _tiny_onnx(tmp / "dyn.onnx", ("N", 3, "H", "W"), in_shape=("N", 3, "H", "W"))
+        return ["convert", str(m), "--out", str(out), "--fp32"], "--imgsz"
+    if name == "class-name count mismatch":
+        return ["convert", str(MODEL), "--names", "a,b,c", "--out", str(out), "--fp32"], "fix --names"
+    if name == "empty calibration folder":
+        (tmp / "empty").mkdir()
+        return ["convert", "--calib", str(tmp / "empty"), "--out", str(out)], "found 0 images"
+    if name == "too few calibration images":
+        return ["convert", "--calib", str(_calib(tmp / "few", 3)), "--out", str(out)], "at least 8"
+    if name == "image that does not decode":
+        return ["convert", "--calib", str(_calib(tmp / "bad", 10, bad=True)), "--out", str(out)], "cannot decode"
+    if name == "unknown target":
+        return ["convert", "--target", "toaster", "--out", str(out)], "unknown target 'toaster'"
+    if name == "precision the target lacks":
+        return ["convert", "--target", "onnxruntime", "--int8", "--fp16", "--out", str(out)], "only one of"
+    if name == "not a bundle":
+        return ["run", str(tmp), "--source", str(tmp)], "not an edgeseg bundle"
+    if name == "no camera":
+        return ["run", str(_bundle_dir()), "--camera", "7"], "no camera found"
+    if name == "missing source":
+        return ["run", str(_bundle_dir()), "--source", str(tmp / "nothing.mp4")], "no such file or folder"
+    raise KeyError(name)
+
+
+_BUNDLE = []
+
+
+def _bundle_dir():
+    return _BUNDLE[0]
+
+
+CASES = ["missing file", "empty file", "not a model", "truncated model", "folder instead of model", "unknown head",
+         "wrong input shape", "dynamic input", "class-name count mismatch", "empty calibration folder",
+         "too few calibration images", "image that does not decode", "unknown target", "precision the target lacks",
+         "not a bundle", "no camera", "missing source"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input(name, tmp_path, fp32_bundle):
+    _BUNDLE[:] = [fp32_bundle.path]
+    args, phrase = case(tmp_path, name)
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and phrase in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())

@@ -1,0 +1,64 @@
+"""Accuracy on the reference validation set (the foundation issue's "done when" figures)."""
+
+import json
+
+import pytest
+
+from conftest import DATA_YAML, cli
+from edgeseg.eval import evaluate
+from edgeseg.runtime.model import Model, Thresholds
+
+ULTRALYTICS_FP32_MASK_MAP = 0.825  # ../shared/reference/README.md, Ultralytics 8.4.190 val on this ONNX
+
+
+@pytest.fixture(scope="module")
+def scores(fp32_bundle, int8_bundle, int8_nosplit_bundle):
+    out = {}
+    for name, b in [("fp32", fp32_bundle), ("int8", int8_bundle), ("nosplit", int8_nosplit_bundle)]:
+        out[name] = evaluate(Model.load(b.path, thresholds=Thresholds(conf=0.001)), DATA_YAML, progress=False)
+    return out
+
+
+def test_fp32_matches_ultralytics_figure(scores):
+    s = scores["fp32"]
+    assert s["images"] == 100
+    assert abs(s["mask_map50_95"] - ULTRALYTICS_FP32_MASK_MAP) <= 0.010, s
+    assert abs(s["box_map50_95"] - 0.828) <= 0.010, s
+    assert s["mask_map50_95_full_res"] < s["mask_map50_95"]  # full resolution is the stricter measure
+
+
+def test_int8_within_a_hair_of_fp32(scores):
+    assert scores["fp32"]["mask_map50_95"] - scores["int8"]["mask_map50_95"] <= 0.010, (scores["fp32"], scores["int8"])
+
+
+def test_unsplit_int8_detects_nothing(scores):
+    assert scores["nosplit"]["mask_map50_95"] < 0.05
+
+
+def test_eval_cli_json_fidelity_and_report(int8_bundle, fp32_bundle, tmp_path):
+    js, rep = tmp_path / "m.json", tmp_path / "report"
+    r = cli("eval", str(int8_bundle.path), "--data", str(DATA_YAML), "--json", str(js), "--against",
+            str(fp32_bundle.path), "--report", str(rep), "--limit", "30")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(js.read_text())
+    for k in ("mask_map50_95", "mask_map50", "box_map50_95", "box_map50", "images"):
+        assert isinstance(d[k], (int, float))
+    assert d["images"] == 30
+    assert d["fidelity_detections_kept"] > 0.9 and d["fidelity_mean_mask_iou"] > 0.95
+    assert (rep / "report.md").is_file() and list(rep.glob("side_by_side_*.jpg"))
+    text = (rep / "report.md").read_text()
+    assert "per output role" in text and "| cls |" in text and "circle" in text
+
+
+def test_dataset_without_labels_is_an_error(int8_bundle, tmp_path):
+    import shutil
+
+    from conftest import VAL_IMAGES
+
+    (tmp_path / "images").mkdir()
+    for f in sorted(VAL_IMAGES.iterdir())[:3]:
+        shutil.copy(f, tmp_path / "images")
+    y = tmp_path / "d.yaml"
+    y.write_text("path: .\nval: images\nnames: {0: circle}\n")
+    r = cli("eval", str(int8_bundle.path), "--data", str(y))
+    assert r.returncode == 2 and "has a label file" in r.stderr

@@ -1,0 +1,161 @@
+"""`edgeseg run` end to end, the pipeline's dropping policy, and live-source recovery."""
+
+import json
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import VAL_IMAGES, cli
+from edgeseg.runtime.pipeline import run_pipeline
+from edgeseg.runtime.sources import Frame, LiveCapture, Source
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    p = tmp_path_factory.mktemp("video") / "scenes.mp4"
+    w = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"mp4v"), 10, (480, 320))
+    for f in sorted(VAL_IMAGES.iterdir())[:24]:
+        w.write(cv2.resize(cv2.imread(str(f)), (480, 320)))
+    w.release()
+    return p
+
+
+def test_run_video_writes_video_and_jsonl(fp32_bundle, video, tmp_path):
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    r = cli("run", str(fp32_bundle.path), "--source", str(video), "--save", str(out), "--json", str(js))
+    assert r.returncode == 0, r.stderr
+    assert "24 frames" in r.stdout and "FPS" in r.stdout
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 24 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 480
+    lines = js.read_text().splitlines()
+    assert len(lines) == 24
+    recs = [json.loads(ln) for ln in lines]
+    assert [r["frame"] for r in recs] == list(range(24))  # a file source drops nothing, keeps order
+    import pycocotools.mask as mu
+
+    n = 0
+    for rec in recs:
+        assert rec["width"] == 480 and rec["height"] == 320 and rec["source"] == "scenes.mp4"
+        for inst in rec["instances"]:
+            n += 1
+            x1, y1, x2, y2 = inst["box"]
+            assert 0 <= x1 < x2 <= 480 and 0 <= y1 < y2 <= 320
+            assert inst["mask"]["size"] == [320, 480]
+            m = mu.decode({"size": inst["mask"]["size"], "counts": inst["mask"]["counts"].encode()})
+            ys, xs = np.nonzero(m)
+            assert len(xs) and xs.min() >= int(x1) and xs.max() < x2 + 1 and ys.min() >= int(y1) and ys.max() < y2 + 1
+            assert inst["class_name"] in fp32_bundle.manifest.names and 0.25 < inst["score"] <= 1
+    assert n > 40
+
+
+def test_run_image_folder_to_image_folder_with_class_filter(fp32_bundle, tmp_path):
+    out, js = tmp_path / "annotated", tmp_path / "r.jsonl"
+    r = cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES / "0000*.jpg"), "--save", str(out),
+            "--json", str(js), "--classes", "circle", "--classes", "2", "--max-frames", "5")
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.glob("*.jpg"))) == 5
+    recs = [json.loads(ln) for ln in js.read_text().splitlines()]
+    assert len(recs) == 5
+    assert {i["class_id"] for rec in recs for i in rec["instances"]} <= {0, 2}
+
+
+class FakeModel:
+    """Stands in for a slow accelerator: the pipeline above it is the real one."""
+
+    def __init__(self, infer_s: float):
+        self.infer_s = infer_s
+        self.seen: list[int] = []
+
+    def preprocess(self, img):
+        return img, None
+
+    def infer(self, x):
+        time.sleep(self.infer_s)
+        return {"x": x}
+
+    def decode(self, outs, lb):
+        from edgeseg.runtime.decode import FrameResult
+
+        self.seen.append(int(outs["x"][0, 0, 0]))
+        return FrameResult(4, 4)
+
+
+class FastLiveSource(Source):
+    live = True
+    name = "fake-sensor"
+
+    def __init__(self, n: int, period: float):
+        self.n, self.period = n, period
+
+    def __iter__(self):
+        for i in range(self.n):
+            time.sleep(self.period)
+            yield Frame(i, np.full((4, 4, 3), i % 256, np.uint8), time.time(), self.name)
+
+
+def test_live_source_drops_oldest_frames_when_inference_is_behind():
+    model = FakeModel(infer_s=0.02)
+    st = run_pipeline(model, FastLiveSource(100, 0.002), [], annotate=False)
+    assert st.dropped > 30  # the sensor produced ~5x faster than inference
+    assert st.frames + st.dropped <= 100
+    assert model.seen == sorted(model.seen)  # never out of order
+    assert model.seen[-1] >= 90  # and the newest frames are the ones processed
+
+
+def test_file_source_drops_nothing():
+    class Slow(FastLiveSource):
+        live = False
+
+    model = FakeModel(infer_s=0.005)
+    st = run_pipeline(model, Slow(40, 0.0), [], annotate=False)
+    assert st.dropped == 0 and model.seen == list(range(40))
+
+
+def test_stop_event_ends_a_live_run_cleanly():
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    st = run_pipeline(FakeModel(0.001), FastLiveSource(10**6, 0.001), [], annotate=False, stop=stop)
+    assert 0 < st.frames < 10**6
+
+
+class FlakyCamera:
+    """A cv2.VideoCapture stand-in at the hardware boundary: it unplugs after some frames."""
+
+    opened = 0
+
+    def __init__(self, spec):
+        FlakyCamera.opened += 1
+        self.n = 0
+        self.ok = FlakyCamera.opened in (1, 3)  # unplugged: one failed reopen, one good, then gone
+
+    def isOpened(self):
+        return self.ok
+
+    def read(self):
+        self.n += 1
+        if self.n > 5:
+            return False, None
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def set(self, *a):
+        return True
+
+    def get(self, prop):
+        return 30.0
+
+    def release(self):
+        pass
+
+
+def test_camera_that_disappears_is_reopened_with_backoff():
+    FlakyCamera.opened = 0
+    events = []
+    src = LiveCapture(0, opener=FlakyCamera, retries=3, backoff=0.01, on_event=events.append)
+    frames = list(src)
+    # 5 frames, unplugged, one failed reopen, reconnected, 5 more, unplugged, ... until retries run out
+    assert len(frames) == 10 and src.reconnects == 1
+    assert any("reconnecting" in e for e in events) and any("reconnected" in e for e in events)
+    assert "gave up" in events[-1]
