@@ -95,13 +95,20 @@ def _export_torchscript(path: Path, imgsz: int | None, workdir: Path) -> Path:
     except ImportError:
         raise ToolchainMissing(f"{path}: importing TorchScript needs torch: pip install torch, "
                                "or export the model to ONNX and pass the .onnx") from None
-    module = torch.jit.load(str(path), map_location="cpu")
-    size = imgsz or int(getattr(module, "imgsz", 0) or 0) or 640
-    extra = {"config.txt": ""}
-    try:  # Ultralytics TorchScript exports carry their metadata in this extra file
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception:
-        pass
+    extra = {"config.txt": ""}  # Ultralytics TorchScript exports carry their metadata in this extra file
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    import json
+
+    try:
+        cfg = json.loads(extra.get("config.txt") or b"{}")
+    except (ValueError, TypeError):
+        cfg = {}
+    cfg_size = cfg.get("imgsz") if isinstance(cfg, dict) else None
+    if isinstance(cfg_size, list) and cfg_size:
+        cfg_size = cfg_size[0]
+    size = imgsz or (int(cfg_size) if isinstance(cfg_size, (int, float)) else 0)
+    if not size:
+        raise EdgesegError(f"{path}: TorchScript has no input size in its metadata; pass --imgsz N")
     dst = workdir / (path.stem + ".onnx")
     x = torch.zeros(1, 3, size, size)
     with torch.no_grad():
@@ -111,17 +118,10 @@ def _export_torchscript(path: Path, imgsz: int | None, workdir: Path) -> Path:
     torch.onnx.export(module, x, str(dst), input_names=["images"], output_names=names, opset_version=17,
                       dynamo=False)
     m = onnx.load(str(dst))
-    meta = extra.get("config.txt") or b""
-    if meta:
-        import json
-        try:
-            cfg = json.loads(meta)
-            for k in ("names", "task", "imgsz"):
-                if k in cfg:
-                    e = m.metadata_props.add()
-                    e.key, e.value = k, str(cfg[k])
-        except (ValueError, TypeError):
-            pass
+    for k in ("names", "task", "imgsz"):
+        if isinstance(cfg, dict) and k in cfg:
+            e = m.metadata_props.add()
+            e.key, e.value = k, str(cfg[k])
     onnx.save(m, str(dst))
     return dst
 

@@ -227,18 +227,21 @@ class SemanticDecoder:
 
     def __call__(self, outs: dict, lb: Letterbox, **_: object) -> FrameResult:
         y = dequantize(outs[self.out["name"]], self.out.get("quant"))[0]
-        if self.kind == "labels":
-            lab = y.astype(np.uint8)
-        elif y.shape[0] == 1:
-            lab = (y[0] > self.threshold).astype(np.uint8)
-        else:
-            lab = y.argmax(0).astype(np.uint8)
-        oh, ow = lab.shape
+        oh, ow = y.shape[-2:]
         fy, fx = oh / self.input_hw[0], ow / self.input_hw[1]
         y0, x0 = int(round(lb.pad_y * fy)), int(round(lb.pad_x * fx))
         y1, x1 = int(round((lb.pad_y + lb.new_h) * fy)), int(round((lb.pad_x + lb.new_w) * fx))
-        crop = lab[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
-        full = cv2.resize(crop, (lb.src_w, lb.src_h), interpolation=cv2.INTER_NEAREST)
+        size = (lb.src_w, lb.src_h)
+        if self.kind == "labels":
+            crop = y[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].astype(np.uint8)
+            full = cv2.resize(crop, size, interpolation=cv2.INTER_NEAREST)
+        else:
+            # Upsample the logits, not the argmax: class borders land between the coarse cells.
+            crop = np.ascontiguousarray(y[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].transpose(1, 2, 0))
+            up = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR)
+            if up.ndim == 2:
+                up = up[:, :, None]
+            full = (up[:, :, 0] > self.threshold).astype(np.uint8) if up.shape[2] == 1 else up.argmax(2).astype(np.uint8)
         return FrameResult(lb.src_w, lb.src_h, label_map=full, names=self.names)
 
 

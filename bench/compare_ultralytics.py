@@ -1,0 +1,105 @@
+"""Per-frame latency of edgeseg bundles against Ultralytics' own ONNX predict, in one run.
+
+Needs edgeseg[host] and ultralytics (AGPL-3.0, for this comparison only) in the same environment:
+
+    pip install torch==2.14.1 torchvision==0.29.1 ultralytics==8.4.190 -e ".[host]"
+    edgeseg convert --fp32 --out bundles/ref_fp32 && edgeseg convert --int8 --out bundles/ref_int8
+    python bench/compare_ultralytics.py bundles/ref_fp32 bundles/ref_int8 [--frames 200]
+
+Ultralytics' figure is its own Results.speed (preprocess + inference + postprocess) for the same
+ONNX file, image and thresholds. A second section times decoding alone on dense frames (2x2
+mosaics of the scenes, up to ~20 instances) to check the decode budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.convert.build import ASSETS, DEFAULT_MODEL
+from edgeseg.runtime.model import Model
+
+
+def _med(v):
+    return round(float(np.median(v)), 2)
+
+
+def mosaics(images: list[np.ndarray], n: int) -> list[np.ndarray]:
+    out = []
+    for k in range(n):
+        tiles = [cv2.resize(images[(4 * k + j) % len(images)], (160, 160)) for j in range(4)]
+        out.append(np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    from ultralytics import YOLO
+
+    files = sorted((ASSETS / "shapes" / "val" / "images").iterdir())
+    images = [cv2.imread(str(f)) for f in files]
+    yolo = YOLO(str(DEFAULT_MODEL), task="segment")
+    models = {str(b): Model.load(b) for b in a.bundles}
+    times: dict[str, list[float]] = {"ultralytics": [], **{k: [] for k in models}}
+    stages: dict[str, dict[str, list[float]]] = {k: {"pre": [], "inf": [], "post": []} for k in times}
+    # One runner at a time over the same frames: interleaving three ONNX Runtime sessions makes
+    # their spinning worker threads fight over the cores and slows every one of them.
+    for i in range(10):
+        yolo.predict(images[i], imgsz=320, verbose=False)
+    for i in range(a.frames):
+        r = yolo.predict(images[i % len(images)], imgsz=320, conf=0.25, iou=0.7, verbose=False)[0]
+        sp = r.speed
+        times["ultralytics"].append(sp["preprocess"] + sp["inference"] + sp["postprocess"])
+        for s, k in (("pre", "preprocess"), ("inf", "inference"), ("post", "postprocess")):
+            stages["ultralytics"][s].append(sp[k])
+    for name, m in models.items():
+        for i in range(10):
+            m(images[i])
+        for i in range(a.frames):
+            t0 = time.perf_counter()
+            m(images[i % len(images)])
+            times[name].append((time.perf_counter() - t0) * 1e3)
+            t = m.last_timing
+            stages[name]["pre"].append(t.preprocess_ms)
+            stages[name]["inf"].append(t.inference_ms)
+            stages[name]["post"].append(t.decode_ms)
+    rows = {k: {"end_to_end_ms": _med(v), "preprocess_ms": _med(stages[k]["pre"]), "inference_ms": _med(stages[k]["inf"]),
+                "postprocess_ms": _med(stages[k]["post"])} for k, v in times.items()}
+    # decode budget on dense frames
+    dense = mosaics(images, 50)
+    dec: dict[str, dict] = {}
+    for name, m in models.items():
+        d, n = [], []
+        for img in dense:
+            x, lb = m.preprocess(img)
+            outs = m.infer(x)
+            t0 = time.perf_counter()
+            res = m.decode(outs, lb)
+            d.append((time.perf_counter() - t0) * 1e3)
+            n.append(len(res.instances))
+        dec[name] = {"decode_ms_median": _med(d), "decode_ms_max": round(max(d), 2), "instances_max": max(n),
+                     "instances_mean": round(float(np.mean(n)), 1)}
+    print(f"| runner | end-to-end ms | preprocess | inference | postprocess/decode |")
+    print("| --- | --- | --- | --- | --- |")
+    for k, r in rows.items():
+        print(f"| {k} | {r['end_to_end_ms']} | {r['preprocess_ms']} | {r['inference_ms']} | {r['postprocess_ms']} |")
+    print()
+    print("| bundle | decode ms median (dense) | max | instances max | mean |")
+    print("| --- | --- | --- | --- | --- |")
+    for k, r in dec.items():
+        print(f"| {k} | {r['decode_ms_median']} | {r['decode_ms_max']} | {r['instances_max']} | {r['instances_mean']} |")
+    if a.json:
+        a.json.write_text(json.dumps({"per_frame": rows, "dense_decode": dec}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
