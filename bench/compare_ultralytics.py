@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.convert.build import ASSETS, DEFAULT_MODEL
+from edgeseg.defaults import ASSETS, DEFAULT_MODEL
 from edgeseg.runtime.model import Model
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.convert.build import ASSETS
+from edgeseg.defaults import ASSETS
 from edgeseg.runtime.model import Model
 from edgeseg.runtime.pipeline import run_pipeline
 from edgeseg.runtime.sinks import JsonlSink, VideoSink

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
-
-from .errors import EdgesegError
+from .errors import EdgesegError, ToolchainMissing
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Take a trained segmentation model to an edge device and run it on a live camera.")
 
-DEFAULT_TARGET = "onnxruntime"
+from .defaults import DEFAULT_TARGET
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -41,7 +40,7 @@ def friendly(fn: Callable) -> Callable:
 
 
 def _default_bundle() -> Path:
-    from .convert.build import DEFAULT_MODEL, default_bundle_dir
+    from .defaults import DEFAULT_MODEL, default_bundle_dir
 
     p = default_bundle_dir(DEFAULT_MODEL, DEFAULT_TARGET, "int8")
     if not p.is_dir():
@@ -89,7 +88,10 @@ def convert(
     keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
-    from .convert import convert as do_convert
+    try:
+        from .convert import convert as do_convert
+    except ImportError as e:
+        raise ToolchainMissing(f"convert runs on the host and needs {e.name}: pip install \"edgeseg[host]\"") from None
 
     chosen = [p for p, on in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if on]
     if len(chosen) > 1:
@@ -183,7 +185,7 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
 ) -> None:
     """Accuracy on a labeled dataset (mask/box mAP, or mIoU) and fidelity to the FP32 source."""
-    from .convert.build import DEFAULT_DATA
+    from .defaults import DEFAULT_DATA
     from .eval import evaluate
 
     model = _load_model(bundle, conf, iou)
@@ -212,11 +214,11 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads"),
 ) -> None:
     """Per-stage latency (median, p90) one frame at a time, pipelined FPS and peak memory."""
-    from .convert.build import ASSETS
+    from .defaults import DEFAULT_SCENES
     from .runtime.bench import bench as do_bench
 
     model = _load_model(bundle, 0.25, 0.7, None, threads)
-    r = do_bench(model, source or str(ASSETS / "shapes" / "val" / "images"), frames=frames)
+    r = do_bench(model, source or str(DEFAULT_SCENES), frames=frames)
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))
     for k in ("preprocess_ms", "inference_ms", "decode_ms", "end_to_end_ms"):

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .convert.calibration import read_image
+from .runtime.sources import read_image
 from .data import load_dataset
 from .errors import EdgesegError
 from .runtime.decode import FrameResult

@@ -72,7 +72,7 @@ def test_reconverting_replaces_the_bundle_atomically(tmp_path):
 
 def test_fp16_bundle_runs_and_agrees(tmp_path, fp32_model):
     from edgeseg.convert import convert
-    from edgeseg.convert.calibration import read_image
+    from edgeseg.runtime.sources import read_image
     from edgeseg.runtime.model import Model
     from conftest import VAL_IMAGES
 

@@ -9,7 +9,7 @@ import pycocotools.mask as mu
 import pytest
 
 from conftest import FIXTURES, MODEL, VAL_IMAGES
-from edgeseg.convert.calibration import read_image
+from edgeseg.runtime.sources import read_image
 from edgeseg.convert.split import split_yolo_seg
 from edgeseg.fidelity import match_instances
 from edgeseg.runtime.decode import FrameResult, Instance, YoloSegDecoder

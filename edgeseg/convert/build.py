@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -13,23 +12,14 @@ import onnx
 
 from .. import __version__
 from ..bundle import Bundle, Manifest, atomic_bundle_dir, write_manifest
+from ..defaults import DEFAULT_CALIB, DEFAULT_MODEL, default_bundle_dir
 from ..errors import EdgesegError
 from ..profiles import load_profile
-from .calibration import DEFAULT_IMAGES, CalibrationSet, read_image
+from ..runtime.sources import read_image
+from .calibration import DEFAULT_IMAGES, CalibrationSet
 from .importer import import_model
 from .split import split_yolo_seg
 from .toolchains import ConvertJob, get_toolchain
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_MODEL = ASSETS / "shapes-yolo11n-seg.onnx"
-DEFAULT_CALIB = ASSETS / "shapes" / "calib" / "images"
-DEFAULT_DATA = ASSETS / "shapes" / "shapes.yaml"
-
-
-def default_bundle_dir(model: Path, target: str, precision: str, split: bool = True) -> Path:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.stem)
-    return Path("bundles") / f"{stem}_{target}_{precision}{'' if split else '_nosplit'}"
-
 
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
             calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | None = None,

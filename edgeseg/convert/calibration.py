@@ -10,26 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from ..data import list_images, load_dataset
 from ..errors import EdgesegError
 from ..runtime.preprocess import preprocess
+from ..runtime.sources import read_image
 
 MIN_IMAGES = 8
 DEFAULT_IMAGES = 64
 DEFAULT_HOLDOUT = 8
 SEED = 0
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image as 8-bit BGR whatever it was on disk (gray, 16-bit, alpha, CMYK JPEG)."""
-    data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile copes with non-ASCII paths on every OS
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise EdgesegError(f"{path}: cannot decode this image (corrupt or unsupported format); remove it or re-save as JPEG/PNG")
-    return img
 
 
 @dataclass

@@ -51,6 +51,15 @@ def quiet_opencv() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(prev)
 
 
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as 8-bit BGR whatever it was on disk (gray, 16-bit, alpha, CMYK JPEG)."""
+    data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile copes with non-ASCII paths on every OS
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise EdgesegError(f"{path}: cannot decode this image (corrupt or unsupported format); remove it or re-save as JPEG/PNG")
+    return img
+
+
 class Source:
     live: bool = False
     name: str = ""
@@ -74,8 +83,6 @@ class ImageFolder(Source):
         self.name = name
 
     def __iter__(self) -> Iterator[Frame]:
-        from ..convert.calibration import read_image
-
         for i, f in enumerate(self.files):
             try:
                 img = read_image(f)

@@ -11,14 +11,16 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ...errors import EdgesegError
 from ...profiles import Profile
-from ..calibration import CalibrationSet
-from ..importer import ImportedModel
+
+if TYPE_CHECKING:  # the host-only modules are not needed to ask whether a toolchain is installed
+    from ..calibration import CalibrationSet
+    from ..importer import ImportedModel
 
 # toolchain name (profiles' ``toolchain`` key) -> module under this package
 REGISTRY = {"onnxruntime": "onnxruntime"}
@@ -34,12 +36,12 @@ class Availability:
 
 @dataclass
 class ConvertJob:
-    imported: ImportedModel
+    imported: "ImportedModel"
     fp32_path: Path  # canonical FP32 ONNX (outputs already split when the head allows)
     outputs: list[dict]  # output descriptions of fp32_path, in decoder order
     profile: Profile
     precision: str  # int8 | fp16 | fp32
-    calib: CalibrationSet | None
+    calib: "CalibrationSet | None"
     workdir: Path  # the bundle's temporary folder: write model files here
     options: dict[str, Any] = field(default_factory=dict)
 

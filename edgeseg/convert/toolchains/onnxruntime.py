@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-import onnx
 
 from . import Availability, ConvertJob, ConvertResult, Toolchain
 
@@ -24,8 +23,10 @@ class _Reader:
         return None if x is None else {self._name: x}
 
 
-def _qdq_params(model: onnx.ModelProto, output: str) -> dict | None:
+def _qdq_params(model, output: str) -> dict | None:
     """Scale and zero point of the DequantizeLinear that produces ``output``, if any."""
+    import onnx
+
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     for n in model.graph.node:
         if output in n.output and n.op_type == "DequantizeLinear":
@@ -48,6 +49,8 @@ class OnnxRuntimeToolchain(Toolchain):
         return Availability(True, vs)
 
     def convert(self, job: ConvertJob) -> ConvertResult:
+        import onnx
+
         out = job.workdir / MODEL_FILE
         q: dict = {"precision": job.precision}
         if job.precision == "fp32":
