@@ -48,30 +48,42 @@ def main() -> None:
     files = sorted((ASSETS / "shapes" / "val" / "images").iterdir())
     images = [cv2.imread(str(f)) for f in files]
     yolo = YOLO(str(DEFAULT_MODEL), task="segment")
-    models = {str(b): Model.load(b) for b in a.bundles}
+    # ONNX Runtime's default (spinning) thread pool, as in Ultralytics' own session: one frame at
+    # a time, like for like. `edgeseg run` turns spinning off for the pipelined case.
+    models = {str(b): Model.load(b, spin=True) for b in a.bundles}
     times: dict[str, list[float]] = {"ultralytics": [], **{k: [] for k in models}}
     stages: dict[str, dict[str, list[float]]] = {k: {"pre": [], "inf": [], "post": []} for k in times}
-    # One runner at a time over the same frames: interleaving three ONNX Runtime sessions makes
-    # their spinning worker threads fight over the cores and slows every one of them.
-    for i in range(10):
-        yolo.predict(images[i], imgsz=320, verbose=False)
-    for i in range(a.frames):
-        r = yolo.predict(images[i % len(images)], imgsz=320, conf=0.25, iou=0.7, verbose=False)[0]
-        sp = r.speed
+    # Runners take turns in blocks of frames: machine noise then hits all of them alike, while
+    # each block is long enough that one session's spinning threads do not slow the next.
+    def run_ultralytics(img):
+        sp = yolo.predict(img, imgsz=320, conf=0.25, iou=0.7, verbose=False)[0].speed
         times["ultralytics"].append(sp["preprocess"] + sp["inference"] + sp["postprocess"])
         for s, k in (("pre", "preprocess"), ("inf", "inference"), ("post", "postprocess")):
             stages["ultralytics"][s].append(sp[k])
-    for name, m in models.items():
-        for i in range(10):
-            m(images[i])
-        for i in range(a.frames):
-            t0 = time.perf_counter()
-            m(images[i % len(images)])
-            times[name].append((time.perf_counter() - t0) * 1e3)
-            t = m.last_timing
-            stages[name]["pre"].append(t.preprocess_ms)
-            stages[name]["inf"].append(t.inference_ms)
-            stages[name]["post"].append(t.decode_ms)
+
+    def run_edgeseg(name, m, img):
+        t0 = time.perf_counter()
+        m(img)
+        times[name].append((time.perf_counter() - t0) * 1e3)
+        t = m.last_timing
+        stages[name]["pre"].append(t.preprocess_ms)
+        stages[name]["inf"].append(t.inference_ms)
+        stages[name]["post"].append(t.decode_ms)
+
+    block = 25
+    for start in range(0, a.frames + block, block):  # the first block of each runner is warm-up
+        runners = [("ultralytics", None)] + list(models.items())
+        for name, m in runners:
+            for i in range(start, start + block):
+                img = images[i % len(images)]
+                if name == "ultralytics":
+                    run_ultralytics(img)
+                else:
+                    run_edgeseg(name, m, img)
+            if start == 0:
+                times[name].clear()
+                for v in stages[name].values():
+                    v.clear()
     rows = {k: {"end_to_end_ms": _med(v), "preprocess_ms": _med(stages[k]["pre"]), "inference_ms": _med(stages[k]["inf"]),
                 "postprocess_ms": _med(stages[k]["post"])} for k, v in times.items()}
     # decode budget on dense frames

@@ -14,7 +14,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle, threads: int | None = None, providers: list[str] | None = None,
-                 spin: bool = True, **options: Any):
+                 spin: bool = False, **options: Any):
         super().__init__(bundle, **options)
         so = ort.SessionOptions()
         threads = threads if threads is not None else int(bundle.manifest.profile.get("runtime_options", {}).get("threads", 0))
@@ -23,8 +23,9 @@ class OnnxRuntimeBackend(Backend):
         # One frame at a time: parallelism comes from edgeseg's pipeline, not from inter-op threads.
         so.inter_op_num_threads = 1
         if not spin:
-            # Idle workers then sleep instead of spinning: fairer to the capture and decode threads
-            # on a small board, but each inference is ~15% slower on a 2-core x86 (README, bench).
+            # Idle workers sleep instead of spinning. Spinning shaves ~1 ms off one isolated
+            # inference but steals the cores from capture and decode: the pipelined run is
+            # faster without it (bench/README). spin=True suits one-frame-at-a-time use.
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         model = bundle.file(bundle.manifest.model_files[0])
