@@ -16,11 +16,12 @@ $(VENV)/.host: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -q -e ".[host]"
 	touch $@
 
-# torch (CPU build) trains the small semantic model and imports TorchScript in the tests;
-# edgeseg itself never needs it on a device.
+# The tests also train a small semantic model and import TorchScript (torch) and an Ultralytics
+# .pt checkpoint (ultralytics, AGPL, test-only). edgeseg itself never needs either on a device.
+# torch 2.14.1 + torchvision 0.29.1 is the pair that installs from this machine kind's local wheels.
 $(VENV)/.test: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -q -e ".[test]" "ultralytics==8.4.190"
 	touch $@
 
 demo: $(VENV)/.host

@@ -82,11 +82,18 @@ def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_m
         raise ToolchainMissing(f"{path}: importing an Ultralytics .pt needs the ultralytics package (AGPL-3.0): "
                                "pip install torch==2.14.1 torchvision==0.29.1 ultralytics, or export to ONNX "
                                "with `yolo export format=onnx` and pass the .onnx") from None
-    model = YOLO(str(path))
-    out = model.export(format="onnx", imgsz=imgsz or 640, opset=17, simplify=True, dynamic=False)
-    dst = workdir / (path.stem + ".onnx")
-    Path(out).replace(dst)
-    return dst
+    # Ultralytics writes the export next to the checkpoint: work on a copy so the user's folder
+    # stays untouched.
+    import shutil
+
+    copy = workdir / path.name
+    shutil.copyfile(path, copy)
+    model = YOLO(str(copy))
+    if imgsz is None:
+        args = getattr(model.model, "args", {}) or {}
+        imgsz = int(args.get("imgsz", 640)) if isinstance(args, dict) else 640
+    out = model.export(format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False)
+    return Path(out)
 
 
 def _export_torchscript(path: Path, imgsz: int | None, workdir: Path) -> Path:
