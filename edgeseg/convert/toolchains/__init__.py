@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the host-only modules are not needed to ask whether a toolc
     from ..importer import ImportedModel
 
 # toolchain name (profiles' ``toolchain`` key) -> module under this package
-REGISTRY = {"onnxruntime": "onnxruntime"}
+REGISTRY = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 @dataclass
@@ -54,6 +54,27 @@ class ConvertResult:
     toolchain: dict[str, str] = field(default_factory=dict)
     input: dict[str, Any] = field(default_factory=dict)  # overrides of the input spec (dtype, layout)
     log: str = ""
+
+
+def probe(install: str, **modules: str) -> Availability:
+    """Availability by importing each module (import name -> distribution name for its version).
+
+    Importing, not just finding the distribution: a wheel that is installed but cannot load
+    (missing system library, wrong numpy) counts as missing, with the reason.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str] = {}
+    for mod, dist in modules.items():
+        try:
+            importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001 - any failure to load means "not usable"
+            return Availability(False, install=install, detail=f"{mod} cannot be imported: {e}")
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = "unknown"
+    return Availability(True, versions)
 
 
 class Toolchain(ABC):

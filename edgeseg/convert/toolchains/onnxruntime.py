@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import Availability, ConvertJob, ConvertResult, Toolchain
+from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 MODEL_FILE = "model.onnx"
 
@@ -42,11 +41,7 @@ class OnnxRuntimeToolchain(Toolchain):
 
     @classmethod
     def availability(cls) -> Availability:
-        try:
-            vs = {"onnxruntime": version("onnxruntime"), "onnx": version("onnx")}
-        except PackageNotFoundError as e:
-            return Availability(False, install='pip install "edgeseg[host]"', detail=f"{e.name} missing")
-        return Availability(True, vs)
+        return probe('pip install "edgeseg[host]"', onnxruntime="onnxruntime", onnx="onnx")
 
     def convert(self, job: ConvertJob) -> ConvertResult:
         import onnx

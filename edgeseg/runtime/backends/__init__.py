@@ -19,6 +19,7 @@ from ...errors import EdgesegError, ToolchainMissing
 # runtime name (manifest ``runtime``) -> (module, pip package, install command)
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime", 'pip install "edgeseg[onnxruntime]"'),
+    "openvino": ("openvino", "openvino", 'pip install "edgeseg[openvino]"'),
 }
 
 

@@ -1,0 +1,38 @@
+"""OpenVINO backend: CPU plugin by default; GPU, NPU or AUTO by option."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from . import Backend
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, bundle, device: str | None = None, threads: int | None = None,
+                 inference_precision: str | None = None, **options: Any):
+        super().__init__(bundle, **options)
+        ro = bundle.manifest.profile.get("runtime_options", {})
+        device = device or ro.get("device", "CPU")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if device.startswith("CPU"):
+            config["INFERENCE_PRECISION_HINT"] = inference_precision or ro.get("inference_precision", "f32")
+            threads = threads if threads is not None else int(ro.get("threads", 0))
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        model = core.read_model(str(bundle.file(bundle.manifest.model_files[0])))
+        self.compiled = core.compile_model(model, device, config)
+        self.request = self.compiled.create_infer_request()
+        self.names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.request.infer({0: x})
+        return {n: np.asarray(res[o]) for n, o in zip(self.names, self.compiled.outputs)}
+
+
+BACKEND = OpenVinoBackend
