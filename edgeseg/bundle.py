@@ -78,15 +78,41 @@ class Manifest:
         for k, t in types.items():
             if not isinstance(d.get(k), t):
                 raise bad(f"field '{k}' is missing or not a {t.__name__}")
+        optional = {"source": dict, "profile": dict, "quantization": dict, "toolchain": dict, "fidelity": dict,
+                    "edgeseg_version": str}
+        for k, t in optional.items():
+            if k in d and not isinstance(d[k], t):
+                raise bad(f"field '{k}' is not a {t.__name__}")
+        if not d["model_files"] or not all(isinstance(f, str) for f in d["model_files"]):
+            raise bad("model_files must be a non-empty list of file names")
+        if not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in d["files"].items()):
+            raise bad("files must map names to SHA-256 hex digests")
+        if not isinstance(d["head"].get("type"), str):
+            raise bad("head.type is missing")
+        if d["head"]["type"] == "yolo-seg":
+            for k in ("num_classes", "num_masks"):
+                if not isinstance(d["head"].get(k), int) or not 0 < d["head"][k] <= 10000:
+                    raise bad(f"head.{k} must be a positive integer")
+            if d["head"].get("layout") not in ("split", "concat"):
+                raise bad("head.layout must be 'split' or 'concat'")
         for k in ("height", "width"):
             v = d["input"].get(k)
             if not isinstance(v, int) or not 1 <= v <= 8192:
                 raise bad(f"input.{k} must be an integer in 1..8192")
         if not all(isinstance(n, str) for n in d["names"]):
             raise bad("names must be strings")
+        if not d["outputs"]:
+            raise bad("outputs is empty")
         for o in d["outputs"]:
             if not isinstance(o, dict) or not isinstance(o.get("name"), str) or o.get("role") not in ROLES:
-                raise bad(f"output entry {o!r} needs a name and a role in {sorted(ROLES)}")
+                raise bad(f"output entry {str(o)[:80]} needs a name and a role in {sorted(ROLES)}")
+            shape = o.get("shape")
+            if shape is not None and (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)):
+                raise bad(f"output '{o['name']}' has an invalid shape")
+            q = o.get("quant")
+            if q is not None and (not isinstance(q, dict) or not isinstance(q.get("scale"), (int, float))
+                                  or not isinstance(q.get("zero_point"), int)):
+                raise bad(f"output '{o['name']}' has invalid quantization parameters")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
@@ -150,6 +176,7 @@ def atomic_bundle_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not overwrite:
         raise EdgesegError(f"{out}: already exists; pass --overwrite or choose another --out")
+    lock = _take_lock(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         yield tmp
@@ -170,6 +197,40 @@ def atomic_bundle_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _take_lock(out: Path) -> Path:
+    """One writer per bundle folder: a second conversion into the same --out fails at once."""
+    lock = out.with_name(f".{out.name}.lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise EdgesegError(f"{out}: another conversion (pid {pid}) is writing this bundle; wait for it "
+                                   "or choose another --out") from None
+            lock.unlink(missing_ok=True)  # left by a process that died: take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return lock
+    raise EdgesegError(f"{lock}: cannot take the bundle lock; remove this file if no conversion is running")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

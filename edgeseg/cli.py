@@ -77,6 +77,7 @@ def convert(
     int8: bool = typer.Option(False, "--int8", help="INT8, calibrated (the target's default)."),
     fp16: bool = typer.Option(False, "--fp16"),
     fp32: bool = typer.Option(False, "--fp32"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Any precision the target offers, e.g. int8w (MNN weight-only)."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images or an Ultralytics dataset .yaml."),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", help="How many calibration images to sample."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input size, for models with a dynamic input."),
@@ -93,9 +94,9 @@ def convert(
     except ImportError as e:
         raise ToolchainMissing(f"convert runs on the host and needs {e.name}: pip install \"edgeseg[host]\"") from None
 
-    chosen = [p for p, on in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if on]
+    chosen = [p for p, on in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if on] + ([precision] if precision else [])
     if len(chosen) > 1:
-        raise EdgesegError("pass only one of --int8, --fp16, --fp32")
+        raise EdgesegError("pass only one of --int8, --fp16, --fp32, --precision")
     b = do_convert(model, target=target, precision=chosen[0] if chosen else None, calib=calib,
                    calib_images=calib_images, imgsz=imgsz, out=out, head=head, names=names, split=not no_split,
                    trust_model=trust_model, options={"keep_float": keep_float or []},

@@ -149,6 +149,10 @@ class YoloSegDecoder:
 
     def candidates(self, outs: dict, conf: float, classes: list[int] | None):
         """Boxes (xyxy, input pixels), scores, class ids and coefficients above ``conf``."""
+        with np.errstate(all="ignore"):  # non-finite runtime outputs are filtered below, not warned about
+            return self._candidates(outs, conf, classes)
+
+    def _candidates(self, outs: dict, conf: float, classes: list[int] | None):
         if self.layout == "split":
             cls = self._flat(outs, self.cls_names)  # [nc, A] logits
             thr = -np.inf if conf <= 0 else (np.inf if conf >= 1 else math.log(conf / (1 - conf)))
@@ -185,6 +189,13 @@ class YoloSegDecoder:
             xywh = det[:4, idx].T
             boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
             coef = det[4 + self.nc:4 + self.nc + self.nm, idx].T
+        # A runtime can hand back NaN/inf (overflowed FP16, a broken INT8 scale): such anchors are
+        # dropped rather than allowed to poison NMS or the masks.
+        ok = np.isfinite(boxes).all(1) & np.isfinite(coef).all(1) & np.isfinite(score)
+        if not ok.all():
+            boxes, score, cid, coef = boxes[ok], score[ok], cid[ok], coef[ok]
+            if len(score) == 0:
+                return None
         return boxes.astype(np.float32), score.astype(np.float32), cid, coef.astype(np.float32)
 
     def __call__(self, outs: dict, lb: Letterbox, conf: float = 0.25, iou: float = 0.7,
@@ -197,7 +208,8 @@ class YoloSegDecoder:
         keep = nms(boxes, score, cid, iou, max_det)
         boxes, score, cid, coef = boxes[keep], score[keep], cid[keep], coef[keep]
         src_boxes = lb.to_source(boxes)
-        protos = dequantize(outs[self.protos_name], self.quant.get(self.protos_name))[0]
+        protos = np.nan_to_num(dequantize(outs[self.protos_name], self.quant.get(self.protos_name))[0],
+                               nan=0.0, posinf=1e4, neginf=-1e4)
         nm, mh, mw = protos.shape
         psx, psy = self.input_hw[1] / mw, self.input_hw[0] / mh
         for k in range(len(keep)):

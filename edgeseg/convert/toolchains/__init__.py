@@ -17,13 +17,14 @@ import numpy as np
 
 from ...errors import EdgesegError
 from ...profiles import Profile
+from ...quiet import native_stdout_silenced
 
 if TYPE_CHECKING:  # the host-only modules are not needed to ask whether a toolchain is installed
     from ..calibration import CalibrationSet
     from ..importer import ImportedModel
 
 # toolchain name (profiles' ``toolchain`` key) -> module under this package
-REGISTRY = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+REGISTRY = {"onnxruntime": "onnxruntime", "openvino": "openvino", "mnn": "mnn"}
 
 
 @dataclass
@@ -67,7 +68,8 @@ def probe(install: str, **modules: str) -> Availability:
     versions: dict[str, str] = {}
     for mod, dist in modules.items():
         try:
-            importlib.import_module(mod)
+            with native_stdout_silenced():
+                importlib.import_module(mod)
         except Exception as e:  # noqa: BLE001 - any failure to load means "not usable"
             return Availability(False, install=install, detail=f"{mod} cannot be imported: {e}")
         try:

@@ -20,6 +20,7 @@ from ...errors import EdgesegError, ToolchainMissing
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime", 'pip install "edgeseg[onnxruntime]"'),
     "openvino": ("openvino", "openvino", 'pip install "edgeseg[openvino]"'),
+    "mnn": ("mnn", "MNN", 'pip install "edgeseg[mnn]"'),
 }
 
 

@@ -1,0 +1,71 @@
+"""Run a vendor tool's Python entry point in this (child) process with the network and installs cut off.
+
+    python -m edgeseg.convert.toolchains._guarded SPEC.json
+
+Some toolchains phone home or pip-install packages as a side effect (importing ``MNN.tools``
+runs ``pip install aliyun-log-python-sdk`` and sends usage logs). A conversion must do neither,
+so this wrapper installs an audit hook before anything vendor-made is imported: every socket
+connection, subprocess, ``os.system`` and import of a known logger raises, and is recorded in
+the JSON report the parent reads. The tool itself runs in this separate process because native
+converters can abort the interpreter (SIGABRT) on bad input.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import sys
+
+BLOCKED_MODULES = {"aliyun", "MNN.tools", "openvino_telemetry"}
+BLOCKED_EVENTS = {"socket.connect", "socket.getaddrinfo", "subprocess.Popen", "os.system", "os.exec",
+                  "os.posix_spawn", "os.spawn", "os.fork", "urllib.Request"}
+
+violations: list[str] = []
+
+
+def _hook(event: str, args: tuple) -> None:
+    if event in BLOCKED_EVENTS:
+        violations.append(f"{event} {args[:2]!r}")
+        raise PermissionError(f"edgeseg blocked {event} during a conversion")
+
+
+class _BlockImports(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if any(name == m or name.startswith(m + ".") for m in BLOCKED_MODULES):
+            violations.append(f"import {name}")
+            raise ImportError(f"edgeseg blocked importing {name} during a conversion", name=name)
+        return None
+
+
+def install_guard() -> None:
+    sys.meta_path.insert(0, _BlockImports())
+    sys.addaudithook(_hook)
+
+
+def _mnn(spec: dict) -> object:
+    import _tools  # MNN's native converter module; deliberately not MNN.tools
+
+    if spec["op"] == "convert":
+        return _tools.mnnconvert(["MNNConvert", *spec["args"]])
+    if spec["op"] == "quant":  # an argv-style list: three plain strings crash it (std::length_error)
+        return _tools.mnnquant(["mnnquant", spec["src"], spec["dst"], spec["config"]])
+    raise ValueError(spec["op"])
+
+
+def main() -> None:
+    spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
+    report_path = spec["report"]
+    install_guard()
+    result, error = None, None
+    try:
+        result = {"mnn": _mnn}[spec["tool"]](spec)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        error = f"{type(e).__name__}: {e}"
+    with open(report_path, "w", encoding="utf-8") as f:
+        json.dump({"result": repr(result), "error": error, "violations": violations}, f)
+    sys.stdout.flush()
+    sys.exit(1 if error or violations else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""MNN toolchain: MNN's converter (FP32, FP16, weight-only INT8) and its calibration tool (full INT8).
+
+Both run through MNN's native ``_tools`` module in a guarded child process
+(:mod:`._guarded`): never ``MNN.tools``, whose import pip-installs a logging SDK and sends usage
+logs. Calibration images are written letterboxed by edgeseg's own preprocessing, at the model's
+input size, so MNN's reader only converts them to RGB and scales by 1/255.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+from ...errors import EdgesegError
+from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
+
+MODEL_FILE = "model.mnn"
+INSTALL = 'pip install "edgeseg[mnn]"'
+
+
+def run_guarded(spec: dict, workdir: Path, log: Path) -> dict:
+    """Run one vendor call in a guarded child process; its output goes to ``log``."""
+    spec_path = workdir / f"spec_{spec['op']}.json"
+    report = workdir / f"report_{spec['op']}.json"
+    spec_path.write_text(json.dumps(dict(spec, report=str(report))))
+    with open(log, "a", encoding="utf-8") as out:
+        p = subprocess.run([sys.executable, "-m", "edgeseg.convert.toolchains._guarded", str(spec_path)],
+                           stdout=out, stderr=subprocess.STDOUT, cwd=workdir, timeout=3600)
+    rep = json.loads(report.read_text()) if report.is_file() else {"error": f"the tool died (exit {p.returncode})"}
+    if rep.get("violations"):
+        raise EdgesegError(f"{log}: the {spec['tool']} tool tried {rep['violations'][0]} during conversion and was "
+                           "stopped; see this log")
+    if p.returncode != 0 or rep.get("error") or rep.get("result") == "False":
+        raise EdgesegError(f"{log}: {spec['tool']} {spec['op']} failed ({rep.get('error') or 'exit ' + str(p.returncode)}); "
+                           "see this log, which is kept")
+    return rep
+
+
+class MnnToolchain(Toolchain):
+    name = "mnn"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return probe(INSTALL, _tools="MNN", MNN="MNN")
+
+    def convert(self, job: ConvertJob) -> ConvertResult:
+        work = job.workdir.parent / (job.workdir.name + ".mnn-work")
+        work.mkdir(exist_ok=True)
+        log = Path(job.options.get("log_dir") or job.workdir.parent) / f"{job.workdir.name.strip('.')}.mnn.log"
+        try:
+            out = job.workdir / MODEL_FILE
+            args = ["-f", "ONNX", "--modelFile", str(job.fp32_path), "--bizCode", "edgeseg"]
+            q: dict = {"precision": job.precision}
+            if job.precision == "int8":
+                fp32 = work / "fp32.mnn"
+                run_guarded({"tool": "mnn", "op": "convert", "args": args + ["--MNNModel", str(fp32)]}, work, log)
+                q.update(self._quantize(job, fp32, out, work, log))
+            else:
+                extra = {"fp16": ["--fp16"], "int8w": ["--weightQuantBits", "8"], "fp32": []}[job.precision]
+                run_guarded({"tool": "mnn", "op": "convert", "args": args + extra + ["--MNNModel", str(out)]}, work, log)
+                if job.precision == "int8w":
+                    q.update(scheme="weight-only INT8 (dequantized to float at load: smaller file, same speed)")
+                elif job.precision == "fp16":
+                    q.update(scheme="FP16 weights")
+            text = log.read_text(errors="replace") if log.is_file() else ""
+            log.unlink(missing_ok=True)
+        finally:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+        outputs = [dict(o, quant=None) for o in job.outputs]
+        return ConvertResult([MODEL_FILE], outputs, q, self.availability().versions, log=text)
+
+    def _quantize(self, job: ConvertJob, fp32: Path, out: Path, work: Path, log: Path) -> dict:
+        from ...runtime.preprocess import letterbox
+        from ...runtime.sources import read_image
+
+        assert job.calib is not None
+        h, w = job.imported.input_hw
+        imgdir = work / "calib"
+        imgdir.mkdir()
+        for i, p in enumerate(job.calib.images):
+            img, _ = letterbox(read_image(p), (h, w))
+            cv2.imwrite(str(imgdir / f"{i:05d}.png"), img)  # lossless: MNN reads the same pixels
+        method = job.profile.quantization.get("feature_method", "EMA")
+        cfg = {"format": "RGB", "mean": [0.0, 0.0, 0.0], "normal": [1 / 255.0] * 3, "width": w, "height": h,
+               "path": str(imgdir) + "/", "used_image_num": len(job.calib.images),
+               "feature_quantize_method": method, "weight_quantize_method": "MAX_ABS"}
+        cfg_path = work / "quant.json"
+        cfg_path.write_text(json.dumps(cfg))
+        run_guarded({"tool": "mnn", "op": "quant", "src": str(fp32), "dst": str(out), "config": str(cfg_path)}, work, log)
+        return {"scheme": "MNN full INT8 (weights and activations)", "feature_quantize_method": method,
+                "weight_quantize_method": "MAX_ABS", "calibration_preprocess": "edgeseg letterbox, written as PNG"}
+
+
+TOOLCHAIN = MnnToolchain()

@@ -1,0 +1,43 @@
+"""MNN backend through MNN's Python module API (``MNN.nn.load_module_from_file``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...quiet import native_stdout_silenced
+from . import Backend
+
+with native_stdout_silenced():  # MNN prints a CPU-feature banner when it loads
+    import MNN.expr as F
+    import MNN.nn as nn
+
+
+class MnnBackend(Backend):
+    name = "mnn"
+
+    def __init__(self, bundle, threads: int | None = None, precision: str | None = None, **options: Any):
+        super().__init__(bundle, **options)
+        m = bundle.manifest
+        ro = m.profile.get("runtime_options", {})
+        self.names = [o["name"] for o in m.outputs]
+        threads = threads if threads is not None else int(ro.get("threads", 0) or 0)
+        config = {"precision": precision or ro.get("precision", "normal"), "backend": ro.get("backend", "CPU"),
+                  "numThread": threads or 4}
+        rt = nn.create_runtime_manager((config,))
+        self.module = nn.load_module_from_file(str(bundle.file(m.model_files[0])), [m.input["name"]], self.names,
+                                               runtime_manager=rt)
+        self.shape = [1, 3, m.input["height"], m.input["width"]]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        ys = self.module.forward([F.const(x, self.shape, F.NCHW)])
+        out = {}
+        for n, y in zip(self.names, ys):
+            if y.data_format != F.NCHW:
+                y = F.convert(y, F.NCHW)
+            out[n] = np.array(y.read(), copy=True)  # the Var's buffer is reused by the next forward
+        return out
+
+
+BACKEND = MnnBackend

@@ -1,0 +1,97 @@
+"""Fuzzing the decoder and the manifest parser (hypothesis): only documented errors, outputs in the frame."""
+
+import json
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeseg.bundle import Manifest
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.decode import SemanticDecoder, YoloSegDecoder
+from edgeseg.runtime.preprocess import letterbox_params
+
+NC, NM = 3, 8
+OUTS = []
+for s, (stride, g) in enumerate(((8, 8), (16, 4), (32, 2))):
+    for role, c in (("box_dfl", 64), ("cls_logits", NC), ("coef", NM)):
+        OUTS.append({"name": f"{role}{s}", "role": role, "scale": s, "stride": stride, "shape": [1, c, g, g]})
+OUTS.append({"name": "protos", "role": "protos", "scale": None, "stride": 4, "shape": [1, NM, 16, 16]})
+HEAD = {"type": "yolo-seg", "layout": "split", "num_classes": NC, "num_masks": NM, "reg_max": 16}
+DEC = YoloSegDecoder(HEAD, OUTS, ["a", "b", "c"], (64, 64))
+
+special = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1e30, -1e30])
+
+
+@st.composite
+def outputs(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mode = draw(st.sampled_from(["normal", "all-on", "all-off", "huge", "specials"]))
+    out = {}
+    for o in OUTS:
+        x = rng.normal(0, 3, o["shape"]).astype(np.float32)
+        if mode == "all-on" and o["role"] == "cls_logits":
+            x[:] = 20
+        elif mode == "all-off" and o["role"] == "cls_logits":
+            x[:] = -20
+        elif mode == "huge":
+            x *= 1e6
+        elif mode == "specials":
+            idx = rng.random(x.shape) < 0.1
+            x[idx] = draw(special)
+        out[o["name"]] = x
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(outputs(), st.integers(1, 2000), st.integers(1, 2000), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_decoder_never_fails_and_stays_in_frame(outs, h, w, conf, iou):
+    lb = letterbox_params(h, w, 64, 64)
+    res = DEC(outs, lb, conf=conf, iou=iou, max_det=300)
+    assert len(res.instances) <= 300
+    for inst in res.instances:
+        x1, y1, x2, y2 = inst.box
+        assert np.isfinite(inst.box).all()
+        assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+        assert 0 <= inst.score <= 1 and 0 <= inst.class_id < NC
+        if inst.mask is not None:
+            mh, mw = inst.mask.shape
+            assert inst.mask_x >= 0 and inst.mask_y >= 0 and inst.mask_x + mw <= w and inst.mask_y + mh <= h
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3000), st.integers(1, 3000), st.integers(1, 8), st.integers(0, 2**32 - 1))
+def test_semantic_decoder_fills_the_frame(h, w, c, seed):
+    rng = np.random.default_rng(seed)
+    dec = SemanticDecoder({"type": "semantic", "output": "logits"}, [{"name": "y", "role": "logits"}],
+                          [str(i) for i in range(max(c, 2))], (32, 32))
+    y = rng.normal(0, 1, (1, c, 8, 8)).astype(np.float32)
+    res = dec({"y": y}, letterbox_params(h, w, 32, 32))
+    assert res.label_map.shape == (h, w) and res.label_map.max() < max(c, 2)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=8), ch, max_size=4),
+                           max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["format_version", "target", "precision", "runtime", "model_files", "input",
+                                        "head", "names", "outputs", "files", "extra"]), json_values, max_size=11))
+def test_manifest_parser_only_raises_edgeseg_errors(d):
+    try:
+        Manifest.from_dict(json.loads(json.dumps(d, allow_nan=True)), "fuzz.json")
+    except EdgesegError:
+        pass
+
+
+def test_valid_manifest_survives_field_mutations(int8_bundle):
+    base = json.loads((int8_bundle.path / "edgeseg.json").read_text())
+    Manifest.from_dict(base, "ok")
+    for k in list(base):
+        for bad in (None, 1, "x", [], {}):
+            d = dict(base, **{k: bad})
+            try:
+                Manifest.from_dict(d, "mutated")
+            except EdgesegError as e:
+                assert "rebuild the bundle" in str(e)
