@@ -87,6 +87,8 @@ def convert(
     no_split: bool = typer.Option(False, "--no-split", help="Keep Ultralytics' concatenated output (for comparison: INT8 then detects nothing)."),
     trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint (runs code from the file)."),
     keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
+    platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
+    verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn), for `edgeseg eval`."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
     try:
@@ -99,7 +101,8 @@ def convert(
         raise EdgesegError("pass only one of --int8, --fp16, --fp32, --precision")
     b = do_convert(model, target=target, precision=chosen[0] if chosen else None, calib=calib,
                    calib_images=calib_images, imgsz=imgsz, out=out, head=head, names=names, split=not no_split,
-                   trust_model=trust_model, options={"keep_float": keep_float or []},
+                   trust_model=trust_model, platform=platform, verify_data=verify_data,
+                   options={"keep_float": keep_float or []},
                    log=lambda m: typer.echo(m, err=True))
     typer.echo(str(b.path))
 

@@ -36,6 +36,7 @@ class Profile:
     input: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     runtime_options: dict[str, Any] = field(default_factory=dict)
+    platforms: dict[str, Any] = field(default_factory=dict)  # SoC variants of one target (RKNN)
 
     @property
     def precisions(self) -> list[str]:

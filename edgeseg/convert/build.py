@@ -24,8 +24,8 @@ from .toolchains import ConvertJob, get_toolchain
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
             calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | None = None,
             out: str | Path | None = None, head: str | None = None, names: str | None = None,
-            split: bool = True, trust_model: bool = False, fidelity: bool = True,
-            options: dict[str, Any] | None = None, log=print) -> Bundle:
+            split: bool = True, trust_model: bool = False, fidelity: bool = True, platform: str | None = None,
+            verify_data: str | Path | None = None, options: dict[str, Any] | None = None, log=print) -> Bundle:
     """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``."""
     profile = load_profile(target)
     precision = precision or profile.default_precision
@@ -59,12 +59,21 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         fp32_path = work / "fp32.onnx"
         onnx.save(fp32, str(fp32_path))
 
-        out_dir = Path(out) if out else default_bundle_dir(model_path, target, precision, do_split or spec["type"] != "yolo-seg")
+        tgt = f"{target}-{platform}" if platform else target
+        out_dir = Path(out) if out else default_bundle_dir(model_path, tgt, precision, do_split or spec["type"] != "yolo-seg")
         log(f"converting {model_path} -> {out_dir} ({target}, {precision}"
             f"{', outputs split' if do_split else ''})")
+        opts = dict(options or {})
+        opts.update(log=log, platform=platform)
+        # toolchains that can only simulate while building (RKNN) need every image up front
+        opts["simulate_images"] = list(cset.holdout if cset is not None and fidelity else [])
+        if verify_data:
+            from ..data import load_dataset
+
+            opts["simulate_images"] += load_dataset(verify_data, split="val").images
         with atomic_bundle_dir(out_dir) as tmp:
             job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
-                             tmp, dict(options or {}))
+                             tmp, opts)
             res = toolchain.convert(job)
             h, w = imported.input_hw
             inp = {"name": imported.input_name, "height": h, "width": w, "layout": "nchw", "dtype": "float32",

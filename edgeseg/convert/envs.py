@@ -1,0 +1,97 @@
+"""Isolated toolchain environments: a venv per toolchain, created once and cached.
+
+Vendor toolchains pin versions that clash with the core (rknn-toolkit2 wants numpy <= 1.26,
+onnx <= 1.18, torch <= 2.4, protobuf <= 4.25). Each lives in its own venv under
+``~/.cache/edgeseg/envs/<name>-<digest of its requirements>``; edgeseg drives a worker script
+in it as a subprocess with a JSON contract, so the user still types one command. A marker file
+is written only after every install step succeeded: a half-built env is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EdgesegError
+
+MARKER = "edgeseg-env.json"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    name: str
+    steps: tuple[tuple[str, ...], ...]  # each step is one `pip install` argument list
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps([self.name, self.steps, sys.version_info[:2]]).encode()).hexdigest()[:12]
+
+    @property
+    def path(self) -> Path:
+        return cache_root() / "envs" / f"{self.name}-{self.digest}"
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    def ready(self) -> bool:
+        return (self.path / MARKER).is_file() and self.python.exists()
+
+    def install_command(self) -> str:
+        return "edgeseg doctor --create " + self.name
+
+    def create(self, log=print) -> Path:
+        """Build the env (a few minutes the first time); reuse it afterwards."""
+        if self.ready():
+            return self.python
+        log(f"creating the {self.name} toolchain environment in {self.path} (once; cached afterwards)")
+        tmp = self.path.with_name(self.path.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        venv.EnvBuilder(with_pip=True, symlinks=True).create(tmp)
+        logfile = tmp / "install.log"
+        py = tmp / "bin" / "python"
+        for step in self.steps:
+            with open(logfile, "a") as out:
+                out.write(f"$ pip install {' '.join(step)}\n")
+                out.flush()
+                r = subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", *step],
+                                   stdout=out, stderr=subprocess.STDOUT)
+            if r.returncode != 0:
+                kept = self.path.with_name(self.path.name + ".failed.log")
+                shutil.copyfile(logfile, kept)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise EdgesegError(f"{kept}: creating the {self.name} environment failed at "
+                                   f"`pip install {' '.join(step)}`; see this log")
+        (tmp / MARKER).write_text(json.dumps({"name": self.name, "steps": self.steps}))
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.rename(tmp, self.path)
+        # venv scripts hard-code the folder they were built in; the interpreter symlink does not
+        return self.python
+
+
+def run_worker(env: EnvSpec, module_file: Path, spec: dict, workdir: Path, log: Path, timeout: int = 7200) -> dict:
+    """Run ``module_file`` with the env's Python on ``spec`` (JSON in, JSON out)."""
+    spec_path = workdir / "spec.json"
+    result_path = workdir / "result.json"
+    spec_path.write_text(json.dumps(dict(spec, result=str(result_path))))
+    with open(log, "a", encoding="utf-8") as out:
+        p = subprocess.run([str(env.python), str(module_file), str(spec_path)], stdout=out, stderr=subprocess.STDOUT,
+                           cwd=workdir, timeout=timeout, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+    if result_path.is_file():
+        res = json.loads(result_path.read_text())
+        if res.get("error"):
+            raise EdgesegError(f"{log}: {env.name} failed: {res['error']}; see this log, which is kept")
+        return res
+    raise EdgesegError(f"{log}: the {env.name} toolchain died (exit {p.returncode}); see this log, which is kept")

@@ -1,0 +1,147 @@
+"""Rockchip RKNN toolchain: rknn-toolkit2 in its own environment, verified in its simulator.
+
+The toolkit pins numpy <= 1.26, onnx <= 1.18, torch <= 2.4 and protobuf <= 4.25, so it runs in
+an isolated venv that edgeseg creates on first use (:mod:`..envs`) and drives through
+``rknn_worker.py``. A saved ``.rknn`` cannot be simulated, so build, export and simulation
+happen in that one worker call: the simulator's outputs on the held-back calibration images
+(and on ``--verify-data`` images) are cached by input digest under ``~/.cache/edgeseg/sim``, and
+``edgeseg eval`` replays them through edgeseg's own decoder (see ``runtime/backends/rknn.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ...errors import EdgesegError
+from ..envs import EnvSpec, cache_root, run_worker
+from . import Availability, ConvertJob, ConvertResult, Toolchain
+
+MODEL_FILE = "model.rknn"
+ENV = EnvSpec("rknn-toolkit2-2.5.0", (
+    ("--no-deps", "rknn-toolkit2==2.5.0"),
+    # a lean set that converts correctly (the declared pins pull a 5.6 GB CUDA torch 2.4):
+    # torch only to import rknn.api; setuptools < 81 keeps pkg_resources; onnx 1.18 keeps onnx.mapping
+    ("torch==2.13.0", "numpy<2.5", "onnx==1.18.0", "onnxruntime", "protobuf<7", "opencv-python-headless", "scipy",
+     "psutil", "ruamel.yaml", "tqdm", "fast-histogram", "setuptools<81"),
+))
+
+
+def input_digest(x: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(x).tobytes() + str(x.shape).encode()).hexdigest()
+
+
+def sim_dir(model_sha: str) -> Path:
+    return cache_root() / "sim" / model_sha[:16]
+
+
+class RknnToolchain(Toolchain):
+    name = "rknn"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        if ENV.ready():
+            return Availability(True, {"rknn-toolkit2": "2.5.0 (isolated env)"}, detail=str(ENV.path))
+        # Not an error: `edgeseg convert --target rknn` builds the env itself (about a minute, once).
+        return Availability(True, {"rknn-toolkit2": "2.5.0 (env created on first use)"},
+                            install=f"created automatically in {ENV.path}")
+
+    def convert(self, job: ConvertJob) -> ConvertResult:
+        from ...runtime.preprocess import preprocess
+        from ...runtime.sources import read_image
+
+        prof = job.profile
+        platform = job.options.get("platform") or prof.platform
+        platforms = prof.as_dict().get("platforms") or {}
+        if platforms and platform not in platforms:
+            raise EdgesegError(f"unknown RKNN platform '{platform}'; choose one of: {', '.join(sorted(platforms))}")
+        if job.precision == "fp16" and not platforms.get(platform, {}).get("fp16", True):
+            raise EdgesegError(f"{platform} has no FP16 NPU path; convert with --int8")
+        ENV.create(log=job.options.get("log", print))
+        work = job.workdir.parent / (job.workdir.name + ".rknn-work")
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "in").mkdir(parents=True)
+        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.rknn.log"
+        hw = job.imported.input_hw
+
+        def dump(paths: list[Path], tag: str) -> list[tuple[Path, str]]:
+            # what the board is fed (uint8 RGB NHWC); the digest keys the recorded simulator outputs
+            out = []
+            for i, p in enumerate(paths):
+                x, _ = preprocess(read_image(p), hw, "nhwc", "uint8")
+                f = work / "in" / f"{tag}{i:05d}.npy"
+                # calibration .npy files follow the ONNX layout (NCHW); simulator inputs are NHWC
+                np.save(f, x.transpose(0, 3, 1, 2) if tag == "cal" else x)
+                out.append((f, input_digest(x)))
+            return out
+
+        try:
+            spec: dict = {"onnx": str(job.fp32_path), "platform": platform, "out": str(job.workdir / MODEL_FILE),
+                          "quantize": job.precision == "int8", "algorithm": prof.quantization.get("algorithm", "normal"),
+                          "quantized_dtype": prof.quantization.get("scheme", "w8a8"),
+                          "disable_rules": prof.quantization.get("disable_rules", [])}
+            if job.precision == "int8":
+                assert job.calib is not None
+                ds = work / "dataset.txt"
+                ds.write_text("\n".join(str(f) for f, _ in dump(job.calib.images, "cal")) + "\n")
+                spec["dataset"] = str(ds)
+            sim_paths = list(job.options.get("simulate_images") or [])
+            sims = dump(sim_paths, "sim")
+            spec["simulate"] = [{"input": str(f), "output": str(work / f"out_{d}.npz")} for f, d in sims]
+            res = run_worker(ENV, Path(__file__).parent.parent / "workers" / "rknn_worker.py", spec, work, log)
+            text = log.read_text(errors="replace") if log.is_file() else ""
+            log.unlink(missing_ok=True)
+            digest = _sha256(job.workdir / MODEL_FILE)
+            cache = sim_dir(digest)
+            cache.mkdir(parents=True, exist_ok=True)
+            names = [o["name"] for o in job.outputs]
+            for _, d in sims:
+                with np.load(work / f"out_{d}.npz") as z:
+                    arrays = [z[f"arr_{k}"] for k in range(len(z.files))]
+                if len(arrays) != len(names):
+                    raise EdgesegError(f"{log}: the simulator returned {len(arrays)} outputs, expected {len(names)}")
+                np.savez_compressed(cache / f"{d}.npz", **{n: a.reshape(o["shape"]) if o.get("shape") else a
+                                                          for n, a, o in zip(names, arrays, job.outputs)})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        q = {"precision": job.precision, "platform": platform}
+        if job.precision == "int8":
+            q.update(scheme=spec["quantized_dtype"], algorithm=spec["algorithm"], disable_rules=spec["disable_rules"])
+        outputs = [dict(o, quant=None) for o in job.outputs]  # RKNNLite and the simulator return float32
+        return ConvertResult([MODEL_FILE], outputs, q, {**res.get("versions", {}), "platform": platform},
+                             input={"layout": "nhwc", "dtype": "uint8", "scale": 1.0,
+                                    "note": "mean 0 / std 255 folded into the model"},
+                             log=text)
+
+    def host_runner(self, bundle_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        return SimulatorReplay(_sha256(bundle_dir / MODEL_FILE))
+
+
+class SimulatorReplay:
+    """The simulator's outputs, recorded at conversion, looked up by the input's digest."""
+
+    def __init__(self, model_sha: str):
+        self.dir = sim_dir(model_sha)
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        f = self.dir / f"{input_digest(x)}.npz"
+        if not f.is_file():
+            raise EdgesegError(f"{self.dir}: this image was not simulated when the bundle was built; convert again "
+                               "with --verify-data DATASET.yaml to evaluate on it (a saved .rknn cannot be simulated)")
+        with np.load(f) as z:
+            return {k: z[k] for k in z.files}
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+TOOLCHAIN = RknnToolchain()

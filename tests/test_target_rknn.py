@@ -1,0 +1,121 @@
+"""Rockchip RKNN: the real rknn-toolkit2 in the isolated env edgeseg creates, its simulator for
+accuracy, and the board backend driven against a stand-in at the ``rknnlite`` import only."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from conftest import DATA_YAML, MODEL, VAL_IMAGES
+
+PLATFORMS = ["rk3588", "rk3576", "rk3566", "rk3568", "rk3562", "rv1106", "rv1103"]
+
+
+def _convert(out, **kw):
+    from edgeseg.convert import convert
+
+    return convert(MODEL, target="rknn", out=out, log=lambda m: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def rk(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rknn")
+    return {"split": _convert(d / "int8", verify_data=DATA_YAML),
+            "nosplit": _convert(d / "int8_nosplit", verify_data=DATA_YAML, split=False)}
+
+
+def _score(path):
+    from edgeseg.eval import evaluate
+    from edgeseg.runtime.model import Model, Thresholds
+
+    return evaluate(Model.load(path, thresholds=Thresholds(conf=0.001)), DATA_YAML, progress=False)
+
+
+def test_rk3588_int8_in_the_simulator(rk, fp32_bundle):
+    b = rk["split"]
+    m = b.manifest
+    assert m.input["layout"] == "nhwc" and m.input["dtype"] == "uint8" and m.quantization["platform"] == "rk3588"
+    f = m.fidelity  # per output role, never one whole-tensor cosine
+    assert set(f["cosine"]) == {"box", "cls", "coef", "proto"} and f["cosine"]["cls"] > 0.98
+    assert f["max_box_error_px"] is not None and f["mean_box_error_px"] < 2.0
+    ref = _score(fp32_bundle.path)["mask_map50_95"]
+    assert ref - _score(b.path)["mask_map50_95"] <= 0.015
+
+
+def test_without_split_outputs_it_detects_nothing(rk):
+    assert rk["nosplit"].manifest.fidelity["cosine"]["cls"] < 0.1
+    assert _score(rk["nosplit"].path)["mask_map50_95"] < 0.05
+
+
+@pytest.mark.parametrize("platform", PLATFORMS[1:])
+def test_every_listed_soc_converts(platform, tmp_path):
+    b = _convert(tmp_path / platform, platform=platform, fidelity=False, calib_images=16)
+    assert b.manifest.quantization["platform"] == platform and (b.path / "model.rknn").stat().st_size > 100_000
+
+
+def test_unknown_platform_is_refused(tmp_path):
+    from edgeseg.errors import EdgesegError
+
+    with pytest.raises(EdgesegError, match="unknown RKNN platform 'rk9999'"):
+        _convert(tmp_path / "x", platform="rk9999", fidelity=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_board_backend_against_an_rknnlite_stand_in(rk, monkeypatch):
+    """Only ``rknnlite.api.RKNNLite`` is faked (this x86 machine has no NPU); it answers with the
+    tensors the quantized model produced in the toolkit simulator. Decoder and pipeline are real."""
+    from edgeseg.convert.toolchains.rknn import SimulatorReplay, _sha256
+    from edgeseg.runtime.backends.rknn import RknnLiteBackend
+    from edgeseg.runtime.model import Model
+    from edgeseg.runtime.pipeline import run_pipeline
+    from edgeseg.runtime.sources import open_source
+
+    bundle = rk["split"]
+    replay = SimulatorReplay(_sha256(bundle.path / "model.rknn"))
+    calls = {}
+
+    class FakeRKNNLite:
+        NPU_CORE_AUTO, NPU_CORE_0, NPU_CORE_1, NPU_CORE_2, NPU_CORE_0_1, NPU_CORE_0_1_2 = 0, 1, 2, 4, 3, 7
+
+        def __init__(self, verbose=False):
+            pass
+
+        def load_rknn(self, path):
+            calls["path"] = path
+            return 0
+
+        def init_runtime(self, core_mask=0):
+            calls["core_mask"] = core_mask
+            return 0
+
+        def inference(self, inputs, data_format=None):
+            x = inputs[0]
+            assert x.dtype == np.uint8 and x.shape == (1, 320, 320, 3) and data_format == "nhwc"
+            outs = replay(x)
+            return [outs[o["name"]].reshape(-1) for o in bundle.manifest.outputs]  # flat, as some runtimes return
+
+        def release(self):
+            calls["released"] = True
+
+    api = types.ModuleType("rknnlite.api")
+    api.RKNNLite = FakeRKNNLite
+    monkeypatch.setitem(sys.modules, "rknnlite", types.ModuleType("rknnlite"))
+    monkeypatch.setitem(sys.modules, "rknnlite.api", api)
+
+    board = Model.load(bundle.path, core_mask="all")
+    assert isinstance(board.backend, RknnLiteBackend) and calls["core_mask"] == 7
+    monkeypatch.delitem(sys.modules, "rknnlite.api")
+    monkeypatch.delitem(sys.modules, "rknnlite")
+    host = Model.load(bundle.path)  # no rknnlite: the simulator replay
+    assert type(host.backend).__name__ == "SimulatedRknnBackend"
+    seen = []
+    st = run_pipeline(board, open_source(str(VAL_IMAGES / "0000*.jpg")), [], annotate=False,
+                      on_frame=lambda s, fr, res: seen.append((fr.image, res)))
+    assert st.frames == 10
+    for frame, res in seen:
+        ref = host(frame)
+        assert [i.class_id for i in res.instances] == [i.class_id for i in ref.instances]
+        assert all(np.abs(a.box - b.box).max() < 1e-3 for a, b in zip(res.instances, ref.instances))
+    board.close()
+    assert calls.get("released")
