@@ -21,6 +21,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime", 'pip install "edgeseg[onnxruntime]"'),
     "openvino": ("openvino", "openvino", 'pip install "edgeseg[openvino]"'),
     "mnn": ("mnn", "MNN", 'pip install "edgeseg[mnn]"'),
+    "ncnn": ("ncnn", "ncnn", 'pip install "edgeseg[ncnn]"'),
     "rknn": ("rknn", "rknn-toolkit-lite2", "pip install rknn-toolkit-lite2 (aarch64 board, with Rockchip's librknnrt.so)"),
 }
 

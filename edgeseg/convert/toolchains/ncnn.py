@@ -1,0 +1,105 @@
+"""NCNN toolchain: pnnx converts the split FP32 ONNX (FP32 or FP16 weights); INT8 is computed by
+edgeseg itself (:mod:`..ncnn_int8`) and verified in the real ncnn runtime."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ...errors import EdgesegError
+from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
+
+PARAM, BIN = "model.ncnn.param", "model.ncnn.bin"
+INSTALL = 'pip install "edgeseg[ncnn-host]"  (install torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)'
+
+
+def _pnnx() -> str:
+    exe = shutil.which("pnnx") or str(Path(sys.executable).with_name("pnnx"))
+    if not Path(exe).exists():
+        raise EdgesegError(f"pnnx not found next to {sys.executable} or on PATH; {INSTALL}")
+    return exe
+
+
+class NcnnToolchain(Toolchain):
+    name = "ncnn"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        av = probe(INSTALL, ncnn="ncnn", pnnx="pnnx")
+        if av.installed and not (shutil.which("pnnx") or Path(sys.executable).with_name("pnnx").exists()):
+            return Availability(False, install=INSTALL, detail="the pnnx executable is missing")
+        return av
+
+    def convert(self, job: ConvertJob) -> ConvertResult:
+        work = job.workdir.parent / (job.workdir.name + ".ncnn-work")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.pnnx.log"
+        try:
+            src = work / "model.onnx"
+            shutil.copyfile(job.fp32_path, src)
+            h, w = job.imported.input_hw
+            fp16 = "1" if job.precision == "fp16" else "0"
+            with open(log, "w") as out:
+                r = subprocess.run([_pnnx(), str(src), f"inputshape=[1,3,{h},{w}]", f"fp16={fp16}"], cwd=work,
+                                   stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+            if r.returncode != 0 or not (work / "model.ncnn.param").is_file():
+                raise EdgesegError(f"{log}: pnnx failed (exit {r.returncode}); see this log, which is kept")
+            text = log.read_text(errors="replace")
+            log.unlink()
+            param, binf = work / "model.ncnn.param", work / "model.ncnn.bin"
+            q: dict = {"precision": job.precision}
+            if job.precision == "int8":
+                q.update(self._int8(job, param, binf, work))
+                param, binf = work / "int8.param", work / "int8.bin"
+            elif job.precision == "fp16":
+                q.update(scheme="FP16 weights (pnnx fp16=1)")
+            shutil.copyfile(param, job.workdir / PARAM)
+            shutil.copyfile(binf, job.workdir / BIN)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        # pnnx names the graph's outputs out0..outN in ONNX output order, and the input in0
+        outputs = [dict(o, quant=None, blob=f"out{i}") for i, o in enumerate(job.outputs)]
+        return ConvertResult([PARAM, BIN], outputs, q, self.availability().versions, input={"blob": "in0"}, log=text)
+
+    def _int8(self, job: ConvertJob, param: Path, binf: Path, work: Path) -> dict:
+        import ncnn
+        import numpy as np
+
+        from ..ncnn_int8 import QUANTIZED, activation_scales, quantize, read_param
+
+        assert job.calib is not None
+        layers, _ = read_param(param)
+        blobs = sorted({l.inputs[0] for l in layers if l.type in QUANTIZED})
+        net = ncnn.Net()
+        net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+        net.opt.lightmode = False  # keep intermediate blobs for extraction
+        net.load_param(str(param))
+        net.load_model(str(binf))
+        hw = job.imported.input_hw
+        method = job.profile.quantization.get("activation_method", "kl")
+
+        def passes():
+            for x in job.calib.arrays(hw, progress=False):
+                ex = net.create_extractor()
+                ex.input("in0", ncnn.Mat(np.ascontiguousarray(x[0])))
+                d = {}
+                for b in blobs:
+                    ret, m = ex.extract(b)
+                    if ret != 0:
+                        raise EdgesegError(f"{param}: ncnn could not compute blob {b} during calibration")
+                    d[b] = np.array(m)
+                yield d
+
+        scales = activation_scales(passes, method=method)
+        skip = set(job.options.get("keep_float") or [])
+        done = quantize(param, binf, scales, work / "int8.param", work / "int8.bin", skip=skip)
+        net.clear()
+        return {"scheme": "ncnn int8 convolutions (edgeseg's table + writer, ncnn formats)",
+                "activation_method": method, "weights": "int8 per output channel, 127/max|w|",
+                "quantized_layers": len(done), "kept_float": sorted(skip)}
+
+
+TOOLCHAIN = NcnnToolchain()

@@ -1,0 +1,62 @@
+"""NCNN target: pnnx conversion, INT8 computed by edgeseg on ncnn's formats, the real ncnn runtime."""
+
+import numpy as np
+import pytest
+
+from conftest import DATA_YAML, MODEL
+
+pytest.importorskip("ncnn", reason='the NCNN target needs: pip install "edgeseg[ncnn-host]"')
+
+
+@pytest.fixture(scope="module")
+def nc(tmp_path_factory):
+    from edgeseg.convert import convert
+
+    d = tmp_path_factory.mktemp("ncnn")
+    return {p: convert(MODEL, target="ncnn", precision=p, out=d / p, log=lambda m: None) for p in ("fp32", "fp16", "int8")}
+
+
+def _score(path):
+    from edgeseg.eval import evaluate
+    from edgeseg.runtime.model import Model, Thresholds
+
+    return evaluate(Model.load(path, thresholds=Thresholds(conf=0.001)), DATA_YAML, progress=False)["mask_map50_95"]
+
+
+def test_ncnn_accuracy(nc, fp32_bundle):
+    ref = _score(fp32_bundle.path)
+    assert abs(_score(nc["fp32"].path) - ref) <= 0.003
+    assert abs(_score(nc["fp16"].path) - ref) <= 0.003
+    assert ref - _score(nc["int8"].path) <= 0.010
+
+
+def test_int8_model_is_really_int8(nc):
+    from edgeseg.convert.ncnn_int8 import read_param
+
+    b = nc["int8"]
+    layers, _ = read_param(b.path / "model.ncnn.param")
+    convs = [l for l in layers if l.type in ("Convolution", "ConvolutionDepthWise")]
+    assert all(l.params.get("8") in ("1", "2") for l in convs)
+    assert b.manifest.quantization["quantized_layers"] == len(convs) == 99
+    assert (b.path / "model.ncnn.bin").stat().st_size < (nc["fp32"].path / "model.ncnn.bin").stat().st_size / 3
+    assert b.manifest.fidelity["cosine"]["cls"] > 0.9 and b.manifest.fidelity["detections_kept"] > 0.9
+
+
+def test_int8_writer_round_trips_weights(tmp_path, nc):
+    """Reading back the int8 file gives the FP32 weights within half a quantization step."""
+    import struct
+
+    from edgeseg.convert.ncnn_int8 import TAG_I8, read_param
+
+    fp, q = nc["fp32"].path, nc["int8"].path
+    layers, _ = read_param(fp / "model.ncnn.param")
+    first = layers[1]
+    n = int(first.params["6"])
+    w = np.frombuffer((fp / "model.ncnn.bin").read_bytes(), np.float32, n, 4)
+    data = (q / "model.ncnn.bin").read_bytes()
+    assert struct.unpack_from("<I", data, 0)[0] == TAG_I8
+    wq = np.frombuffer(data, np.int8, n, 4).astype(np.float32)
+    off = 4 + n + (-n) % 4 + 4 * int(first.params["0"])  # skip weights and bias
+    scales = np.frombuffer(data, np.float32, int(first.params["0"]), off)
+    back = wq.reshape(len(scales), -1) / scales[:, None]
+    assert np.abs(back - w.reshape(len(scales), -1)).max() <= (0.5 / scales.min()) + 1e-6
