@@ -121,7 +121,8 @@ def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, 
     if run_test is None:
         return {"note": "the converted model cannot run on this host; fidelity not measured"}
     hw = manifest.input_hw
-    dec = make_decoder(manifest.head, [dict(o, quant=None) for o in manifest.outputs], manifest.names, hw)
+    # float reference outputs pass through; integer outputs are dequantized with the manifest's parameters
+    dec = make_decoder(manifest.head, manifest.outputs, manifest.names, hw)
     layout, dtype = manifest.input.get("layout", "nchw"), manifest.input.get("dtype", "float32")
 
     def run_ref(x):

@@ -56,7 +56,9 @@ class EnvSpec:
         if self.ready():
             return self.python
         log(f"creating the {self.name} toolchain environment in {self.path} (once; cached afterwards)")
-        tmp = self.path.with_name(self.path.name + ".partial")
+        # Built in place (console scripts hard-code their interpreter's path, so a venv cannot be
+        # renamed afterwards); the marker written last is what makes it usable.
+        tmp = self.path
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         venv.EnvBuilder(with_pip=True, symlinks=True).create(tmp)
@@ -69,15 +71,12 @@ class EnvSpec:
                 r = subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", *step],
                                    stdout=out, stderr=subprocess.STDOUT)
             if r.returncode != 0:
-                kept = self.path.with_name(self.path.name + ".failed.log")
+                kept = self.path.with_name(self.path.name + ".failed.log")  # the env itself is removed
                 shutil.copyfile(logfile, kept)
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise EdgesegError(f"{kept}: creating the {self.name} environment failed at "
                                    f"`pip install {' '.join(step)}`; see this log")
         (tmp / MARKER).write_text(json.dumps({"name": self.name, "steps": self.steps}))
-        shutil.rmtree(self.path, ignore_errors=True)
-        os.rename(tmp, self.path)
-        # venv scripts hard-code the folder they were built in; the interpreter symlink does not
         return self.python
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the host-only modules are not needed to ask whether a toolc
     from ..importer import ImportedModel
 
 # toolchain name (profiles' ``toolchain`` key) -> module under this package
-REGISTRY = {"onnxruntime": "onnxruntime", "openvino": "openvino", "mnn": "mnn", "rknn": "rknn", "ncnn": "ncnn"}
+REGISTRY = {"onnxruntime": "onnxruntime", "openvino": "openvino", "mnn": "mnn", "rknn": "rknn", "ncnn": "ncnn", "tflite": "tflite"}
 
 
 @dataclass

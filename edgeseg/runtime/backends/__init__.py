@@ -22,6 +22,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "openvino": ("openvino", "openvino", 'pip install "edgeseg[openvino]"'),
     "mnn": ("mnn", "MNN", 'pip install "edgeseg[mnn]"'),
     "ncnn": ("ncnn", "ncnn", 'pip install "edgeseg[ncnn]"'),
+    "litert": ("litert", "ai-edge-litert", 'pip install "edgeseg[tflite]"'),
     "rknn": ("rknn", "rknn-toolkit-lite2", "pip install rknn-toolkit-lite2 (aarch64 board, with Rockchip's librknnrt.so)"),
 }
 

@@ -1,0 +1,119 @@
+"""TFLite / Edge TPU toolchain: onnx2tf + TensorFlow's converter in an isolated environment.
+
+TensorFlow (1.9 GB with onnx2tf) runs in its own venv created on first use; the resulting model
+runs in LiteRT (``ai-edge-litert``) in edgeseg's own environment, which is also the host runner
+for fidelity. Outputs stay int8 in the full-integer model: each output's scale and zero point go
+into the manifest and edgeseg's decoder dequantizes, so no float tail (DEQUANTIZE, an op the Edge
+TPU lacks) is left in the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import EdgesegError
+from ..envs import EnvSpec, run_worker
+from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
+
+MODEL_FILE = "model.tflite"
+ENV = EnvSpec("tflite-tf2.19", (
+    ("tensorflow-cpu==2.19.0", "onnx2tf==1.28.8", "sng4onnx", "onnx_graphsurgeon", "ai-edge-litert", "onnx",
+     "onnxslim", "onnxruntime", "protobuf>=5", "psutil", "opencv-python-headless"),
+    ("--no-deps", "tf_keras==2.19.0"),  # without --no-deps it pulls the full 645 MB tensorflow as well
+))
+
+
+class TfliteToolchain(Toolchain):
+    name = "tflite"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        av = probe('pip install "edgeseg[tflite]"', ai_edge_litert="ai-edge-litert")
+        if av.installed:
+            av.versions["tensorflow"] = "2.19.0 (isolated env" + (")" if ENV.ready() else ", created on first use)")
+        return av
+
+    def convert(self, job: ConvertJob) -> ConvertResult:
+        from ...runtime.preprocess import preprocess
+        from ...runtime.sources import read_image
+
+        ENV.create(log=job.options.get("log", print))
+        work = job.workdir.parent / (job.workdir.name + ".tflite-work")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.tflite.log"
+        hw = job.imported.input_hw
+        try:
+            spec = {"onnx": str(job.fp32_path), "precision": job.precision, "out": str(job.workdir / MODEL_FILE),
+                    "work": str(work), "io": job.profile.quantization.get("io", "int8")}
+            if job.precision == "int8":
+                assert job.calib is not None
+                files = []
+                for i, p in enumerate(job.calib.images):
+                    x, _ = preprocess(read_image(p), hw, "nhwc", "float32")
+                    f = work / f"cal{i:05d}.npy"
+                    np.save(f, x)
+                    files.append(str(f))
+                (work / "dataset.txt").write_text("\n".join(files) + "\n")
+                spec["dataset"] = str(work / "dataset.txt")
+            res = run_worker(ENV, Path(__file__).parent.parent / "workers" / "tflite_worker.py", spec, work, log)
+            text = log.read_text(errors="replace") if log.is_file() else ""
+            log.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        outputs, inp = self._describe(job)
+        q: dict = {"precision": job.precision}
+        if job.precision == "int8":
+            from ..edgetpu import compatibility, compile_if_available
+
+            rep = compatibility(job.workdir / MODEL_FILE)
+            rep["compiler"] = compile_if_available(job.workdir / MODEL_FILE, job.workdir) \
+                if job.profile.name == "edgetpu" else {"compiled": False, "how": "use --target edgetpu"}
+            (job.workdir / "edgetpu_report.json").write_text(json.dumps(rep, indent=1))
+            q.update(scheme="full-integer TFLite (TFLITE_BUILTINS_INT8), int8 in and out",
+                     edgetpu={k: rep[k] for k in ("op_count", "mapped_to_edgetpu", "mapped_fraction", "split_at",
+                                                  "unsupported_ops", "advice")},
+                     edgetpu_compiled=rep["compiler"]["compiled"])
+            log_fn = job.options.get("log", print)
+            log_fn(f"Edge TPU: {rep['mapped_to_edgetpu']}/{rep['op_count']} ops map before the first CPU op"
+                   + (f" ({rep['split_at']['op']} at #{rep['split_at']['index']})" if rep["split_at"] else "")
+                   + ("; compiled" if rep["compiler"]["compiled"] else "; not compiled: " + rep["compiler"].get("how", "")))
+        files = [MODEL_FILE] + (["model_edgetpu.tflite"] if q.get("edgetpu_compiled") else [])
+        return ConvertResult(files, outputs, q, {**self.availability().versions, **res.get("versions", {})},
+                             input=inp, log=text)
+
+    def _describe(self, job: ConvertJob) -> tuple[list[dict], dict]:
+        """Match the TFLite outputs (renamed and reordered by onnx2tf) to edgeseg's roles by shape."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(job.workdir / MODEL_FILE))
+        details = it.get_output_details()
+        by_shape: dict[tuple, list[dict]] = {}
+        for d in details:
+            by_shape.setdefault(tuple(int(v) for v in d["shape"]), []).append(d)
+        outputs = []
+        for o in job.outputs:
+            s = o["shape"]
+            nhwc = tuple([s[0], *s[2:], s[1]]) if len(s) == 4 else tuple(s)
+            cands = by_shape.get(nhwc) or by_shape.get(tuple(s))
+            if not cands:
+                raise EdgesegError(f"{job.workdir / MODEL_FILE}: no TFLite output has the shape of '{o['name']}' {s}")
+            d = cands.pop(0)
+            scale, zp = d["quantization"]
+            entry = dict(o, tensor=d["name"], layout="nhwc" if len(s) == 4 and tuple(d["shape"]) == nhwc else "nchw")
+            entry["quant"] = {"scale": float(scale), "zero_point": int(zp), "dtype": np.dtype(d["dtype"]).name} \
+                if np.dtype(d["dtype"]).kind in "iu" else None
+            outputs.append(entry)
+        di = it.get_input_details()[0]
+        s, z = di["quantization"]
+        inp = {"layout": "nhwc", "dtype": "float32", "tensor": di["name"]}
+        if np.dtype(di["dtype"]).kind in "iu":
+            inp["quant"] = {"scale": float(s), "zero_point": int(z), "dtype": np.dtype(di["dtype"]).name}
+        return outputs, inp
+
+
+TOOLCHAIN = TfliteToolchain()

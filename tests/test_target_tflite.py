@@ -1,0 +1,60 @@
+"""TFLite / Edge TPU: TensorFlow's converter in the isolated env edgeseg creates, the full-integer
+model run by the real LiteRT interpreter (the int8 arithmetic the Edge TPU executes)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import DATA_YAML, MODEL
+
+pytest.importorskip("ai_edge_litert", reason='the TFLite target needs: pip install "edgeseg[tflite]"')
+
+
+@pytest.fixture(scope="module")
+def tfl(tmp_path_factory):
+    from edgeseg.convert import convert
+
+    d = tmp_path_factory.mktemp("tflite")
+    return {"split": convert(MODEL, target="edgetpu", out=d / "int8", log=lambda m: None),
+            "nosplit": convert(MODEL, target="tflite", out=d / "nosplit", split=False, log=lambda m: None)}
+
+
+def _score(path):
+    from edgeseg.eval import evaluate
+    from edgeseg.runtime.model import Model, Thresholds
+
+    return evaluate(Model.load(path, thresholds=Thresholds(conf=0.001)), DATA_YAML, progress=False)["mask_map50_95"]
+
+
+def test_full_integer_model_in_litert(tfl, fp32_bundle):
+    b = tfl["split"]
+    for o in b.manifest.outputs:  # int8 outputs, dequantized by edgeseg with these parameters
+        assert o["quant"]["dtype"] == "int8" and o["quant"]["scale"] > 0
+    assert b.manifest.input["quant"]["dtype"] == "int8"
+    from edgeseg.runtime.model import Model
+    from edgeseg.runtime.sources import read_image
+    from conftest import VAL_IMAGES
+
+    m = Model.load(b.path)
+    x, _ = m.preprocess(read_image(VAL_IMAGES / "00000.jpg"))
+    assert all(v.dtype == np.int8 for v in m.infer(x).values())
+    assert _score(fp32_bundle.path) - _score(b.path) <= 0.015
+
+
+def test_edgetpu_report_lists_every_op(tfl):
+    b = tfl["split"]
+    rep = json.loads((b.path / "edgetpu_report.json").read_text())
+    assert rep["op_count"] == len(rep["ops"]) > 100
+    assert all(isinstance(r["supported"], bool) and r["op"] for r in rep["ops"])
+    # YOLO11's attention: BATCH_MATMUL is not an Edge TPU op; everything after it runs on the CPU
+    assert rep["unsupported_ops"] == ["BATCH_MATMUL"] and rep["split_at"]["op"] == "BATCH_MATMUL"
+    assert 0.1 < rep["mapped_fraction"] < 0.6 and "YOLOv8" in rep["advice"][0]
+    assert rep["compiler"]["compiled"] is False and "edgetpu_compiler" in rep["compiler"]["how"]
+    assert b.manifest.quantization["edgetpu"]["split_at"]["op"] == "BATCH_MATMUL"
+
+
+def test_unsplit_full_integer_model_detects_nothing(tfl):
+    f = tfl["nosplit"].manifest.fidelity
+    assert f["cosine"]["cls"] < 0.2
+    assert _score(tfl["nosplit"].path) < 0.05
