@@ -35,9 +35,12 @@ def report() -> dict:
         else:
             row.update(toolchain_ok=False, toolchain_install="not implemented in this edgeseg version")
         if prof.runtime in RUNTIMES:
-            module, pkg, install = RUNTIMES[prof.runtime]
-            ok = importlib.util.find_spec(module) is not None
-            row.update(runtime_ok=ok, runtime_version=_ver(pkg), runtime_install=install)
+            _, import_name, dist, install = RUNTIMES[prof.runtime]
+            try:
+                ok = importlib.util.find_spec(import_name) is not None
+            except (ImportError, ValueError):
+                ok = False
+            row.update(runtime_ok=ok, runtime_version=_ver(dist), runtime_install=install)
         else:
             row.update(runtime_ok=False, runtime_install="not implemented in this edgeseg version")
         targets.append(row)

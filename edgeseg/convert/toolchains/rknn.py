@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from ...bundle import sha256_file as _sha256
 from ...errors import EdgesegError
 from ..envs import EnvSpec, cache_root, run_worker
 from . import Availability, ConvertJob, ConvertResult, Toolchain
@@ -134,14 +135,6 @@ class SimulatorReplay:
                                "with --verify-data DATASET.yaml to evaluate on it (a saved .rknn cannot be simulated)")
         with np.load(f) as z:
             return {k: z[k] for k in z.files}
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 TOOLCHAIN = RknnToolchain()

@@ -16,14 +16,15 @@ import numpy as np
 from ...bundle import Bundle
 from ...errors import EdgesegError, ToolchainMissing
 
-# runtime name (manifest ``runtime``) -> (module, pip package, install command)
-REGISTRY: dict[str, tuple[str, str, str]] = {
-    "onnxruntime": ("onnxruntime", "onnxruntime", 'pip install "edgeseg[onnxruntime]"'),
-    "openvino": ("openvino", "openvino", 'pip install "edgeseg[openvino]"'),
-    "mnn": ("mnn", "MNN", 'pip install "edgeseg[mnn]"'),
-    "ncnn": ("ncnn", "ncnn", 'pip install "edgeseg[ncnn]"'),
-    "litert": ("litert", "ai-edge-litert", 'pip install "edgeseg[tflite]"'),
-    "rknn": ("rknn", "rknn-toolkit-lite2", "pip install rknn-toolkit-lite2 (aarch64 board, with Rockchip's librknnrt.so)"),
+# runtime name (manifest ``runtime``) -> (backend module, runtime import name, distribution, install command)
+REGISTRY: dict[str, tuple[str, str, str, str]] = {
+    "onnxruntime": ("onnxruntime", "onnxruntime", "onnxruntime", 'pip install "edgeseg[onnxruntime]"'),
+    "openvino": ("openvino", "openvino", "openvino", 'pip install "edgeseg[openvino]"'),
+    "mnn": ("mnn", "MNN", "MNN", 'pip install "edgeseg[mnn]"'),
+    "ncnn": ("ncnn", "ncnn", "ncnn", 'pip install "edgeseg[ncnn]"'),
+    "litert": ("litert", "ai_edge_litert", "ai-edge-litert", 'pip install "edgeseg[tflite]"'),
+    "rknn": ("rknn", "rknnlite", "rknn-toolkit-lite2",
+             "pip install rknn-toolkit-lite2 (aarch64 board, with Rockchip's librknnrt.so)"),
 }
 
 
@@ -49,7 +50,7 @@ def open_backend(bundle: Bundle, **options: Any) -> Backend:
     if name not in REGISTRY:
         raise EdgesegError(f"{bundle.path}: runtime '{name}' is not supported by this edgeseg; "
                            f"known: {', '.join(sorted(REGISTRY))}")
-    module, package, install = REGISTRY[name]
+    module, _, package, install = REGISTRY[name]
     try:
         mod = importlib.import_module(f"{__name__}.{module}")
     except ImportError as e:
