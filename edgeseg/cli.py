@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -32,8 +33,9 @@ def friendly(fn: Callable) -> Callable:
         except EdgesegError as e:
             _fail(str(e))
         except OSError as e:
-            if e.errno == 28:  # ENOSPC
-                _fail(f"{e.filename or 'output'}: disk full; free space and run again (nothing was left half-written)")
+            if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                _fail(f"{e.filename or 'output'}: no space left ({e.strerror}); free space and run again "
+                      "(nothing was left half-written)")
             raise
 
     return wrapper

@@ -129,3 +129,19 @@ def test_corrupt_image_in_a_folder_is_skipped_with_a_warning(tmp_path, fp32_bund
     assert r.returncode == 0, r.stderr
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
     assert "cannot decode" in r.stderr
+
+
+def test_disk_full_while_writing_the_bundle(tmp_path):
+    """A file-size limit makes every write past 1 MB fail, as a full disk does (EFBIG for ENOSPC)."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = tmp_path / "out" / "b"
+    r = subprocess.run([sys.executable, "-m", "edgeseg", "convert", "--fp32", "--out", str(out)], capture_output=True,
+                       text=True, preexec_fn=limit, timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "no space left" in lines[0], r.stderr
+    assert not out.exists() and (not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()))
