@@ -78,7 +78,7 @@ def dequantize(x: np.ndarray, quant: dict | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _mask_in_frame(logits_fn, box_src: np.ndarray, box_in: np.ndarray, lb: Letterbox,
+def _mask_in_frame(logits_fn, box_src: np.ndarray, lb: Letterbox,
                    proto_stride_x: float, proto_stride_y: float, mh: int, mw: int):
     """Binary mask of one instance over the source pixels of its box.
 
@@ -218,7 +218,7 @@ class YoloSegDecoder:
                             float(score[k]), src_boxes[k])
             if masks:
                 fn = lambda y0, y1, x0, x1, c=c: np.tensordot(c, protos[:, y0:y1, x0:x1], 1)  # noqa: E731
-                m, mx, my = _mask_in_frame(fn, src_boxes[k], boxes[k], lb, psx, psy, mh, mw)
+                m, mx, my = _mask_in_frame(fn, src_boxes[k], lb, psx, psy, mh, mw)
                 # Like Ultralytics, an instance whose mask is empty is not reported.
                 if m is None or not m.any():
                     continue
