@@ -17,7 +17,8 @@ def tfl(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tflite")
     return {"split": convert(MODEL, target="edgetpu", out=d / "int8", log=lambda m: None),
-            "nosplit": convert(MODEL, target="tflite", out=d / "nosplit", split=False, log=lambda m: None)}
+            "nosplit": convert(MODEL, target="tflite", out=d / "nosplit", split=False, log=lambda m: None),
+            "fp16": convert(MODEL, target="tflite", precision="fp16", out=d / "fp16", log=lambda m: None)}
 
 
 def _score(path):
@@ -58,3 +59,9 @@ def test_unsplit_full_integer_model_detects_nothing(tfl):
     f = tfl["nosplit"].manifest.fidelity
     assert f["cosine"]["cls"] < 0.2
     assert _score(tfl["nosplit"].path) < 0.05
+
+
+def test_fp16_tflite_matches_fp32(tfl, fp32_bundle):
+    b = tfl["fp16"]
+    assert all(o["quant"] is None for o in b.manifest.outputs) and "quant" not in b.manifest.input
+    assert abs(_score(fp32_bundle.path) - _score(b.path)) <= 0.003
