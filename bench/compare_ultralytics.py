@@ -100,7 +100,7 @@ def main() -> None:
             n.append(len(res.instances))
         dec[name] = {"decode_ms_median": _med(d), "decode_ms_max": round(max(d), 2), "instances_max": max(n),
                      "instances_mean": round(float(np.mean(n)), 1)}
-    print(f"| runner | end-to-end ms | preprocess | inference | postprocess/decode |")
+    print("| runner | end-to-end ms | preprocess | inference | postprocess/decode |")
     print("| --- | --- | --- | --- | --- |")
     for k, r in rows.items():
         print(f"| {k} | {r['end_to_end_ms']} | {r['preprocess_ms']} | {r['inference_ms']} | {r['postprocess_ms']} |")

@@ -19,6 +19,7 @@ def _ver(pkg: str) -> str | None:
 
 def report() -> dict:
     from .convert.toolchains import REGISTRY as TOOLCHAINS
+    from .convert.toolchains import load_toolchain
     from .runtime.backends import REGISTRY as RUNTIMES
 
     core = {p: _ver(p) for p in ("numpy", "opencv-python-headless", "opencv-python", "typer", "rich", "pycocotools")}
@@ -28,8 +29,7 @@ def report() -> dict:
         prof = load_profile(name)
         row = {"target": name, "description": prof.description, "toolchain": prof.toolchain, "runtime": prof.runtime}
         if prof.toolchain in TOOLCHAINS:
-            import importlib
-            tc = importlib.import_module(f"edgeseg.convert.toolchains.{TOOLCHAINS[prof.toolchain]}").TOOLCHAIN
+            tc = load_toolchain(prof.toolchain)
             av = tc.availability()
             row.update(toolchain_ok=av.installed, toolchain_versions=av.versions, toolchain_install=av.install)
         else:

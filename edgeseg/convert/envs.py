@@ -80,17 +80,28 @@ class EnvSpec:
         return self.python
 
 
-def run_worker(env: EnvSpec, module_file: Path, spec: dict, workdir: Path, log: Path, timeout: int = 7200) -> dict:
-    """Run ``module_file`` with the env's Python on ``spec`` (JSON in, JSON out)."""
-    spec_path = workdir / "spec.json"
-    result_path = workdir / "result.json"
+def run_json(argv: list[str], spec: dict, workdir: Path, log: Path, what: str, timeout: int = 7200,
+             env: dict | None = None) -> dict:
+    """Run ``argv + [spec.json]`` in a child process (JSON in, JSON out; output appended to ``log``).
+
+    The child writes ``{"error": ...}`` (or its results) to ``spec["result"]``; a failure or a
+    child that dies raises one EdgesegError pointing at the kept log.
+    """
+    tag = spec.get("op", "run")
+    spec_path, result_path = workdir / f"spec_{tag}.json", workdir / f"result_{tag}.json"
     spec_path.write_text(json.dumps(dict(spec, result=str(result_path))))
     with open(log, "a", encoding="utf-8") as out:
-        p = subprocess.run([str(env.python), str(module_file), str(spec_path)], stdout=out, stderr=subprocess.STDOUT,
-                           cwd=workdir, timeout=timeout, env={**os.environ, "PYTHONNOUSERSITE": "1"})
-    if result_path.is_file():
-        res = json.loads(result_path.read_text())
-        if res.get("error"):
-            raise EdgesegError(f"{log}: {env.name} failed: {res['error']}; see this log, which is kept")
-        return res
-    raise EdgesegError(f"{log}: the {env.name} toolchain died (exit {p.returncode}); see this log, which is kept")
+        p = subprocess.run([*argv, str(spec_path)], stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+                           timeout=timeout, env=env)
+    if not result_path.is_file():
+        raise EdgesegError(f"{log}: {what} died (exit {p.returncode}); see this log, which is kept")
+    res = json.loads(result_path.read_text())
+    if res.get("error"):
+        raise EdgesegError(f"{log}: {what} failed: {res['error']}; see this log, which is kept")
+    return res
+
+
+def run_worker(env: EnvSpec, module_file: Path, spec: dict, workdir: Path, log: Path, timeout: int = 7200) -> dict:
+    """Run ``module_file`` with the isolated env's Python on ``spec``."""
+    return run_json([str(env.python), str(module_file)], spec, workdir, log, f"the {env.name} toolchain", timeout,
+                    env={**os.environ, "PYTHONNOUSERSITE": "1"})

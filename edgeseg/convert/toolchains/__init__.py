@@ -101,11 +101,16 @@ class Toolchain(ABC):
         return open_backend(Bundle.load(bundle_dir, verify=False)).run
 
 
-def get_toolchain(name: str) -> Toolchain:
+def load_toolchain(name: str) -> Toolchain:
+    """The toolchain object for a profile's ``toolchain`` name, installed or not."""
     if name not in REGISTRY:
         raise EdgesegError(f"no toolchain '{name}' in this edgeseg; known: {', '.join(sorted(REGISTRY))}")
-    mod = importlib.import_module(f"{__name__}.{REGISTRY[name]}")
-    tc: Toolchain = mod.TOOLCHAIN
+    return importlib.import_module(f"{__name__}.{REGISTRY[name]}").TOOLCHAIN
+
+
+def get_toolchain(name: str) -> Toolchain:
+    """The toolchain, or ToolchainMissing with the exact install command."""
+    tc = load_toolchain(name)
     av = tc.availability()
     if not av.installed:
         from ...errors import ToolchainMissing

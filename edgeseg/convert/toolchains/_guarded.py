@@ -54,13 +54,15 @@ def _mnn(spec: dict) -> object:
 
 def main() -> None:
     spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
-    report_path = spec["report"]
+    report_path = spec["result"]
     install_guard()
     result, error = None, None
     try:
         result = {"mnn": _mnn}[spec["tool"]](spec)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         error = f"{type(e).__name__}: {e}"
+    if violations:  # the tool may have swallowed the PermissionError: say what it tried
+        error = f"it tried {violations[0]} during the conversion and was stopped"
     with open(report_path, "w", encoding="utf-8") as f:
         json.dump({"result": repr(result), "error": error, "violations": violations}, f)
     sys.stdout.flush()

@@ -9,13 +9,13 @@ input size, so MNN's reader only converts them to RGB and scales by 1/255.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 
 from ...errors import EdgesegError
+from ..envs import run_json
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 MODEL_FILE = "model.mnn"
@@ -23,20 +23,11 @@ INSTALL = 'pip install "edgeseg[mnn]"'
 
 
 def run_guarded(spec: dict, workdir: Path, log: Path) -> dict:
-    """Run one vendor call in a guarded child process; its output goes to ``log``."""
-    spec_path = workdir / f"spec_{spec['op']}.json"
-    report = workdir / f"report_{spec['op']}.json"
-    spec_path.write_text(json.dumps(dict(spec, report=str(report))))
-    with open(log, "a", encoding="utf-8") as out:
-        p = subprocess.run([sys.executable, "-m", "edgeseg.convert.toolchains._guarded", str(spec_path)],
-                           stdout=out, stderr=subprocess.STDOUT, cwd=workdir, timeout=3600)
-    rep = json.loads(report.read_text()) if report.is_file() else {"error": f"the tool died (exit {p.returncode})"}
-    if rep.get("violations"):
-        raise EdgesegError(f"{log}: the {spec['tool']} tool tried {rep['violations'][0]} during conversion and was "
-                           "stopped; see this log")
-    if p.returncode != 0 or rep.get("error") or rep.get("result") == "False":
-        raise EdgesegError(f"{log}: {spec['tool']} {spec['op']} failed ({rep.get('error') or 'exit ' + str(p.returncode)}); "
-                           "see this log, which is kept")
+    """Run one MNN call in a guarded child process (no network, no installs); output goes to ``log``."""
+    rep = run_json([sys.executable, "-m", "edgeseg.convert.toolchains._guarded"], spec, workdir, log,
+                   f"MNN {spec['op']}", timeout=3600)
+    if rep.get("result") == "False":  # MNN's converter reports failure by returning False
+        raise EdgesegError(f"{log}: MNN {spec['op']} failed; see this log, which is kept")
     return rep
 
 
