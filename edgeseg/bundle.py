@@ -180,6 +180,10 @@ def atomic_bundle_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         yield tmp
+        # mkdtemp makes the folder private (0700); a finished bundle gets the user's usual mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         old = None
         if out.exists():
             if not (out / MANIFEST).is_file():

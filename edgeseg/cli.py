@@ -90,7 +90,8 @@ def convert(
     trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint (runs code from the file)."),
     keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
     platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
-    verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn), for `edgeseg eval`."),
+    verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
+    option: Optional[list[str]] = typer.Option(None, "--option", help="KEY=VALUE overriding the target profile's [quantization], e.g. imx500: mixed_precision=true; repeatable."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
     try:
@@ -98,13 +99,19 @@ def convert(
     except ImportError as e:
         raise ToolchainMissing(f"convert runs on the host and needs {e.name}: pip install \"edgeseg[host]\"") from None
 
+    sets = {}
+    for kv in option or []:
+        k, eq, v = kv.partition("=")
+        if not eq or not k:
+            raise EdgesegError(f"--option {kv}: expected KEY=VALUE, e.g. --option mixed_precision=true")
+        sets[k.strip()] = v.strip()
     chosen = [p for p, on in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if on] + ([precision] if precision else [])
     if len(chosen) > 1:
         raise EdgesegError("pass only one of --int8, --fp16, --fp32, --precision")
     b = do_convert(model, target=target, precision=chosen[0] if chosen else None, calib=calib,
                    calib_images=calib_images, imgsz=imgsz, out=out, head=head, names=names, split=not no_split,
                    trust_model=trust_model, platform=platform, verify_data=verify_data,
-                   options={"keep_float": keep_float or []},
+                   options={"keep_float": keep_float or [], "set": sets},
                    log=lambda m: typer.echo(m, err=True))
     typer.echo(str(b.path))
 
@@ -138,8 +145,13 @@ def run(
     spec = camera if camera is not None else source
     if camera is not None and camera != "pi" and not camera.isdigit():
         raise EdgesegError(f"--camera {camera}: expected a camera index (0, 1, ...) or 'pi'")
-    src = open_source(spec, width, height, fps, **({"prefer_pi": True} if camera == "0" else {}),
-                      **({"on_event": lambda m: typer.echo(f"\n{m}", err=True)} if camera is not None or "://" in str(spec) else {}))
+    sensor_camera = getattr(model.backend, "camera", None)  # a camera that runs the network itself (IMX500)
+    if sensor_camera is not None and camera is not None:
+        src = sensor_camera(model.bundle, width, height, fps,
+                            aspect=model.manifest.profile.get("runtime_options", {}).get("aspect", "preserve"))
+    else:
+        src = open_source(spec, width, height, fps, **({"prefer_pi": True} if camera == "0" else {}),
+                          **({"on_event": lambda m: typer.echo(f"\n{m}", err=True)} if camera is not None or "://" in str(spec) else {}))
     sinks = []
     try:
         if save:

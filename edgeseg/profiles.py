@@ -37,6 +37,7 @@ class Profile:
     quantization: dict[str, Any] = field(default_factory=dict)
     runtime_options: dict[str, Any] = field(default_factory=dict)
     platforms: dict[str, Any] = field(default_factory=dict)  # SoC variants of one target (RKNN)
+    limits: dict[str, Any] = field(default_factory=dict)  # what the device can hold (IMX500 memory, input size)
 
     @property
     def precisions(self) -> list[str]:

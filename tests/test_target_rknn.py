@@ -65,14 +65,15 @@ def test_unknown_platform_is_refused(tmp_path):
 def test_board_backend_against_an_rknnlite_stand_in(rk, monkeypatch):
     """Only ``rknnlite.api.RKNNLite`` is faked (this x86 machine has no NPU); it answers with the
     tensors the quantized model produced in the toolkit simulator. Decoder and pipeline are real."""
-    from edgeseg.convert.toolchains.rknn import SimulatorReplay, _sha256
+    from edgeseg.bundle import sha256_file
+    from edgeseg.runtime.replay import Replay
     from edgeseg.runtime.backends.rknn import RknnLiteBackend
     from edgeseg.runtime.model import Model
     from edgeseg.runtime.pipeline import run_pipeline
     from edgeseg.runtime.sources import open_source
 
     bundle = rk["split"]
-    replay = SimulatorReplay(_sha256(bundle.path / "model.rknn"))
+    replay = Replay(sha256_file(bundle.path / "model.rknn"))
     calls = {}
 
     class FakeRKNNLite:

@@ -32,6 +32,13 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     if precision not in profile.precisions:
         raise EdgesegError(f"target '{target}' does not offer {precision}; choose one of: {', '.join(profile.precisions)}")
     toolchain = get_toolchain(profile.toolchain)
+    sets = (options or {}).get("set") or {}
+    if sets:
+        settable = sorted(k for k in profile.quantization if toolchain.settable)
+        bad = [k for k in sets if k not in settable]
+        if bad:
+            raise EdgesegError(f"--option {bad[0]}: not an option of target '{target}'; "
+                               + (f"options: {', '.join(settable)}" if settable else "it takes none"))
     model_path = Path(model) if model else DEFAULT_MODEL
 
     # Read the images before minutes of toolchain work, so a bad set fails at once.
@@ -75,6 +82,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
                              tmp, opts)
             res = toolchain.convert(job)
+            spec.update(res.head)
             h, w = imported.input_hw
             inp = {"name": imported.input_name, "height": h, "width": w, "layout": "nchw", "dtype": "float32",
                    "color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
@@ -95,7 +103,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             if res.log:
                 (tmp / "toolchain.log").write_text(res.log)
             if fidelity and cset is not None and cset.holdout:
-                manifest.fidelity.update(_fidelity(tmp, fp32_path, manifest, toolchain, cset))
+                manifest.fidelity.update(_fidelity(tmp, res.reference_onnx or fp32_path, manifest, toolchain, cset))
                 write_manifest(tmp, manifest)
         bundle = Bundle.load(out_dir)
         f = bundle.manifest.fidelity

@@ -20,12 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EdgesegError
+from ..runtime.replay import cache_root
 
 MARKER = "edgeseg-env.json"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -146,3 +147,41 @@ def split_yolo_seg(model: onnx.ModelProto, det_output: str, proto_output: str) -
     _prune(g)
     onnx.checker.check_model(m)
     return m, outputs
+
+
+def merge_scales(model: onnx.ModelProto, outputs: list[dict]) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
+    """Join each role's per-scale outputs into one ``[1, C, anchors]`` tensor: four outputs in all.
+
+    For runtimes with few output slots (the IMX500 sends at most 8 tensors with each frame). The
+    roles stay separate, so each keeps its own quantization scale; only the scales of one role
+    share one. Returns the model, its output descriptions and the anchor grids the decoder needs.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    by_role: dict[str, list[dict]] = {}
+    for o in outputs:
+        by_role.setdefault(o["role"], []).append(o)
+    grids = [{"h": o["shape"][2], "w": o["shape"][3], "stride": o["stride"]}
+             for o in sorted(by_role["cls_logits"], key=lambda o: o["scale"])]
+    new_desc, new_outs = [], []
+    for prefix, role in zip(ROLE_PREFIX, ("box_dfl", "cls_logits", "coef")):
+        parts = sorted(by_role[role], key=lambda o: o["scale"])
+        flat = []
+        for o in parts:
+            c, h, w = o["shape"][1:]
+            shape_name = f"{o['name']}_flat_shape"
+            g.initializer.append(onnx.numpy_helper.from_array(np.array([1, c, h * w], np.int64), shape_name))
+            g.node.append(helper.make_node("Reshape", [o["name"], shape_name], [f"{o['name']}_flat"]))
+            flat.append(f"{o['name']}_flat")
+        c, anchors = parts[0]["shape"][1], sum(o["shape"][2] * o["shape"][3] for o in parts)
+        g.node.append(helper.make_node("Concat", flat, [prefix], axis=2))
+        new_desc.append({"name": prefix, "role": role, "scale": "all", "shape": [1, c, anchors]})
+        new_outs.append(helper.make_tensor_value_info(prefix, onnx.TensorProto.FLOAT, [1, c, anchors]))
+    pro = by_role["protos"][0]
+    new_desc.append(dict(pro))
+    new_outs.append(next(o for o in g.output if o.name == pro["name"]))
+    del g.output[:]
+    g.output.extend(new_outs)
+    onnx.checker.check_model(m)
+    return m, new_desc, grids

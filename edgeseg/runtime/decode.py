@@ -122,14 +122,16 @@ class YoloSegDecoder:
             by_role.setdefault(o["role"], []).append(o)
         self.protos_name = by_role["protos"][0]["name"]
         if self.layout == "split":
-            key = lambda o: o["scale"]  # noqa: E731
+            key = lambda o: o["scale"] if isinstance(o["scale"], int) else 0  # noqa: E731
             self.box_names = [o["name"] for o in sorted(by_role["box_dfl"], key=key)]
             self.cls_names = [o["name"] for o in sorted(by_role["cls_logits"], key=key)]
             self.coef_names = [o["name"] for o in sorted(by_role["coef"], key=key)]
+            # one output per scale, or each role's scales joined ([1, C, anchors]) with the grids in the head
+            grids = head.get("grids") or [{"h": o["shape"][2], "w": o["shape"][3], "stride": o["stride"]}
+                                          for o in sorted(by_role["cls_logits"], key=key)]
             ax, ay, st = [], [], []
-            for o in sorted(by_role["cls_logits"], key=key):
-                h, w = o["shape"][2], o["shape"][3]
-                s = o["stride"]
+            for gr in grids:
+                h, w, s = int(gr["h"]), int(gr["w"]), gr["stride"]
                 gy, gx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
                 ax.append(gx.ravel() + 0.5)
                 ay.append(gy.ravel() + 0.5)

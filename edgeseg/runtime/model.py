@@ -85,9 +85,15 @@ class Model:
         """Frames of ``source`` (camera index, video, folder, URL) with their results, in order."""
         from .sources import open_source
 
-        with open_source(source, **source_options) as src:
+        sensor_camera = getattr(self.backend, "camera", None)  # the IMX500 runs the network in the camera
+        if sensor_camera is not None and str(source).isdigit():
+            src = sensor_camera(self.bundle, **source_options)
+        else:
+            src = open_source(source, **source_options)
+        with src:
             for item in src:
-                yield item.image, self(item.image)
+                yield item.image, (self.decode(item.outputs, item.mapping) if item.outputs is not None
+                                   else self(item.image))
 
     def close(self) -> None:
         self.backend.close()

@@ -102,10 +102,14 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
                 if fr is _END or stop.is_set():
                     break
                 t0 = time.perf_counter()
-                x, lb = model.preprocess(fr.image)
-                t1 = time.perf_counter()
-                outs = model.infer(x)
-                t2 = time.perf_counter()
+                if fr.outputs is not None:  # the camera ran the network (IMX500)
+                    outs, lb = fr.outputs, fr.mapping
+                    t1 = t2 = t0
+                else:
+                    x, lb = model.preprocess(fr.image)
+                    t1 = time.perf_counter()
+                    outs = model.infer(x)
+                    t2 = time.perf_counter()
                 while not stop.is_set():
                     try:
                         q_out.put((fr, lb, outs, (t1 - t0) * 1e3, (t2 - t1) * 1e3), timeout=0.1)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..data import IMAGE_SUFFIXES
 from ..errors import EdgesegError
+from .preprocess import Letterbox
 
 log = logging.getLogger("edgeseg.sources")
 
@@ -34,6 +35,10 @@ class Frame:
     image: np.ndarray  # HxWx3 uint8 BGR
     time: float  # capture time, seconds since the epoch
     name: str  # file name, or the source spec for streams
+    # set by sources that run the network themselves (the IMX500 sensor): its outputs and where
+    # its input sits in this frame; the pipeline then skips preprocessing and inference
+    outputs: dict[str, np.ndarray] | None = None
+    mapping: Letterbox | None = None
 
 
 @contextmanager

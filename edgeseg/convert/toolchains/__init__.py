@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # the host-only modules are not needed to ask whether a toolc
     from ..importer import ImportedModel
 
 # toolchain name (profiles' ``toolchain`` key) -> module under this package
-REGISTRY = {"onnxruntime": "onnxruntime", "openvino": "openvino", "mnn": "mnn", "rknn": "rknn", "ncnn": "ncnn", "tflite": "tflite"}
+REGISTRY = {"onnxruntime": "onnxruntime", "openvino": "openvino", "mnn": "mnn", "rknn": "rknn", "ncnn": "ncnn", "tflite": "tflite",
+            "imx500": "imx500"}
 
 
 @dataclass
@@ -55,6 +56,8 @@ class ConvertResult:
     toolchain: dict[str, str] = field(default_factory=dict)
     input: dict[str, Any] = field(default_factory=dict)  # overrides of the input spec (dtype, layout)
     log: str = ""
+    head: dict[str, Any] = field(default_factory=dict)  # additions to the head spec (e.g. anchor grids)
+    reference_onnx: Path | None = None  # FP32 model with the bundle's output names, when they differ from fp32_path
 
 
 def probe(install: str, **modules: str) -> Availability:
@@ -81,6 +84,7 @@ def probe(install: str, **modules: str) -> Availability:
 
 class Toolchain(ABC):
     name: str = ""
+    settable: bool = False  # whether `--option KEY=VALUE` may override the profile's [quantization]
 
     @classmethod
     @abstractmethod

@@ -10,7 +10,6 @@ happen in that one worker call: the simulator's outputs on the held-back calibra
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -19,7 +18,8 @@ import numpy as np
 
 from ...bundle import sha256_file as _sha256
 from ...errors import EdgesegError
-from ..envs import EnvSpec, cache_root, run_worker
+from ...runtime.replay import Replay, input_digest, record
+from ..envs import EnvSpec, run_worker
 from . import Availability, ConvertJob, ConvertResult, Toolchain
 
 MODEL_FILE = "model.rknn"
@@ -30,14 +30,6 @@ ENV = EnvSpec("rknn-toolkit2-2.5.0", (
     ("torch==2.13.0", "numpy<2.5", "onnx==1.18.0", "onnxruntime", "protobuf<7", "opencv-python-headless", "scipy",
      "psutil", "ruamel.yaml", "tqdm", "fast-histogram", "setuptools<81"),
 ))
-
-
-def input_digest(x: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(x).tobytes() + str(x.shape).encode()).hexdigest()
-
-
-def sim_dir(model_sha: str) -> Path:
-    return cache_root() / "sim" / model_sha[:16]
 
 
 class RknnToolchain(Toolchain):
@@ -97,16 +89,14 @@ class RknnToolchain(Toolchain):
             text = log.read_text(errors="replace") if log.is_file() else ""
             log.unlink(missing_ok=True)
             digest = _sha256(job.workdir / MODEL_FILE)
-            cache = sim_dir(digest)
-            cache.mkdir(parents=True, exist_ok=True)
             names = [o["name"] for o in job.outputs]
             for _, d in sims:
                 with np.load(work / f"out_{d}.npz") as z:
                     arrays = [z[f"arr_{k}"] for k in range(len(z.files))]
                 if len(arrays) != len(names):
                     raise EdgesegError(f"{log}: the simulator returned {len(arrays)} outputs, expected {len(names)}")
-                np.savez_compressed(cache / f"{d}.npz", **{n: a.reshape(o["shape"]) if o.get("shape") else a
-                                                          for n, a, o in zip(names, arrays, job.outputs)})
+                record(digest, d, {n: a.reshape(o["shape"]) if o.get("shape") else a
+                                   for n, a, o in zip(names, arrays, job.outputs)})
         finally:
             shutil.rmtree(work, ignore_errors=True)
         q = {"precision": job.precision, "platform": platform}
@@ -119,22 +109,7 @@ class RknnToolchain(Toolchain):
                              log=text)
 
     def host_runner(self, bundle_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-        return SimulatorReplay(_sha256(bundle_dir / MODEL_FILE))
-
-
-class SimulatorReplay:
-    """The simulator's outputs, recorded at conversion, looked up by the input's digest."""
-
-    def __init__(self, model_sha: str):
-        self.dir = sim_dir(model_sha)
-
-    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        f = self.dir / f"{input_digest(x)}.npz"
-        if not f.is_file():
-            raise EdgesegError(f"{self.dir}: this image was not simulated when the bundle was built; convert again "
-                               "with --verify-data DATASET.yaml to evaluate on it (a saved .rknn cannot be simulated)")
-        with np.load(f) as z:
-            return {k: z[k] for k in z.files}
+        return Replay(_sha256(bundle_dir / MODEL_FILE), "convert again with --verify-data DATASET.yaml (a saved .rknn cannot be simulated)")
 
 
 TOOLCHAIN = RknnToolchain()

@@ -25,6 +25,8 @@ REGISTRY: dict[str, tuple[str, str, str, str]] = {
     "litert": ("litert", "ai_edge_litert", "ai-edge-litert", 'pip install "edgeseg[tflite]"'),
     "rknn": ("rknn", "rknnlite", "rknn-toolkit-lite2",
              "pip install rknn-toolkit-lite2 (aarch64 board, with Rockchip's librknnrt.so)"),
+    "imx500": ("imx500", "picamera2", "picamera2",
+               "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS, AI Camera)"),
 }
 
 

@@ -54,9 +54,10 @@ class SimulatedRknnBackend(Backend):
 
     def __init__(self, bundle, **options: Any):
         super().__init__(bundle, **options)
-        from ...convert.toolchains.rknn import SimulatorReplay, _sha256
+        from ...bundle import sha256_file
+        from ..replay import Replay
 
-        self.replay = SimulatorReplay(_sha256(bundle.file(bundle.manifest.model_files[0])))
+        self.replay = Replay(sha256_file(bundle.file(bundle.manifest.model_files[0])))
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return self.replay(x)
@@ -66,9 +67,10 @@ def BACKEND(bundle, **options: Any) -> Backend:  # noqa: N802 - the registry's f
     try:
         importlib.import_module("rknnlite.api")
     except ImportError:
-        from ...convert.toolchains.rknn import _sha256, sim_dir
+        from ...bundle import sha256_file
+        from ..replay import sim_dir
 
-        if sim_dir(_sha256(bundle.file(bundle.manifest.model_files[0]))).is_dir():
+        if sim_dir(sha256_file(bundle.file(bundle.manifest.model_files[0]))).is_dir():
             return SimulatedRknnBackend(bundle, **options)
         raise ToolchainMissing(f"{bundle.path}: RKNN bundles run on a Rockchip board with rknn-toolkit-lite2 "
                                "(pip install rknn-toolkit-lite2; aarch64 only); on this machine only bundles "
