@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,22 +40,25 @@ def make_video(path: Path, frames: int, size=(320, 240)) -> None:
 
 def soak(bundle: Path, frames: int, every: int = 500) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="edgeseg-soak-"))
-    video = tmp / "soak.mp4"
-    make_video(video, frames)
-    model = Model.load(bundle)
-    samples: list[tuple[int, float]] = []
+    try:
+        video = tmp / "soak.mp4"
+        make_video(video, frames)
+        model = Model.load(bundle)
+        samples: list[tuple[int, float]] = []
 
-    def on_frame(st, fr, res):
-        if st.frames % every == 0:
-            samples.append((st.frames, round(rss_mb(), 1)))
+        def on_frame(st, fr, res):
+            if st.frames % every == 0:
+                samples.append((st.frames, round(rss_mb(), 1)))
 
-    src = open_source(str(video))
-    st = run_pipeline(model, src, [VideoSink(tmp / "out.mp4", 30), JsonlSink(tmp / "out.jsonl", "soak")],
-                      on_frame=on_frame)
-    lines = sum(1 for _ in open(tmp / "out.jsonl"))
-    base = samples[1][1] if len(samples) > 1 else samples[0][1]
-    return {"frames": st.frames, "jsonl_lines": lines, "fps": round(st.fps, 1), "rss_samples_mb": samples,
-            "rss_growth_after_warmup_mb": round(samples[-1][1] - base, 1)}
+        src = open_source(str(video))
+        st = run_pipeline(model, src, [VideoSink(tmp / "out.mp4", 30), JsonlSink(tmp / "out.jsonl", "soak")],
+                          on_frame=on_frame)
+        lines = sum(1 for _ in open(tmp / "out.jsonl"))
+        base = samples[1][1] if len(samples) > 1 else samples[0][1]
+        return {"frames": st.frames, "jsonl_lines": lines, "fps": round(st.fps, 1), "rss_samples_mb": samples,
+                "rss_growth_after_warmup_mb": round(samples[-1][1] - base, 1)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

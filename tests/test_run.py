@@ -159,3 +159,60 @@ def test_camera_that_disappears_is_reopened_with_backoff():
     assert len(frames) == 10 and src.reconnects == 1
     assert any("reconnecting" in e for e in events) and any("reconnected" in e for e in events)
     assert "gave up" in events[-1]
+
+
+class StallingStream:
+    """A stream that sends 3 frames, then goes silent until the read timeout, then recovers."""
+
+    opened = 0
+
+    def __init__(self, spec):
+        StallingStream.opened += 1
+        self.n = 0
+
+    def isOpened(self):
+        return StallingStream.opened <= 2  # it comes back once, then the test stream is gone
+
+    def read(self):
+        self.n += 1
+        if StallingStream.opened == 1 and self.n == 4:
+            time.sleep(0.3)  # what FFmpeg's read timeout looks like from here: a long wait, then False
+            return False, None
+        if StallingStream.opened > 1 and self.n > 3:
+            return False, None  # the end of the test stream
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def set(self, *a):
+        return True
+
+    def get(self, prop):
+        return 30.0
+
+    def release(self):
+        pass
+
+
+def test_a_stalled_stream_is_reported_and_resumed():
+    StallingStream.opened = 0
+    events = []
+    src = LiveCapture("rtsp://camera.local/stream", opener=StallingStream, retries=1, backoff=0.01,
+                      stall_timeout=0.3, on_event=events.append)
+    frames = list(src)
+    assert len(frames) == 6 and src.stalls == 1 and src.reconnects == 1
+    assert "stalled, no frame for 0.3 s; reconnecting" in events[0] and events[1].endswith("reconnected")
+
+
+def test_streams_get_ffmpeg_read_timeouts(monkeypatch):
+    StallingStream.opened = 0
+    seen = {}
+
+    class Cap(StallingStream):
+        def __init__(self, spec, api=None, params=None):
+            seen.update(spec=spec, api=api, params=params)
+            super().__init__(spec)
+
+    monkeypatch.setattr("edgeseg.runtime.sources.cv2.VideoCapture", Cap)
+    LiveCapture("rtsp://camera.local/stream", stall_timeout=5)
+    p = seen["params"]
+    assert seen["api"] == cv2.CAP_FFMPEG
+    assert p[p.index(cv2.CAP_PROP_READ_TIMEOUT_MSEC) + 1] == 5000 and p[p.index(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC) + 1] == 5000

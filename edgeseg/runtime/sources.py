@@ -126,14 +126,17 @@ class LiveCapture(Source):
 
     def __init__(self, spec: int | str, width: int | None = None, height: int | None = None,
                  fps: float | None = None, retries: int = 10, backoff: float = 0.5,
-                 opener: Callable[[int | str], Any] | None = None, on_event: Callable[[str], None] | None = None):
+                 opener: Callable[[int | str], Any] | None = None, on_event: Callable[[str], None] | None = None,
+                 stall_timeout: float = 10.0):
         self.spec = spec
+        self.stall_timeout = stall_timeout
+        self.stalls = 0
         self.name = f"camera {spec}" if isinstance(spec, int) else str(spec)
         self.size = (width, height)
         self.fps_req = fps
         self.retries = retries
         self.backoff = backoff
-        self.opener = opener or cv2.VideoCapture
+        self.opener = opener or self._default_opener
         self.on_event = on_event or (lambda msg: log.warning("%s", msg))
         self.reconnects = 0
         self.cap = self._open()
@@ -144,6 +147,15 @@ class LiveCapture(Source):
             raise EdgesegError(f"{spec}: cannot open this stream; check the URL and that the server is reachable")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
         self._closed = False
+
+    def _default_opener(self, spec: int | str) -> Any:
+        if isinstance(spec, str):
+            # a stream that stops sending would block read() forever; FFmpeg's own timeouts make
+            # it return False instead, which the reconnect path below handles
+            ms = int(self.stall_timeout * 1000)
+            return cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                          cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        return cv2.VideoCapture(spec)  # V4L2 gives up on a silent camera after its own 10 s select()
 
     def _open(self):
         with quiet_opencv():
@@ -161,12 +173,12 @@ class LiveCapture(Source):
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a queue of stale ones
         return cap
 
-    def _reconnect(self) -> bool:
+    def _reconnect(self, why: str = "no frames") -> bool:
         delay = self.backoff
         for attempt in range(1, self.retries + 1):
             if self._closed:
                 return False
-            self.on_event(f"{self.name}: no frames; reconnecting (attempt {attempt}/{self.retries}) in {delay:.1f} s")
+            self.on_event(f"{self.name}: {why}; reconnecting (attempt {attempt}/{self.retries}) in {delay:.1f} s")
             time.sleep(delay)
             self.cap.release()
             cap = self._open()
@@ -182,9 +194,13 @@ class LiveCapture(Source):
     def __iter__(self) -> Iterator[Frame]:
         i = 0
         while not self._closed:
+            t0 = time.monotonic()
             ok, img = self.cap.read()
             if not ok or img is None or img.ndim != 3 or img.size == 0:
-                if not self._reconnect():
+                waited = time.monotonic() - t0
+                stalled = waited >= 0.8 * self.stall_timeout
+                self.stalls += stalled
+                if not self._reconnect(f"stalled, no frame for {waited:.1f} s" if stalled else "no frames"):
                     return
                 continue
             yield Frame(i, img, time.time(), self.name)

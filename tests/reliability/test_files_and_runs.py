@@ -16,12 +16,17 @@ from conftest import ASSETS, MODEL, VAL_IMAGES, cli
 
 
 def _calib_variants(folder: Path) -> Path:
-    """Gray, 16-bit, alpha, palette-free PNG, tiny and huge images: all must calibrate."""
+    """Gray, 16-bit, alpha, CMYK (JPEG and TIFF), tiny and huge images: all must calibrate."""
+    from PIL import Image
+
     folder.mkdir(parents=True)
     src = sorted((ASSETS / "shapes" / "calib" / "images").iterdir())
-    for i, f in enumerate(src[:10]):
+    for i, f in enumerate(src[:14]):
         img = cv2.imread(str(f))
-        kind = i % 5
+        kind = i % 7
+        if kind >= 5:  # print-shop CMYK, as cameras never write but photo libraries do
+            Image.fromarray(img[:, :, ::-1]).convert("CMYK").save(folder / f"{i}_cmyk.{'jpg' if kind == 5 else 'tif'}")
+            continue
         if kind == 0:
             cv2.imwrite(str(folder / f"{i}_gray.png"), cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
         elif kind == 1:
@@ -35,12 +40,12 @@ def _calib_variants(folder: Path) -> Path:
     return folder
 
 
-def test_calibration_accepts_gray_16bit_alpha_huge_and_tiny(tmp_path):
+def test_calibration_accepts_gray_16bit_alpha_cmyk_huge_and_tiny(tmp_path):
     calib = _calib_variants(tmp_path / "calib")
     r = cli("convert", "--calib", str(calib), "--out", str(tmp_path / "b"))
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "b" / "edgeseg.json").read_text())
-    assert m["quantization"]["calibration"]["available"] == 10
+    assert m["quantization"]["calibration"]["available"] == 14
 
 
 def test_non_ascii_paths_everywhere(tmp_path):
@@ -144,3 +149,34 @@ def test_disk_full_while_writing_the_bundle(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "no space left" in lines[0], r.stderr
     assert not out.exists() and (not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()))
+
+
+def test_toolchain_failing_mid_way_leaves_no_bundle_and_keeps_its_log(tmp_path):
+    """Sony's toolchain (real, in its env) is handed a model with an operator it cannot take: the
+    worker fails after the env is up and MCT is loaded. One line points at the kept log."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeseg.convert.toolchains.imx500 import Imx500Toolchain
+
+    av = Imx500Toolchain.availability()
+    if not av.installed:
+        pytest.skip(f"{av.detail}; install with: {av.install}")
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((2, 8, 1, 1)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["images", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Erf", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "w2"], ["logits"])]
+    g = helper.make_graph(nodes, "erf", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 64, 64])], [w1, w2])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "erf.onnx"))
+    out = tmp_path / "bundles" / "erf"
+    r = cli("convert", str(tmp_path / "erf.onnx"), "--target", "imx500", "--calib-images", "8", "--out", str(out),
+            timeout=900)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: ") and "toolchain failed" in last, r.stderr
+    assert "ONNX operator Erf is not supported" in last and "see this log, which is kept" in last
+    log = Path(last.split("error: ", 1)[1].split(":", 1)[0])
+    assert log.is_file() and "Traceback" in log.read_text()
+    assert not out.exists() and [p for p in out.parent.iterdir()] == [log]
