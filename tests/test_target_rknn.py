@@ -120,3 +120,17 @@ def test_board_backend_against_an_rknnlite_stand_in(rk, monkeypatch):
         assert all(np.abs(a.box - b.box).max() < 1e-3 for a, b in zip(res.instances, ref.instances))
     board.close()
     assert calls.get("released")
+
+
+def test_fp16_and_float_tail_options(tmp_path, fp32_bundle):
+    """FP16 on the NPU matches FP32; a float tail (hybrid quantization: every output's last conv in
+    FP16) builds through rknn-toolkit2's two hybrid steps and keeps INT8 accuracy."""
+    ref = _score(fp32_bundle.path)["mask_map50_95"]
+    fp16 = _convert(tmp_path / "fp16", precision="fp16", verify_data=DATA_YAML)
+    assert abs(_score(fp16.path)["mask_map50_95"] - ref) <= 0.003
+    tail = _convert(tmp_path / "tail", verify_data=DATA_YAML, options={"set": {"float_tail": "true"}})
+    q = tail.manifest.quantization
+    # the head convolutions end in a Conv; the prototypes end in an activation and stay INT8
+    assert sorted(q["float_tail"]) == sorted(o["name"] for o in tail.manifest.outputs if o["role"] != "protos")
+    assert "hybrid_quantization_step2" in (tail.path / "toolchain.log").read_text()
+    assert ref - _score(tail.path)["mask_map50_95"] <= 0.015

@@ -33,6 +33,7 @@ def run_guarded(spec: dict, workdir: Path, log: Path) -> dict:
 
 class MnnToolchain(Toolchain):
     name = "mnn"
+    settable = True
 
     @classmethod
     def availability(cls) -> Availability:
@@ -77,15 +78,24 @@ class MnnToolchain(Toolchain):
         for i, p in enumerate(job.calib.images):
             img, _ = letterbox(read_image(p), (h, w))
             cv2.imwrite(str(imgdir / f"{i:05d}.png"), img)  # lossless: MNN reads the same pixels
-        method = job.profile.quantization.get("feature_method", "EMA")
+        q = {**job.profile.quantization, **(job.options.get("set") or {})}  # --option KEY=VALUE
+        method, wmethod = str(q.get("feature_method", "EMA")), str(q.get("weight_method", "MAX_ABS"))
         cfg = {"format": "RGB", "mean": [0.0, 0.0, 0.0], "normal": [1 / 255.0] * 3, "width": w, "height": h,
                "path": str(imgdir) + "/", "used_image_num": len(job.calib.images),
-               "feature_quantize_method": method, "weight_quantize_method": "MAX_ABS"}
+               "feature_quantize_method": method, "weight_quantize_method": wmethod}
+        skip = q.get("skip_quant_op_names") or []
+        if isinstance(skip, str):
+            skip = [n for n in skip.split(",") if n]
+        if skip:
+            cfg["skip_quant_op_names"] = list(skip)
+        if q.get("feature_clamp_value"):
+            cfg["feature_clamp_value"] = int(q["feature_clamp_value"])
         cfg_path = work / "quant.json"
         cfg_path.write_text(json.dumps(cfg))
         run_guarded({"tool": "mnn", "op": "quant", "src": str(fp32), "dst": str(out), "config": str(cfg_path)}, work, log)
         return {"scheme": "MNN full INT8 (weights and activations)", "feature_quantize_method": method,
-                "weight_quantize_method": "MAX_ABS", "calibration_preprocess": "edgeseg letterbox, written as PNG"}
+                "weight_quantize_method": wmethod, "skip_quant_op_names": list(skip),
+                "calibration_preprocess": "edgeseg letterbox, written as PNG"}
 
 
 TOOLCHAIN = MnnToolchain()

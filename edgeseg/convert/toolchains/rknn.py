@@ -32,8 +32,23 @@ ENV = EnvSpec("rknn-toolkit2-2.5.0", (
 ))
 
 
+def float_tail_pairs(fp32_onnx: Path) -> list[list[str]]:
+    """[input, output] of each output's last convolution: the layers a float tail keeps in FP16."""
+    import onnx
+
+    g = onnx.load(str(fp32_onnx), load_external_data=False).graph
+    prod = {o: n for n in g.node for o in n.output}
+    pairs = []
+    for out in g.output:
+        node = prod.get(out.name)
+        if node is not None and node.op_type == "Conv":
+            pairs.append([node.input[0], out.name])
+    return pairs
+
+
 class RknnToolchain(Toolchain):
     name = "rknn"
+    settable = True
 
     @classmethod
     def availability(cls) -> Availability:
@@ -73,10 +88,13 @@ class RknnToolchain(Toolchain):
             return out
 
         try:
+            opts = {**prof.quantization, **(job.options.get("set") or {})}  # --option KEY=VALUE
             spec: dict = {"onnx": str(job.fp32_path), "platform": platform, "out": str(job.workdir / MODEL_FILE),
-                          "quantize": job.precision == "int8", "algorithm": prof.quantization.get("algorithm", "normal"),
-                          "quantized_dtype": prof.quantization.get("scheme", "w8a8"),
+                          "quantize": job.precision == "int8", "algorithm": str(opts.get("algorithm", "normal")),
+                          "quantized_dtype": str(opts.get("scheme", "w8a8")),
                           "disable_rules": prof.quantization.get("disable_rules", [])}
+            if job.precision == "int8" and str(opts.get("float_tail", "false")).lower() in ("1", "true", "yes"):
+                spec["hybrid"] = float_tail_pairs(job.fp32_path)
             if job.precision == "int8":
                 assert job.calib is not None
                 ds = work / "dataset.txt"
@@ -101,7 +119,8 @@ class RknnToolchain(Toolchain):
             shutil.rmtree(work, ignore_errors=True)
         q = {"precision": job.precision, "platform": platform}
         if job.precision == "int8":
-            q.update(scheme=spec["quantized_dtype"], algorithm=spec["algorithm"], disable_rules=spec["disable_rules"])
+            q.update(scheme=spec["quantized_dtype"], algorithm=spec["algorithm"], disable_rules=spec["disable_rules"],
+                     float_tail=[p[1] for p in spec.get("hybrid", [])])
         outputs = [dict(o, quant=None) for o in job.outputs]  # RKNNLite and the simulator return float32
         return ConvertResult([MODEL_FILE], outputs, q, {**res.get("versions", {}), "platform": platform},
                              input={"layout": "nhwc", "dtype": "uint8", "scale": 1.0,

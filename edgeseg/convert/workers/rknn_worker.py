@@ -11,6 +11,7 @@ this one process because a saved .rknn cannot be loaded into the simulator after
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 
@@ -35,9 +36,24 @@ def main() -> None:
         ret = rk.load_onnx(model=spec["onnx"], outputs=spec.get("outputs"))
         if ret != 0:
             raise RuntimeError(f"load_onnx returned {ret}")
-        ret = rk.build(do_quantization=bool(spec["quantize"]), dataset=spec.get("dataset"))
-        if ret != 0:
-            raise RuntimeError(f"build returned {ret}")
+        if spec.get("hybrid"):
+            # hybrid quantization: the listed [input, output] subgraphs stay in float16. Step 1
+            # writes <model>.model/.data/.quantization.cfg to the working folder; step 2 builds.
+            ret = rk.hybrid_quantization_step1(dataset=spec["dataset"], proposal=False,
+                                               custom_hybrid=[list(p) for p in spec["hybrid"]])
+            if ret != 0:
+                raise RuntimeError(f"hybrid_quantization_step1 returned {ret}")
+            stem = os.path.splitext(os.path.basename(spec["onnx"]))[0]
+            rk.release()
+            rk = RKNN(verbose=False)
+            ret = rk.hybrid_quantization_step2(model_input=f"{stem}.model", data_input=f"{stem}.data",
+                                               model_quantization_cfg=f"{stem}.quantization.cfg")
+            if ret != 0:
+                raise RuntimeError(f"hybrid_quantization_step2 returned {ret}")
+        else:
+            ret = rk.build(do_quantization=bool(spec["quantize"]), dataset=spec.get("dataset"))
+            if ret != 0:
+                raise RuntimeError(f"build returned {ret}")
         ret = rk.export_rknn(spec["out"])
         if ret != 0:
             raise RuntimeError(f"export_rknn returned {ret}")
