@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DATA_YAML, MODEL
+from conftest import DATA_YAML, MODEL, VAL_IMAGES
 
 pytest.importorskip("ai_edge_litert", reason='the TFLite target needs: pip install "edgeseg[tflite]"')
 
@@ -65,3 +65,50 @@ def test_fp16_tflite_matches_fp32(tfl, fp32_bundle):
     b = tfl["fp16"]
     assert all(o["quant"] is None for o in b.manifest.outputs) and "quant" not in b.manifest.input
     assert abs(_score(fp32_bundle.path) - _score(b.path)) <= 0.003
+
+
+def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypatch):
+    """This machine has no Coral and no edgetpu_compiler: only ``load_delegate`` (libedgetpu) and
+    the compiled file are stood in for (a copy of the int8 model). The backend must load the
+    compiled model with the delegate when libedgetpu loads, and the int8 model on CPU when not."""
+    import shutil
+
+    from edgeseg.bundle import Bundle, write_manifest
+    from edgeseg.runtime.backends import litert
+    from edgeseg.runtime.model import Model
+    from edgeseg.runtime.sources import read_image
+
+    b = tmp_path / "compiled"
+    shutil.copytree(tfl["split"].path, b)
+    shutil.copyfile(b / "model.tflite", b / "model_edgetpu.tflite")
+    m = Bundle.load(b, verify=False).manifest
+    m.model_files = ["model.tflite", "model_edgetpu.tflite"]
+    write_manifest(b, m)
+
+    seen: dict = {}
+    real = litert.Interpreter
+
+    def fake_load_delegate(lib):
+        seen["lib"] = lib
+        return "edgetpu-delegate"
+
+    def interpreter(model_path, num_threads=None, experimental_delegates=None):
+        seen.update(model=model_path, delegates=experimental_delegates)
+        return real(model_path=model_path, num_threads=num_threads)  # the delegate's ops run on the CPU here
+
+    monkeypatch.setattr(litert, "load_delegate", fake_load_delegate)
+    monkeypatch.setattr(litert, "Interpreter", interpreter)
+    tpu = Model.load(b)
+    assert tpu.backend.on_edgetpu and seen["lib"] == "libedgetpu.so.1" and seen["delegates"] == ["edgetpu-delegate"]
+    assert seen["model"].endswith("model_edgetpu.tflite")
+    frame = read_image(sorted(VAL_IMAGES.glob("*.jpg"))[0])
+    with_tpu = tpu(frame)
+
+    def no_coral(lib):
+        raise ValueError("Failed to load delegate from libedgetpu.so.1")
+
+    monkeypatch.setattr(litert, "load_delegate", no_coral)
+    cpu = Model.load(b)
+    assert not cpu.backend.on_edgetpu and seen["model"].endswith("model.tflite") and not seen["delegates"]
+    ref = cpu(frame)
+    assert [i.class_id for i in with_tpu.instances] == [i.class_id for i in ref.instances] and ref.instances
