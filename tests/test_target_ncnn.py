@@ -60,3 +60,30 @@ def test_int8_writer_round_trips_weights(tmp_path, nc):
     scales = np.frombuffer(data, np.float32, int(first.params["0"]), off)
     back = wq.reshape(len(scales), -1) / scales[:, None]
     assert np.abs(back - w.reshape(len(scales), -1)).max() <= (0.5 / scales.min()) + 1e-6
+
+
+def test_ncnn_own_tools_give_the_same_accuracy(tmp_path):
+    """ncnn2table + ncnn2int8 against edgeseg's table and writer. No PyPI or Debian package ships
+    the two tools (TOOLCHAINS.md), so this runs only where someone built them onto PATH."""
+    import shutil
+
+    from edgeseg.convert import convert
+
+    missing = [t for t in ("ncnn2table", "ncnn2int8") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not on PATH: no package provides them; build ncnn's tools/quantize")
+    tools = convert(MODEL, target="ncnn", out=tmp_path / "tools", log=lambda m: None,
+                    options={"set": {"int8_tools": "ncnn"}})
+    ours = convert(MODEL, target="ncnn", out=tmp_path / "ours", log=lambda m: None,
+                   options={"set": {"int8_tools": "edgeseg"}})
+    assert "ncnn2int8" in tools.manifest.quantization["scheme"]
+    assert abs(_score(tools.path) - _score(ours.path)) <= 0.005
+
+
+def test_asking_for_ncnn_tools_that_are_absent_is_one_line(tmp_path, monkeypatch):
+    from conftest import cli
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no ncnn2table here, whatever the machine has
+    r = cli("convert", "--target", "ncnn", "--option", "int8_tools=ncnn", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "ncnn2table and ncnn2int8 are not on PATH" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "b").exists()

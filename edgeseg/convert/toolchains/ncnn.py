@@ -24,6 +24,7 @@ def _pnnx() -> str:
 
 class NcnnToolchain(Toolchain):
     name = "ncnn"
+    settable = True
 
     @classmethod
     def availability(cls) -> Availability:
@@ -52,7 +53,16 @@ class NcnnToolchain(Toolchain):
             param, binf = work / "model.ncnn.param", work / "model.ncnn.bin"
             q: dict = {"precision": job.precision}
             if job.precision == "int8":
-                q.update(self._int8(job, param, binf, work))
+                opts = {**job.profile.quantization, **(job.options.get("set") or {})}
+                use = str(opts.get("int8_tools", "auto"))
+                tools = [shutil.which("ncnn2table"), shutil.which("ncnn2int8")]
+                if use == "ncnn" and not all(tools):
+                    raise EdgesegError("--option int8_tools=ncnn: ncnn2table and ncnn2int8 are not on PATH; build "
+                                       "them from ncnn's tools/quantize, or use int8_tools=edgeseg")
+                if use == "ncnn" or (use == "auto" and all(tools)):
+                    q.update(self._int8_ncnn_tools(job, param, binf, work, tools))  # type: ignore[arg-type]
+                else:
+                    q.update(self._int8(job, param, binf, work))
                 param, binf = work / "int8.param", work / "int8.bin"
             elif job.precision == "fp16":
                 q.update(scheme="FP16 weights (pnnx fp16=1)")
@@ -63,6 +73,40 @@ class NcnnToolchain(Toolchain):
         # pnnx names the graph's outputs out0..outN in ONNX output order, and the input in0
         outputs = [dict(o, quant=None, blob=f"out{i}") for i, o in enumerate(job.outputs)]
         return ConvertResult([PARAM, BIN], outputs, q, self.availability().versions, input={"blob": "in0"}, log=text)
+
+    def _int8_ncnn_tools(self, job: ConvertJob, param: Path, binf: Path, work: Path, tools: list[str]) -> dict:
+        """ncnn's own ncnn2table + ncnn2int8, fed edgeseg-letterboxed images (so their resize is a no-op)."""
+        import cv2
+
+        from ...runtime.preprocess import letterbox
+        from ...runtime.sources import read_image
+
+        assert job.calib is not None
+        h, w = job.imported.input_hw
+        imgs = work / "calib"
+        imgs.mkdir()
+        files = []
+        for i, p in enumerate(job.calib.images):
+            img, _ = letterbox(read_image(p), (h, w))
+            files.append(imgs / f"{i:05d}.png")
+            cv2.imwrite(str(files[-1]), img)  # lossless: the tool reads exactly these pixels
+        (work / "images.txt").write_text("\n".join(str(f) for f in files) + "\n")
+        method = str({**job.profile.quantization, **(job.options.get("set") or {})}.get("activation_method", "kl"))
+        table = work / "model.table"
+        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.ncnn2int8.log"
+        steps = [[tools[0], str(param), str(binf), str(work / "images.txt"), str(table), "mean=[0,0,0]",
+                  "norm=[0.003921569,0.003921569,0.003921569]", f"shape=[{w},{h},3]", "pixel=RGB", "thread=2",
+                  f"method={method}"],
+                 [tools[1], str(param), str(binf), str(work / "int8.param"), str(work / "int8.bin"), str(table)]]
+        with open(log, "w") as out:
+            for argv in steps:
+                r = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=work, timeout=3600)
+                if r.returncode != 0:
+                    raise EdgesegError(f"{log}: {Path(argv[0]).name} failed (exit {r.returncode}); see this log, "
+                                       "which is kept")
+        log.unlink()
+        return {"scheme": "ncnn int8 convolutions (ncnn2table + ncnn2int8)", "activation_method": method,
+                "tools": [str(t) for t in tools]}
 
     def _int8(self, job: ConvertJob, param: Path, binf: Path, work: Path) -> dict:
         import ncnn
@@ -79,7 +123,7 @@ class NcnnToolchain(Toolchain):
         net.load_param(str(param))
         net.load_model(str(binf))
         hw = job.imported.input_hw
-        method = job.profile.quantization.get("activation_method", "kl")
+        method = str({**job.profile.quantization, **(job.options.get("set") or {})}.get("activation_method", "kl"))
 
         def passes():
             for x in job.calib.arrays(hw, progress=False):
