@@ -34,7 +34,10 @@ def friendly(fn: Callable) -> Callable:
             _fail(str(e))
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                _fail(f"{e.filename or 'output'}: no space left ({e.strerror}); free space and run again "
+                # a write through a file object carries no file name: name what the user asked to write
+                where = e.filename or next((str(kw[k]) for k in ("out", "save", "json_out", "report") if kw.get(k)),
+                                           "the output folder")
+                _fail(f"{where}: no space left ({e.strerror}); free space and run again "
                       "(nothing was left half-written)")
             raise
 

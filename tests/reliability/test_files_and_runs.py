@@ -148,6 +148,7 @@ def test_disk_full_while_writing_the_bundle(tmp_path):
                        text=True, preexec_fn=limit, timeout=300)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "no space left" in lines[0], r.stderr
+    assert str(out.parent) in lines[0]  # names where it was writing
     assert not out.exists() and (not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()))
 
 
