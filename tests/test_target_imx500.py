@@ -276,3 +276,17 @@ def test_pi_runtime_decodes_sensor_tensors_with_the_real_decoder(imx, tmp_path, 
     assert n >= 5
     with pytest.raises(Exception, match="runs inside the camera"):
         board.backend.run(np.zeros((1, 3, 320, 320), np.float32))
+
+
+def test_mixed_precision_fits_a_weights_budget(imx, tmp_path):
+    """MCT mixed precision (8/4/2-bit weights) against 75% of the 8-bit weight bytes: the sensor
+    memory the converter reports drops below the plain 8-bit bundle's."""
+    from edgeseg.convert import convert
+
+    mp = convert(MODEL, target="imx500", out=tmp_path / "mp", calib_images=16, fidelity=False, log=lambda m: None,
+                 options={"set": {"mixed_precision": "true"}})
+    q = mp.manifest.quantization
+    assert q["mixed_precision"] is True and q["weights_memory"] == pytest.approx(
+        0.75 * q["memory_estimate"]["weights_bytes"])
+    used = float(q["memory"]["Memory Usage"].rstrip("MB"))
+    assert q["memory"]["Fit In Chip"] and used < float(imx.manifest.quantization["memory"]["Memory Usage"].rstrip("MB"))
