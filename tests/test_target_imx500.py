@@ -290,3 +290,15 @@ def test_mixed_precision_fits_a_weights_budget(imx, tmp_path):
         0.75 * q["memory_estimate"]["weights_bytes"])
     used = float(q["memory"]["Memory Usage"].rstrip("MB"))
     assert q["memory"]["Fit In Chip"] and used < float(imx.manifest.quantization["memory"]["Memory Usage"].rstrip("MB"))
+
+
+def test_gptq_option_runs_mct_gradient_ptq(tmp_path):
+    from edgeseg.convert import convert
+    from edgeseg.convert.toolchains.imx500 import Imx500Toolchain
+
+    if not Imx500Toolchain.availability().installed:
+        pytest.skip(Imx500Toolchain.availability().detail)
+    b = convert(MODEL, target="imx500", out=tmp_path / "gptq", calib_images=16, fidelity=False, log=lambda m: None,
+                options={"set": {"gptq": "true", "gptq_epochs": "1"}})
+    q = b.manifest.quantization
+    assert q["gptq"] is True and q["gptq_epochs"] == 1 and q["memory"]["Fit In Chip"]

@@ -161,7 +161,7 @@ class Imx500Toolchain(Toolchain):
                     "quantized_onnx": str(work / QUANTIZED_ONNX), "converter_out": str(work / "converter"),
                     "output_names": [o["name"] for o in outputs], "tpc_version": str(opts.get("tpc_version", "4.0")),
                     "input_persistency": persist, "gptq": _true(opts.get("gptq")),
-                    "gptq_epochs": int(opts.get("gptq_epochs", 5)),
+                    "gptq_epochs": int(opts.get("gptq_epochs", 5)), "gptq_hessian": _true(opts.get("gptq_hessian")),
                     "simulate": [{"input": str(f), "output": str(work / f"out_{d}.npz")} for f, d in sims]}
             if _true(opts.get("mixed_precision")):
                 spec["weights_memory"] = float(opts.get("weights_memory") or 0) or 0.75 * est["weights_bytes"]

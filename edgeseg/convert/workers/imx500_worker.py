@@ -52,9 +52,13 @@ def quantize(spec: dict, log) -> tuple[object, dict]:
     t = time.time()
     if spec.get("gptq"):
         epochs = int(spec.get("gptq_epochs", 5))
-        q, _ = mct.gptq.pytorch_gradient_post_training_quantization(
-            model, representative, gptq_config=mct.gptq.get_pytorch_gptq_config(n_epochs=epochs), **kw)
-        info.update(gptq=True, gptq_epochs=epochs)
+        # MCT's Hessian-weighted loss costs ~11 s per iteration x 100 iterations on 2 CPU cores
+        # before the first epoch; off unless asked for
+        hessian = bool(spec.get("gptq_hessian", False))
+        cfg = mct.gptq.get_pytorch_gptq_config(n_epochs=epochs, use_hessian_based_weights=hessian,
+                                               use_hessian_sample_attention=hessian)
+        q, _ = mct.gptq.pytorch_gradient_post_training_quantization(model, representative, gptq_config=cfg, **kw)
+        info.update(gptq=True, gptq_epochs=epochs, gptq_hessian=hessian)
     else:
         q, _ = mct.ptq.pytorch_post_training_quantization(model, representative, **kw)
     info["quantize_seconds"] = round(time.time() - t, 1)
