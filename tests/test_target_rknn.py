@@ -66,10 +66,10 @@ def test_board_backend_against_an_rknnlite_stand_in(rk, monkeypatch):
     """Only ``rknnlite.api.RKNNLite`` is faked (this x86 machine has no NPU); it answers with the
     tensors the quantized model produced in the toolkit simulator. Decoder and pipeline are real."""
     from edgeseg.bundle import sha256_file
-    from edgeseg.runtime.replay import Replay
     from edgeseg.runtime.backends.rknn import RknnLiteBackend
     from edgeseg.runtime.model import Model
     from edgeseg.runtime.pipeline import run_pipeline
+    from edgeseg.runtime.replay import Replay
     from edgeseg.runtime.sources import open_source
 
     bundle = rk["split"]

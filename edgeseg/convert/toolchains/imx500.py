@@ -14,6 +14,7 @@ by ``edgeseg eval`` through edgeseg's decoder (as for the RKNN simulator).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -186,7 +187,7 @@ class Imx500Toolchain(Toolchain):
             raise EdgesegError(f"{job.imported.path}: the converter reports {rep.get('Memory Usage')} of "
                                f"{rep.get('Total Memory Available On Chip')}: does not fit; use a smaller --imgsz "
                                "or --option mixed_precision=true")
-        (job.workdir / "memory_report.json").write_text(__import__("json").dumps(rep, indent=1))
+        (job.workdir / "memory_report.json").write_text(json.dumps(rep, indent=1))
         quant = {"precision": "int8", "scheme": q.get("scheme"), **res.get("quantization", {}),
                  "input_persistency": persist, "memory": rep, "memory_estimate": est,
                  "nms": "on the Pi (edgeseg's decoder): thresholds stay adjustable at run time"}

@@ -27,10 +27,9 @@ def quantize(spec: dict, log) -> tuple[object, dict]:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from onnx_fx import to_fx
-
     import model_compression_toolkit as mct
     from edgemdt_tpc import get_target_platform_capabilities
+    from onnx_fx import to_fx
 
     model = to_fx(onnx.load(spec["onnx"]))
     files = [line for line in Path(spec["dataset"]).read_text().splitlines() if line]
