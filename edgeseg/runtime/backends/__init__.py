@@ -59,3 +59,29 @@ def open_backend(bundle: Bundle, **options: Any) -> Backend:
         raise ToolchainMissing(f"{bundle.path}: needs the {package} runtime ({e.name} is not installed); "
                                f"install it with: {install}") from None
     return mod.BACKEND(bundle, **options)
+
+
+class ReplayBackend(Backend):
+    """Host stand-in for a device-only runtime: the outputs its vendor tool computed at conversion
+    (RKNN simulator, MCT-quantized IMX500 network), looked up by input (see ``runtime/replay.py``)."""
+
+    name = "replay"
+
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
+        super().__init__(bundle, **options)
+        from ...bundle import sha256_file
+        from ..replay import Replay
+
+        self.replay = Replay(sha256_file(bundle.file(bundle.manifest.model_files[0])))
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.replay(x)
+
+
+def has_recorded_outputs(bundle: Bundle) -> bool:
+    """Whether this bundle was converted on this machine with outputs recorded for replay."""
+    from ...bundle import sha256_file
+    from ..replay import sim_dir
+
+    return sim_dir(sha256_file(bundle.file(bundle.manifest.model_files[0]))).is_dir()
+

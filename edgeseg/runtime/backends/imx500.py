@@ -25,7 +25,7 @@ import numpy as np
 from ...errors import EdgesegError, ToolchainMissing
 from ..preprocess import Letterbox
 from ..sources import Frame, Source
-from . import Backend
+from . import Backend, ReplayBackend, has_recorded_outputs
 
 PACKAGE_TOOL = "imx500-package"
 INSTALL = "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS; venv with --system-site-packages)"
@@ -153,20 +153,10 @@ class Imx500Backend(Backend):
                            "(files and streams cannot be fed to the sensor's network)")
 
 
-class ReplayImx500Backend(Backend):
+class ReplayImx500Backend(ReplayBackend):
     """Host stand-in: the MCT-quantized network's outputs recorded at conversion."""
 
     name = "imx500-replay"
-
-    def __init__(self, bundle, **options: Any):
-        super().__init__(bundle, **options)
-        from ...bundle import sha256_file
-        from ..replay import Replay
-
-        self.replay = Replay(sha256_file(bundle.file(bundle.manifest.model_files[0])))
-
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.replay(x)
 
 
 def BACKEND(bundle, **options: Any) -> Backend:  # noqa: N802 - the registry's factory name
@@ -177,10 +167,7 @@ def BACKEND(bundle, **options: Any) -> Backend:  # noqa: N802 - the registry's f
         return Imx500Backend(bundle, **options)
     except ImportError:
         pass
-    from ...bundle import sha256_file
-    from ..replay import sim_dir
-
-    if sim_dir(sha256_file(bundle.file(bundle.manifest.model_files[0]))).is_dir():
+    if has_recorded_outputs(bundle):
         return ReplayImx500Backend(bundle, **options)
     raise ToolchainMissing(f"{bundle.path}: IMX500 bundles run on a Raspberry Pi with the AI Camera ({INSTALL}); "
                            "on this machine only bundles converted here can be evaluated (recorded outputs)")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ToolchainMissing
-from . import Backend
+from . import Backend, ReplayBackend, has_recorded_outputs
 
 CORE_MASKS = {"auto": "NPU_CORE_AUTO", "0": "NPU_CORE_0", "1": "NPU_CORE_1", "2": "NPU_CORE_2",
               "all": "NPU_CORE_0_1_2", "0_1": "NPU_CORE_0_1"}
@@ -47,30 +47,17 @@ class RknnLiteBackend(Backend):
         self.rk.release()
 
 
-class SimulatedRknnBackend(Backend):
+class SimulatedRknnBackend(ReplayBackend):
     """Host stand-in for the NPU: replays the toolkit simulator's recorded outputs."""
 
     name = "rknn-simulator"
-
-    def __init__(self, bundle, **options: Any):
-        super().__init__(bundle, **options)
-        from ...bundle import sha256_file
-        from ..replay import Replay
-
-        self.replay = Replay(sha256_file(bundle.file(bundle.manifest.model_files[0])))
-
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.replay(x)
 
 
 def BACKEND(bundle, **options: Any) -> Backend:  # noqa: N802 - the registry's factory name
     try:
         importlib.import_module("rknnlite.api")
     except ImportError:
-        from ...bundle import sha256_file
-        from ..replay import sim_dir
-
-        if sim_dir(sha256_file(bundle.file(bundle.manifest.model_files[0]))).is_dir():
+        if has_recorded_outputs(bundle):
             return SimulatedRknnBackend(bundle, **options)
         raise ToolchainMissing(f"{bundle.path}: RKNN bundles run on a Rockchip board with rknn-toolkit-lite2 "
                                "(pip install rknn-toolkit-lite2; aarch64 only); on this machine only bundles "
