@@ -1,9 +1,15 @@
-"""MNN toolchain: MNN's converter (FP32, FP16, weight-only INT8) and its calibration tool (full INT8).
+"""MNN toolchain: MNN's converter for every precision; full INT8 from edgeseg's calibration or MNN's tool.
 
-Both run through MNN's native ``_tools`` module in a guarded child process
-(:mod:`._guarded`): never ``MNN.tools``, whose import pip-installs a logging SDK and sends usage
-logs. Calibration images are written letterboxed by edgeseg's own preprocessing, at the model's
-input size, so MNN's reader only converts them to RGB and scales by 1/255.
+Full INT8 (``int8_tool``):
+
+- ``edgeseg`` (default): activation ranges measured on the split FP32 ONNX with the calibration
+  arrays, handed to MNN's converter as compression parameters (:mod:`..mnn_int8`); MNN itself
+  quantizes the weights and writes the int8 model.
+- ``mnnquant``: MNN's calibration tool on the same images, written letterboxed by edgeseg's own
+  preprocessing so MNN's reader only converts them to RGB and scales by 1/255.
+
+MNN runs through its native ``_tools`` module in a guarded child process (:mod:`._guarded`): never
+``MNN.tools``, whose import pip-installs a logging SDK and sends usage logs.
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ class MnnToolchain(Toolchain):
             out = job.workdir / MODEL_FILE
             args = ["-f", "ONNX", "--modelFile", str(job.fp32_path), "--bizCode", "edgeseg"]
             q: dict = {"precision": job.precision}
-            if job.precision == "int8":
+            if job.precision == "int8" and self._setting(job, "int8_tool", "edgeseg") == "edgeseg":
+                q.update(self._int8_edgeseg(job, args, out, work, log))
+            elif job.precision == "int8":
                 fp32 = work / "fp32.mnn"
                 run_guarded({"tool": "mnn", "op": "convert", "args": args + ["--MNNModel", str(fp32)]}, work, log)
                 q.update(self._quantize(job, fp32, out, work, log))
@@ -66,6 +74,31 @@ class MnnToolchain(Toolchain):
             shutil.rmtree(work, ignore_errors=True)
         outputs = [dict(o, quant=None) for o in job.outputs]
         return ConvertResult([MODEL_FILE], outputs, q, self.availability().versions, log=text)
+
+    @staticmethod
+    def _setting(job: ConvertJob, key: str, default: str) -> str:
+        return str({**job.profile.quantization, **(job.options.get("set") or {})}.get(key, default))  # --option KEY=VALUE
+
+    def _int8_edgeseg(self, job: ConvertJob, args: list[str], out: Path, work: Path, log: Path) -> dict:
+        import onnx
+
+        from ..mnn_int8 import compression_params, conv_layers, tensor_ranges
+
+        assert job.calib is not None
+        keep = list(job.options.get("keep_float") or [])
+        layers = conv_layers(onnx.load(str(job.fp32_path)), keep)
+        if not layers:
+            raise EdgesegError(f"{job.fp32_path}: no convolution left to quantize; convert with --fp16 or --int8w")
+        names = sorted({l.input for l in layers} | {l.output for l in layers})
+        ranges = tensor_ranges(job.fp32_path, names, job.calib.arrays(job.imported.input_hw))
+        params = work / "compression.json"  # the .json suffix tells MNN's converter to read JSON
+        params.write_text(json.dumps(compression_params(layers, ranges)))
+        run_guarded({"tool": "mnn", "op": "convert",
+                     "args": args + ["--compressionParamsFile", str(params), "--MNNModel", str(out)]}, work, log)
+        return {"scheme": "MNN full INT8 convolutions (MNN converter, edgeseg calibration as compression parameters)",
+                "int8_tool": "edgeseg", "activations": "int8 per-tensor asymmetric, MinMax",
+                "weights": "int8 per-channel symmetric", "quantized_convolutions": len(layers),
+                "kept_float": keep + ["convolutions producing the model outputs"]}
 
     def _quantize(self, job: ConvertJob, fp32: Path, out: Path, work: Path, log: Path) -> dict:
         from ...runtime.preprocess import letterbox
@@ -93,7 +126,8 @@ class MnnToolchain(Toolchain):
         cfg_path = work / "quant.json"
         cfg_path.write_text(json.dumps(cfg))
         run_guarded({"tool": "mnn", "op": "quant", "src": str(fp32), "dst": str(out), "config": str(cfg_path)}, work, log)
-        return {"scheme": "MNN full INT8 (weights and activations)", "feature_quantize_method": method,
+        return {"scheme": "MNN full INT8 (weights and activations)", "int8_tool": "mnnquant",
+                "feature_quantize_method": method,
                 "weight_quantize_method": wmethod, "skip_quant_op_names": list(skip),
                 "calibration_preprocess": "edgeseg letterbox, written as PNG"}
 
