@@ -47,3 +47,23 @@ def test_missing_toolchain_gives_the_install_command(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], capture_output=True, text=True)
     assert r.returncode == 2 and 'pip install "edgeseg[openvino-host]"' in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_conversion_sends_no_usage_events(ov_bundles):
+    # OpenVINO's converter and NNCF send usage events unless a consent file opts out; the guarded
+    # conversion process refuses their telemetry package instead
+    for b in ov_bundles.values():
+        assert b.manifest.quantization["telemetry"] == "off: import openvino_telemetry refused"
+
+
+def test_openvino_and_nncf_fall_back_to_their_telemetry_stubs():
+    code = ("from edgeseg.convert.toolchains._guarded import install_guard, violations\n"
+            "install_guard()\n"
+            "import sys, openvino, nncf\n"
+            "from nncf.telemetry.wrapper import NNCFTelemetryStub, telemetry\n"
+            "from openvino.tools.ovc import telemetry_utils\n"
+            "print(isinstance(telemetry, NNCFTelemetryStub), telemetry_utils.tm.__name__,\n"
+            "      'openvino_telemetry' in sys.modules, violations)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "openvino.tools.ovc.telemetry_stub", "False", "[]"]

@@ -3,11 +3,14 @@
     python -m edgeseg.convert.toolchains._guarded SPEC.json
 
 Some toolchains phone home or pip-install packages as a side effect (importing ``MNN.tools``
-runs ``pip install aliyun-log-python-sdk`` and sends usage logs). A conversion must do neither,
+runs ``pip install aliyun-log-python-sdk`` and sends usage logs; OpenVINO's converter and NNCF
+send usage events unless a consent file in the user's home says no). A conversion must do neither,
 so this wrapper installs an audit hook before anything vendor-made is imported: every socket
 connection, subprocess, ``os.system`` and import of a known logger raises, and is recorded in
-the JSON report the parent reads. The tool itself runs in this separate process because native
-converters can abort the interpreter (SIGABRT) on bad input.
+the JSON report the parent reads. With ``openvino_telemetry`` unimportable, OpenVINO and NNCF
+fall back to their own no-op telemetry stubs. The tool itself runs in this separate process
+because native converters can abort the interpreter (SIGABRT) on bad input, and because
+``import openvino`` in the parent (the runtime backend) has already loaded the telemetry package.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import json
 import sys
 
 BLOCKED_MODULES = {"aliyun", "MNN.tools", "openvino_telemetry"}
+# imports the vendor wraps in try/except ImportError with a no-op fallback: refused, not an error
+FALLBACK_MODULES = {"openvino_telemetry"}
 BLOCKED_EVENTS = {"socket.connect", "socket.getaddrinfo", "subprocess.Popen", "os.system", "os.exec",
                   "os.posix_spawn", "os.spawn", "os.fork", "urllib.Request"}
 
 violations: list[str] = []
+refused: list[str] = []  # FALLBACK_MODULES imports turned away (reported, harmless)
 
 
 def _hook(event: str, args: tuple) -> None:
@@ -32,7 +38,8 @@ def _hook(event: str, args: tuple) -> None:
 class _BlockImports(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if any(name == m or name.startswith(m + ".") for m in BLOCKED_MODULES):
-            violations.append(f"import {name}")
+            fallback = any(name == m or name.startswith(m + ".") for m in FALLBACK_MODULES)
+            (refused if fallback else violations).append(f"import {name}")
             raise ImportError(f"edgeseg blocked importing {name} during a conversion", name=name)
         return None
 
@@ -52,19 +59,37 @@ def _mnn(spec: dict) -> object:
     raise ValueError(spec["op"])
 
 
+def _openvino(spec: dict) -> object:
+    import numpy as np
+    import openvino as ov
+
+    model = ov.convert_model(spec["onnx"])
+    if spec["precision"] == "int8":
+        import nncf
+
+        data = list(np.load(spec["calibration"]))  # one (1, C, H, W) array per image
+        preset = nncf.QuantizationPreset.MIXED if spec["preset"] == "mixed" else nncf.QuantizationPreset.PERFORMANCE
+        ignored = spec.get("ignored") or []
+        model = nncf.quantize(model, nncf.Dataset(data), preset=preset, subset_size=len(data),
+                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
+    ov.save_model(model, spec["xml"], compress_to_fp16=spec["precision"] == "fp16")
+    return True
+
+
 def main() -> None:
     spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
     report_path = spec["result"]
     install_guard()
     result, error = None, None
     try:
-        result = {"mnn": _mnn}[spec["tool"]](spec)
+        result = {"mnn": _mnn, "openvino": _openvino}[spec["tool"]](spec)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         error = f"{type(e).__name__}: {e}"
     if violations:  # the tool may have swallowed the PermissionError: say what it tried
         error = f"it tried {violations[0]} during the conversion and was stopped"
     with open(report_path, "w", encoding="utf-8") as f:
-        json.dump({"result": repr(result), "error": error, "violations": violations}, f)
+        json.dump({"result": repr(result), "error": error, "violations": violations,
+                   "refused_imports": sorted(set(refused))}, f)
     sys.stdout.flush()
     sys.exit(1 if error or violations else 0)
 

@@ -1,7 +1,16 @@
-"""OpenVINO toolchain: ``ov.convert_model`` for FP32/FP16 IR, NNCF post-training quantization for INT8."""
+"""OpenVINO toolchain: ``ov.convert_model`` for FP32/FP16 IR, NNCF post-training quantization for INT8.
+
+Both run in a guarded child process (:mod:`._guarded`): OpenVINO's converter and NNCF send usage
+events to a remote endpoint unless the user has opted out, and a conversion must not.
+"""
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
+from ..envs import run_json
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 XML, BIN = "model.xml", "model.bin"
@@ -16,25 +25,31 @@ class OpenVinoToolchain(Toolchain):
         return probe(INSTALL, openvino="openvino", nncf="nncf")
 
     def convert(self, job: ConvertJob) -> ConvertResult:
-        import openvino as ov
+        import numpy as np
 
-        model = ov.convert_model(str(job.fp32_path))
-        q: dict = {"precision": job.precision}
+        work = job.workdir.parent / (job.workdir.name + ".openvino-work")
+        work.mkdir(exist_ok=True)
+        log = Path(job.options.get("log_dir") or job.workdir.parent) / f"{job.workdir.name.strip('.')}.openvino.log"
+        preset = str(job.profile.quantization.get("preset", "mixed"))
+        ignored = list(job.options.get("keep_float") or [])
+        spec = {"tool": "openvino", "op": "convert", "onnx": str(job.fp32_path), "precision": job.precision,
+                "xml": str(job.workdir / XML), "preset": preset, "ignored": ignored}
+        try:
+            if job.precision == "int8":
+                assert job.calib is not None
+                spec["calibration"] = str(work / "calibration.npy")
+                np.save(spec["calibration"], np.stack(list(job.calib.arrays(job.imported.input_hw))))
+            rep = run_json([sys.executable, "-m", "edgeseg.convert.toolchains._guarded"], spec, work, log,
+                           "OpenVINO conversion", timeout=3600)
+            log.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        q: dict = {"precision": job.precision,
+                   "telemetry": "off: " + (", ".join(rep.get("refused_imports") or []) or "nothing") + " refused"}
         if job.precision == "int8":
-            import nncf
-
-            assert job.calib is not None
-            data = list(job.calib.arrays(job.imported.input_hw))
-            preset = nncf.QuantizationPreset.MIXED if job.profile.quantization.get("preset", "mixed") == "mixed" \
-                else nncf.QuantizationPreset.PERFORMANCE
-            ignored = job.options.get("keep_float") or []
-            model = nncf.quantize(model, nncf.Dataset(data), preset=preset, subset_size=len(data),
-                                  ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
-            q.update(scheme="NNCF post-training quantization (FakeQuantize)", preset=str(preset.value),
-                     weights="int8 per-channel symmetric", activations="int8/uint8 per-tensor",
-                     kept_float=ignored)
-        ov.save_model(model, str(job.workdir / XML), compress_to_fp16=job.precision == "fp16")
-        if job.precision == "fp16":
+            q.update(scheme="NNCF post-training quantization (FakeQuantize)", preset=preset,
+                     weights="int8 per-channel symmetric", activations="int8/uint8 per-tensor", kept_float=ignored)
+        elif job.precision == "fp16":
             q.update(scheme="FP16 weights (compressed IR); compute precision set by the runtime hint")
         outputs = [dict(o, quant=None) for o in job.outputs]  # the runtime returns float32
         return ConvertResult([XML, BIN], outputs, q, self.availability().versions)

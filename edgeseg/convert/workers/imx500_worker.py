@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 
@@ -108,28 +107,21 @@ def package(spec: dict, log) -> dict:
     return report
 
 
-def main() -> None:
-    spec = json.load(open(sys.argv[1]))
-    result: dict = {}
-
+def job(spec: dict, result: dict) -> None:
     def log(msg: str) -> None:
         print(f"[edgeseg imx500 worker] {msg}", flush=True)
 
-    try:
-        _, info = quantize(spec, log)
-        simulate(spec)
-        result["memory_report"] = package(spec, log)
-        result["quantization"] = info
-        import importlib.metadata as md
+    _, info = quantize(spec, log)
+    simulate(spec)
+    result["memory_report"] = package(spec, log)
+    result["quantization"] = info
+    import importlib.metadata as md
 
-        result["versions"] = {d: md.version(d) for d in ("model-compression-toolkit", "mct-quantizers",
-                                                         "imx500-converter", "edge-mdt-tpc", "torch")}
-    except BaseException as e:  # noqa: BLE001 - reported to edgeseg through the result file
-        traceback.print_exc()
-        result["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    with open(spec["result"], "w") as f:
-        json.dump(result, f)
+    result["versions"] = {d: md.version(d) for d in ("model-compression-toolkit", "mct-quantizers",
+                                                     "imx500-converter", "edge-mdt-tpc", "torch")}
 
 
 if __name__ == "__main__":
-    main()
+    from _protocol import run  # the sibling module: workers never import edgeseg
+
+    run(job)
