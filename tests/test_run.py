@@ -121,8 +121,22 @@ def test_stop_event_ends_a_live_run_cleanly():
     assert 0 < st.frames < 10**6
 
 
-class FlakyCamera:
-    """A cv2.VideoCapture stand-in at the hardware boundary: it unplugs after some frames."""
+class CaptureStandIn:
+    """The part of cv2.VideoCapture that LiveCapture uses, at the hardware boundary (no camera or
+    network stream here); subclasses script isOpened/read."""
+
+    def set(self, *a):
+        return True
+
+    def get(self, prop):
+        return 30.0
+
+    def release(self):
+        pass
+
+
+class FlakyCamera(CaptureStandIn):
+    """A camera that unplugs after some frames."""
 
     opened = 0
 
@@ -140,15 +154,6 @@ class FlakyCamera:
             return False, None
         return True, np.zeros((8, 8, 3), np.uint8)
 
-    def set(self, *a):
-        return True
-
-    def get(self, prop):
-        return 30.0
-
-    def release(self):
-        pass
-
 
 def test_camera_that_disappears_is_reopened_with_backoff():
     FlakyCamera.opened = 0
@@ -161,7 +166,7 @@ def test_camera_that_disappears_is_reopened_with_backoff():
     assert "gave up" in events[-1]
 
 
-class StallingStream:
+class StallingStream(CaptureStandIn):
     """A stream that sends 3 frames, then goes silent until the read timeout, then recovers."""
 
     opened = 0
@@ -181,15 +186,6 @@ class StallingStream:
         if StallingStream.opened > 1 and self.n > 3:
             return False, None  # the end of the test stream
         return True, np.zeros((8, 8, 3), np.uint8)
-
-    def set(self, *a):
-        return True
-
-    def get(self, prop):
-        return 30.0
-
-    def release(self):
-        pass
 
 
 def test_a_stalled_stream_is_reported_and_resumed():
