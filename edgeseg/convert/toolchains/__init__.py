@@ -47,6 +47,19 @@ class ConvertJob:
     workdir: Path  # the bundle's temporary folder: write model files here
     options: dict[str, Any] = field(default_factory=dict)
 
+    def scratch(self, tag: str) -> Path:
+        """An empty working folder beside the bundle's temporary folder; the toolchain removes it."""
+        import shutil
+
+        d = self.workdir.parent / f"{self.workdir.name}.{tag}-work"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        return d
+
+    def log_path(self, tag: str) -> Path:
+        """Where a vendor tool's output goes: deleted on success, kept and named in the error otherwise."""
+        return Path(self.options.get("log_dir") or self.workdir.parent) / f"{self.workdir.name.strip('.')}.{tag}.log"
+
 
 @dataclass
 class ConvertResult:

@@ -136,10 +136,8 @@ class Imx500Toolchain(Toolchain):
                 f"use a smaller --imgsz (e.g. 320), a nano model"
                 + ("" if not persist else ", or --option input_persistency=false"))
 
-        work = job.workdir.parent / (job.workdir.name + ".imx500-work")
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "in").mkdir(parents=True)
-        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.imx500.log"
+        work, log = job.scratch("imx500"), job.log_path("imx500")
+        (work / "in").mkdir()
         # outlives this call: the bundle's fidelity check compares against it (same output names)
         merged = job.fp32_path.with_name("fp32_imx500.onnx")
         onnx.save(model, str(merged))

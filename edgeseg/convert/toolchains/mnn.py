@@ -46,9 +46,7 @@ class MnnToolchain(Toolchain):
         return probe(INSTALL, _tools="MNN", MNN="MNN")
 
     def convert(self, job: ConvertJob) -> ConvertResult:
-        work = job.workdir.parent / (job.workdir.name + ".mnn-work")
-        work.mkdir(exist_ok=True)
-        log = Path(job.options.get("log_dir") or job.workdir.parent) / f"{job.workdir.name.strip('.')}.mnn.log"
+        work, log = job.scratch("mnn"), job.log_path("mnn")
         try:
             out = job.workdir / MODEL_FILE
             args = ["-f", "ONNX", "--modelFile", str(job.fp32_path), "--bizCode", "edgeseg"]

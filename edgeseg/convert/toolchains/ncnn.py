@@ -34,10 +34,7 @@ class NcnnToolchain(Toolchain):
         return av
 
     def convert(self, job: ConvertJob) -> ConvertResult:
-        work = job.workdir.parent / (job.workdir.name + ".ncnn-work")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.pnnx.log"
+        work, log = job.scratch("ncnn"), job.log_path("pnnx")
         try:
             src = work / "model.onnx"
             shutil.copyfile(job.fp32_path, src)
@@ -93,7 +90,7 @@ class NcnnToolchain(Toolchain):
         (work / "images.txt").write_text("\n".join(str(f) for f in files) + "\n")
         method = str({**job.profile.quantization, **(job.options.get("set") or {})}.get("activation_method", "kl"))
         table = work / "model.table"
-        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.ncnn2int8.log"
+        log = job.log_path("ncnn2int8")
         steps = [[tools[0], str(param), str(binf), str(work / "images.txt"), str(table), "mean=[0,0,0]",
                   "norm=[0.003921569,0.003921569,0.003921569]", f"shape=[{w},{h},3]", "pixel=RGB", "thread=2",
                   f"method={method}"],

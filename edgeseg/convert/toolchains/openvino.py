@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from pathlib import Path
 
 from ..envs import run_json
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
@@ -27,9 +26,7 @@ class OpenVinoToolchain(Toolchain):
     def convert(self, job: ConvertJob) -> ConvertResult:
         import numpy as np
 
-        work = job.workdir.parent / (job.workdir.name + ".openvino-work")
-        work.mkdir(exist_ok=True)
-        log = Path(job.options.get("log_dir") or job.workdir.parent) / f"{job.workdir.name.strip('.')}.openvino.log"
+        work, log = job.scratch("openvino"), job.log_path("openvino")
         preset = str(job.profile.quantization.get("preset", "mixed"))
         ignored = list(job.options.get("keep_float") or [])
         spec = {"tool": "openvino", "op": "convert", "onnx": str(job.fp32_path), "precision": job.precision,

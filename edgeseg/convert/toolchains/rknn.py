@@ -70,10 +70,8 @@ class RknnToolchain(Toolchain):
         if job.precision == "fp16" and not platforms.get(platform, {}).get("fp16", True):
             raise EdgesegError(f"{platform} has no FP16 NPU path; convert with --int8")
         ENV.create(log=job.options.get("log", print))
-        work = job.workdir.parent / (job.workdir.name + ".rknn-work")
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "in").mkdir(parents=True)
-        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.rknn.log"
+        work, log = job.scratch("rknn"), job.log_path("rknn")
+        (work / "in").mkdir()
         hw = job.imported.input_hw
 
         def dump(paths: list[Path], tag: str) -> list[tuple[Path, str]]:

@@ -42,10 +42,7 @@ class TfliteToolchain(Toolchain):
         from ...runtime.sources import read_image
 
         ENV.create(log=job.options.get("log", print))
-        work = job.workdir.parent / (job.workdir.name + ".tflite-work")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        log = job.workdir.parent / f"{job.workdir.name.strip('.')}.tflite.log"
+        work, log = job.scratch("tflite"), job.log_path("tflite")
         hw = job.imported.input_hw
         try:
             spec = {"onnx": str(job.fp32_path), "precision": job.precision, "out": str(job.workdir / MODEL_FILE),
