@@ -46,6 +46,39 @@ def test_mnn_full_int8_within_goal_of_fp32(mnn_bundles, fp32_bundle):
     assert "toolchain.log" in b.manifest.files  # the converter's own log is kept in the bundle
 
 
+def test_each_int8_load_is_checked_against_the_fp32_probe(mnn_bundles):
+    from edgeseg.runtime.backends.mnn import MnnBackend
+    from edgeseg.runtime.loadcheck import ATTEMPTS, PROBE_FILE, open_checked, probe_cosines
+
+    b = mnn_bundles["int8"]
+    assert PROBE_FILE in b.manifest.files and PROBE_FILE not in mnn_bundles["fp32"].manifest.files
+    assert min(probe_cosines(b, MnnBackend(b).run).values()) >= 0.97  # the real runtime, a healthy load
+    bad_loads = {1}
+
+    class Load(MnnBackend):  # stands in for a load whose class scores go wrong (MNN's x86 int8 kernels)
+        def __init__(self, bundle, n):
+            super().__init__(bundle)
+            self.bad = n in bad_loads
+
+        def run(self, x):
+            out = super().run(x)
+            return {k: (-v if self.bad and k.startswith("cls") else v) for k, v in out.items()}
+
+    loads, msgs = [], []
+
+    def open_once():
+        loads.append(1)
+        return Load(b, len(loads))
+
+    assert not open_checked(b, open_once, log=msgs.append).bad
+    assert len(loads) == 2 and len(msgs) == 1 and "reopening" in msgs[0]
+    bad_loads.update(range(1, 10))  # never healthy: used anyway, with a warning that says what to do
+    loads.clear()
+    msgs.clear()
+    assert open_checked(b, open_once, log=msgs.append).bad
+    assert len(loads) == ATTEMPTS and "detections will be degraded" in msgs[-1]
+
+
 def test_mnnquant_remains_an_option(tmp_path, fp32_bundle):
     from edgeseg.convert import convert
 
@@ -97,6 +130,10 @@ def test_guard_blocks_mnn_tools_network_and_installs():
     assert r.returncode != 0 and "blocked os.system" in r.stderr
     r = _guarded("import subprocess\nsubprocess.run(['pip', 'install', 'aliyun-log-python-sdk'])")
     assert r.returncode != 0 and "blocked subprocess.Popen" in r.stderr
+    # a shared-library lookup (ctypes.util.find_library runs `ldconfig -p`) is local and allowed:
+    # CUDA-aware packages do it when imported
+    r = _guarded("import ctypes.util\nctypes.util.find_library('c')\nassert not violations")
+    assert r.returncode == 0, r.stderr
 
 
 def test_conversion_installs_nothing(mnn_bundles):

@@ -125,10 +125,18 @@ def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, 
     sess = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     iname = sess.get_inputs()[0].name
+    hw = manifest.input_hw
+    if toolchain.load_check and manifest.precision == "int8":  # before the fidelity run, so that it too gets a checked load
+        from ..runtime.loadcheck import write_probe
+        from ..runtime.preprocess import letterbox
+
+        frame, _ = letterbox(read_image(cset.holdout[0]), hw)
+        xf, _ = preprocess(frame, hw)
+        write_probe(bundle_dir, frame, dict(zip(names, sess.run(None, {iname: xf}))), manifest.outputs,
+                    manifest.head.get("num_classes") if manifest.head.get("layout") == "concat" else None)
     run_test = toolchain.host_runner(bundle_dir)
     if run_test is None:
         return {"note": "the converted model cannot run on this host; fidelity not measured"}
-    hw = manifest.input_hw
     # float reference outputs pass through; integer outputs are dequantized with the manifest's parameters
     dec = make_decoder(manifest.head, manifest.outputs, manifest.names, hw)
     layout, dtype = manifest.input.get("layout", "nchw"), manifest.input.get("dtype", "float32")

@@ -98,6 +98,7 @@ def probe(install: str, **modules: str) -> Availability:
 class Toolchain(ABC):
     name: str = ""
     settable: bool = False  # whether `--option KEY=VALUE` may override the profile's [quantization]
+    load_check: bool = False  # bundles carry a probe that each load must reproduce (runtime/loadcheck.py)
 
     @classmethod
     @abstractmethod

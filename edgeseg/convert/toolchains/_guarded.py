@@ -29,7 +29,20 @@ violations: list[str] = []
 refused: list[str] = []  # FALLBACK_MODULES imports turned away (reported, harmless)
 
 
+def _from_find_library() -> bool:
+    # ctypes.util.find_library runs `ldconfig -p` (or gcc/ld) to locate a shared library: a local
+    # lookup that CUDA-aware packages do at import time, not an install or a network call
+    f = sys._getframe(2)
+    while f is not None:
+        if f.f_code.co_filename.replace("\\", "/").endswith("ctypes/util.py"):
+            return True
+        f = f.f_back
+    return False
+
+
 def _hook(event: str, args: tuple) -> None:
+    if event == "subprocess.Popen" and _from_find_library():
+        return
     if event in BLOCKED_EVENTS:
         violations.append(f"{event} {args[:2]!r}")
         raise PermissionError(f"edgeseg blocked {event} during a conversion")

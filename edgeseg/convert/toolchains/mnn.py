@@ -40,6 +40,7 @@ def run_guarded(spec: dict, workdir: Path, log: Path) -> dict:
 class MnnToolchain(Toolchain):
     name = "mnn"
     settable = True
+    load_check = True  # MNN's x86 int8 kernels differ from load to load, now and then badly
 
     @classmethod
     def availability(cls) -> Availability:

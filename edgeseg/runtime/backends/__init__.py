@@ -58,6 +58,10 @@ def open_backend(bundle: Bundle, **options: Any) -> Backend:
     except ImportError as e:
         raise ToolchainMissing(f"{bundle.path}: needs the {package} runtime ({e.name} is not installed); "
                                f"install it with: {install}") from None
+    from ..loadcheck import PROBE_FILE, open_checked
+
+    if (bundle.path / PROBE_FILE).is_file():  # a runtime whose loads can differ (see loadcheck.py)
+        return open_checked(bundle, lambda: mod.BACKEND(bundle, **options))
     return mod.BACKEND(bundle, **options)
 
 

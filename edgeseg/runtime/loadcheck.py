@@ -1,0 +1,68 @@
+"""A check run when a bundle is loaded: one known input, compared per output role with FP32.
+
+MNN's int8 CPU kernels are not bit-identical from one model load to the next on x86: most loads
+land within about one int8 step of each other, but now and then a load computes class scores
+far from the model (measured: 1 load in 5 of a YOLOv8n-seg bundle at 0.697 mask mAP instead of
+0.735, class-score cosine 0.62). Such a load runs without an error and simply detects less, so
+bundles of such runtimes carry a probe (a letterboxed frame from the held-back calibration images
+and the FP32 model's outputs for it). A load that does not reproduce it is reported and reopened;
+within one process the loads often repeat the same result, so after ``ATTEMPTS`` the last one is
+used with a warning that says what to do, never silently.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+PROBE_FILE = "load_check.npz"
+MIN_COSINE = 0.97  # healthy loads measured at 0.99 or more per role; the bad ones at 0.69 (class scores)
+ATTEMPTS = 3
+
+
+def write_probe(folder: Path, frame: np.ndarray, reference: dict[str, np.ndarray], outputs: list[dict],
+                nc: int | None) -> None:
+    """Store ``frame`` (already letterboxed to the input size) and the FP32 role vectors for it."""
+    from ..fidelity import _role_arrays
+
+    roles = _role_arrays(reference, outputs, nc)
+    np.savez_compressed(folder / PROBE_FILE, frame=frame, **{f"ref_{k}": v.astype(np.float16) for k, v in roles.items()})
+
+
+def probe_cosines(bundle, run: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, float] | None:
+    """Cosine per role between this load's outputs on the probe and the stored FP32 ones."""
+    from ..fidelity import _cos, _role_arrays
+    from .preprocess import preprocess
+
+    path = bundle.path / PROBE_FILE
+    if not path.is_file():
+        return None
+    m = bundle.manifest
+    with np.load(path) as z:
+        frame = z["frame"]
+        refs = {k[4:]: z[k].astype(np.float64) for k in z.files if k.startswith("ref_")}
+    x, _ = preprocess(frame, m.input_hw, m.input.get("layout", "nchw"), m.input.get("dtype", "float32"))
+    nc = m.head.get("num_classes") if m.head.get("layout") == "concat" else None
+    got = _role_arrays(run(x), m.outputs, nc)
+    return {k: round(_cos(got[k], refs[k]), 5) for k in refs if k in got}
+
+
+def open_checked(bundle, open_once: Callable[[], object], log: Callable[[str], None] | None = None):
+    """``open_once()`` until its outputs on the probe follow FP32 (at most ``ATTEMPTS`` times)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    for attempt in range(1, ATTEMPTS + 1):
+        backend = open_once()
+        cos = probe_cosines(bundle, backend.run)  # type: ignore[attr-defined]
+        if cos is None or min(cos.values()) >= MIN_COSINE:
+            return backend
+        if attempt < ATTEMPTS:
+            log(f"warning: {bundle.path}: load {attempt} of the {bundle.manifest.runtime} runtime computes far from "
+                f"the model on its probe (cosine {cos}); reopening")
+            backend.close()  # type: ignore[attr-defined]
+    log(f"warning: {bundle.path}: the {bundle.manifest.runtime} runtime did not reproduce the model in {ATTEMPTS} "
+        f"loads (probe cosine {cos}); detections will be degraded: restart the process, or use an FP16 or int8w "
+        "bundle on this machine")
+    return backend
