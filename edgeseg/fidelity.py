@@ -32,7 +32,13 @@ def _role_arrays(outs: dict, outputs: list[dict], nc: int | None) -> dict[str, n
     return {k: np.concatenate(v).astype(np.float64) for k, v in acc.items()}
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
+def role_vectors(outs: dict, manifest) -> dict[str, np.ndarray]:
+    """Per-role vectors of one frame's outputs, for a bundle's manifest."""
+    nc = manifest.head.get("num_classes") if manifest.head.get("layout") == "concat" else None
+    return _role_arrays(outs, manifest.outputs, nc)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 or nb == 0:
         return float(na == nb)
@@ -82,7 +88,7 @@ def compare(frames: Iterable[np.ndarray], run_ref: Callable, run_test: Callable,
         ro, to = run_ref(x), run_test(x)
         ra, ta = _role_arrays(ro, outputs, nc), _role_arrays(to, outputs, nc)
         for k in ra:
-            cos.setdefault(k, []).append(_cos(ra[k], ta[k]))
+            cos.setdefault(k, []).append(cosine(ra[k], ta[k]))
             err[k] = max(err.get(k, 0.0), float(np.abs(ra[k] - ta[k]).max()))
         if decode is None:
             continue

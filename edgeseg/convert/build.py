@@ -132,8 +132,7 @@ def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, 
 
         frame, _ = letterbox(read_image(cset.holdout[0]), hw)
         xf, _ = preprocess(frame, hw)
-        write_probe(bundle_dir, frame, dict(zip(names, sess.run(None, {iname: xf}))), manifest.outputs,
-                    manifest.head.get("num_classes") if manifest.head.get("layout") == "concat" else None)
+        write_probe(bundle_dir, frame, dict(zip(names, sess.run(None, {iname: xf}))), manifest)
     run_test = toolchain.host_runner(bundle_dir)
     if run_test is None:
         return {"note": "the converted model cannot run on this host; fidelity not measured"}

@@ -51,27 +51,20 @@ def conv_layers(model, keep_float: Iterable[str] = ()) -> list[ConvLayer]:
     return layers
 
 
-def tensor_ranges(onnx_path: Path, names: list[str], inputs: Iterable[np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Min and max of each named tensor over the calibration inputs, by ONNX Runtime on the FP32 model."""
-    import onnx
-    import onnxruntime as ort
+def tensor_ranges(onnx_path: Path, input_name: str, inputs: Iterable[np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Min and max of every convolution input and output over the calibration inputs: ONNX Runtime's
+    MinMax calibrator on the FP32 model, the statistics its own static quantization uses."""
+    import tempfile
 
-    model = onnx.load(str(onnx_path))
-    have = {o.name for o in model.graph.output}
-    for n in names:
-        if n not in have:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    input_name = sess.get_inputs()[0].name
-    lo = {n: np.inf for n in names}
-    hi = {n: -np.inf for n in names}
-    for x in inputs:
-        for n, a in zip(names, sess.run(names, {input_name: x})):
-            lo[n] = min(lo[n], float(a.min()))
-            hi[n] = max(hi[n], float(a.max()))
-    return {n: (lo[n], hi[n]) for n in names}
+    from onnxruntime.quantization import create_calibrator
+
+    from .toolchains.onnxruntime import ArrayReader
+
+    with tempfile.TemporaryDirectory() as d:
+        cal = create_calibrator(onnx_path, ["Conv"], augmented_model_path=str(Path(d) / "augmented.onnx"))
+        cal.collect_data(ArrayReader(input_name, inputs))
+        data = cal.compute_data().data
+    return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in data.items()}
 
 
 def _activation(name: str, lo: float, hi: float) -> dict:

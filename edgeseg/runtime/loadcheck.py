@@ -23,18 +23,17 @@ MIN_COSINE = 0.97  # healthy loads measured at 0.99 or more per role; the bad on
 ATTEMPTS = 3
 
 
-def write_probe(folder: Path, frame: np.ndarray, reference: dict[str, np.ndarray], outputs: list[dict],
-                nc: int | None) -> None:
+def write_probe(folder: Path, frame: np.ndarray, reference: dict[str, np.ndarray], manifest) -> None:
     """Store ``frame`` (already letterboxed to the input size) and the FP32 role vectors for it."""
-    from ..fidelity import _role_arrays
+    from ..fidelity import role_vectors
 
-    roles = _role_arrays(reference, outputs, nc)
+    roles = role_vectors(reference, manifest)
     np.savez_compressed(folder / PROBE_FILE, frame=frame, **{f"ref_{k}": v.astype(np.float16) for k, v in roles.items()})
 
 
 def probe_cosines(bundle, run: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, float] | None:
     """Cosine per role between this load's outputs on the probe and the stored FP32 ones."""
-    from ..fidelity import _cos, _role_arrays
+    from ..fidelity import cosine, role_vectors
     from .preprocess import preprocess
 
     path = bundle.path / PROBE_FILE
@@ -45,9 +44,8 @@ def probe_cosines(bundle, run: Callable[[np.ndarray], dict[str, np.ndarray]]) ->
         frame = z["frame"]
         refs = {k[4:]: z[k].astype(np.float64) for k in z.files if k.startswith("ref_")}
     x, _ = preprocess(frame, m.input_hw, m.input.get("layout", "nchw"), m.input.get("dtype", "float32"))
-    nc = m.head.get("num_classes") if m.head.get("layout") == "concat" else None
-    got = _role_arrays(run(x), m.outputs, nc)
-    return {k: round(_cos(got[k], refs[k]), 5) for k in refs if k in got}
+    got = role_vectors(run(x), m)
+    return {k: round(cosine(got[k], refs[k]), 5) for k in refs if k in got}
 
 
 def open_checked(bundle, open_once: Callable[[], object], log: Callable[[str], None] | None = None):

@@ -47,6 +47,11 @@ class ConvertJob:
     workdir: Path  # the bundle's temporary folder: write model files here
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The profile's [quantization] with ``--option KEY=VALUE`` applied."""
+        return {**self.profile.quantization, **(self.options.get("set") or {})}
+
     def scratch(self, tag: str) -> Path:
         """An empty working folder beside the bundle's temporary folder; the toolchain removes it."""
         import shutil

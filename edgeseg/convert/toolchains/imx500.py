@@ -107,8 +107,7 @@ class Imx500Toolchain(Toolchain):
         from ...runtime.sources import read_image
         from ..split import merge_scales
 
-        prof, q = job.profile, job.profile.quantization
-        opts = {**q, **(job.options.get("set") or {})}  # --option KEY=VALUE overrides the profile
+        prof, opts = job.profile, job.settings
         limits = prof.limits
         log_fn = job.options.get("log", print)
         h, w = job.imported.input_hw
@@ -186,7 +185,7 @@ class Imx500Toolchain(Toolchain):
                                f"{rep.get('Total Memory Available On Chip')}: does not fit; use a smaller --imgsz "
                                "or --option mixed_precision=true")
         (job.workdir / "memory_report.json").write_text(json.dumps(rep, indent=1))
-        quant = {"precision": "int8", "scheme": q.get("scheme"), **res.get("quantization", {}),
+        quant = {"precision": "int8", "scheme": opts.get("scheme"), **res.get("quantization", {}),
                  "input_persistency": persist, "memory": rep, "memory_estimate": est,
                  "nms": "on the Pi (edgeseg's decoder): thresholds stay adjustable at run time"}
         return ConvertResult([MODEL_FILE], [dict(o, quant=None) for o in outputs], quant,

@@ -52,7 +52,7 @@ class MnnToolchain(Toolchain):
             out = job.workdir / MODEL_FILE
             args = ["-f", "ONNX", "--modelFile", str(job.fp32_path), "--bizCode", "edgeseg"]
             q: dict = {"precision": job.precision}
-            if job.precision == "int8" and self._setting(job, "int8_tool", "edgeseg") == "edgeseg":
+            if job.precision == "int8" and str(job.settings.get("int8_tool", "edgeseg")) == "edgeseg":
                 q.update(self._int8_edgeseg(job, args, out, work, log))
             elif job.precision == "int8":
                 fp32 = work / "fp32.mnn"
@@ -74,10 +74,6 @@ class MnnToolchain(Toolchain):
         outputs = [dict(o, quant=None) for o in job.outputs]
         return ConvertResult([MODEL_FILE], outputs, q, self.availability().versions, log=text)
 
-    @staticmethod
-    def _setting(job: ConvertJob, key: str, default: str) -> str:
-        return str({**job.profile.quantization, **(job.options.get("set") or {})}.get(key, default))  # --option KEY=VALUE
-
     def _int8_edgeseg(self, job: ConvertJob, args: list[str], out: Path, work: Path, log: Path) -> dict:
         import onnx
 
@@ -88,8 +84,7 @@ class MnnToolchain(Toolchain):
         layers = conv_layers(onnx.load(str(job.fp32_path)), keep)
         if not layers:
             raise EdgesegError(f"{job.fp32_path}: no convolution left to quantize; convert with --fp16 or --int8w")
-        names = sorted({l.input for l in layers} | {l.output for l in layers})
-        ranges = tensor_ranges(job.fp32_path, names, job.calib.arrays(job.imported.input_hw))
+        ranges = tensor_ranges(job.fp32_path, job.imported.input_name, job.calib.arrays(job.imported.input_hw))
         params = work / "compression.json"  # the .json suffix tells MNN's converter to read JSON
         params.write_text(json.dumps(compression_params(layers, ranges)))
         run_guarded({"tool": "mnn", "op": "convert",
@@ -110,7 +105,7 @@ class MnnToolchain(Toolchain):
         for i, p in enumerate(job.calib.images):
             img, _ = letterbox(read_image(p), (h, w))
             cv2.imwrite(str(imgdir / f"{i:05d}.png"), img)  # lossless: MNN reads the same pixels
-        q = {**job.profile.quantization, **(job.options.get("set") or {})}  # --option KEY=VALUE
+        q = job.settings
         method, wmethod = str(q.get("feature_method", "EMA")), str(q.get("weight_method", "MAX_ABS"))
         cfg = {"format": "RGB", "mean": [0.0, 0.0, 0.0], "normal": [1 / 255.0] * 3, "width": w, "height": h,
                "path": str(imgdir) + "/", "used_image_num": len(job.calib.images),

@@ -50,7 +50,7 @@ class NcnnToolchain(Toolchain):
             param, binf = work / "model.ncnn.param", work / "model.ncnn.bin"
             q: dict = {"precision": job.precision}
             if job.precision == "int8":
-                opts = {**job.profile.quantization, **(job.options.get("set") or {})}
+                opts = job.settings
                 use = str(opts.get("int8_tools", "auto"))
                 tools = [shutil.which("ncnn2table"), shutil.which("ncnn2int8")]
                 if use == "ncnn" and not all(tools):
@@ -88,7 +88,7 @@ class NcnnToolchain(Toolchain):
             files.append(imgs / f"{i:05d}.png")
             cv2.imwrite(str(files[-1]), img)  # lossless: the tool reads exactly these pixels
         (work / "images.txt").write_text("\n".join(str(f) for f in files) + "\n")
-        method = str({**job.profile.quantization, **(job.options.get("set") or {})}.get("activation_method", "kl"))
+        method = str(job.settings.get("activation_method", "kl"))
         table = work / "model.table"
         log = job.log_path("ncnn2int8")
         steps = [[tools[0], str(param), str(binf), str(work / "images.txt"), str(table), "mean=[0,0,0]",
@@ -120,7 +120,7 @@ class NcnnToolchain(Toolchain):
         net.load_param(str(param))
         net.load_model(str(binf))
         hw = job.imported.input_hw
-        method = str({**job.profile.quantization, **(job.options.get("set") or {})}.get("activation_method", "kl"))
+        method = str(job.settings.get("activation_method", "kl"))
 
         def passes():
             for x in job.calib.arrays(hw, progress=False):

@@ -10,8 +10,8 @@ from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 MODEL_FILE = "model.onnx"
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader over edgeseg's calibration arrays."""
+class ArrayReader:
+    """onnxruntime's CalibrationDataReader over edgeseg's calibration arrays (also used for MNN's ranges)."""
 
     def __init__(self, input_name: str, arrays):
         self._it = iter(arrays)
@@ -79,7 +79,7 @@ class OnnxRuntimeToolchain(Toolchain):
         try:
             quant_pre_process(str(job.fp32_path), str(pre), skip_symbolic_shape=True)
             keep_float = list(job.options.get("keep_float") or [])
-            reader = _Reader(job.imported.input_name, job.calib.arrays(job.imported.input_hw))
+            reader = ArrayReader(job.imported.input_name, job.calib.arrays(job.imported.input_hw))
             quantize_static(
                 str(pre), str(out), reader,
                 quant_format=QuantFormat.QDQ,

@@ -86,7 +86,7 @@ class RknnToolchain(Toolchain):
             return out
 
         try:
-            opts = {**prof.quantization, **(job.options.get("set") or {})}  # --option KEY=VALUE
+            opts = job.settings
             spec: dict = {"onnx": str(job.fp32_path), "platform": platform, "out": str(job.workdir / MODEL_FILE),
                           "quantize": job.precision == "int8", "algorithm": str(opts.get("algorithm", "normal")),
                           "quantized_dtype": str(opts.get("scheme", "w8a8")),
