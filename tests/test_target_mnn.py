@@ -140,3 +140,16 @@ def test_conversion_installs_nothing(mnn_bundles):
     import importlib.util
 
     assert importlib.util.find_spec("aliyun") is None  # MNN.tools would have pip-installed it
+
+
+def test_missing_mnn_gives_the_install_command(tmp_path):
+    code = ("import sys, importlib.abc\n"
+            "class B(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, n, p, t=None):\n"
+            "        if n.split('.')[0] in {'MNN', '_tools'}: raise ImportError(n)\n"
+            "sys.meta_path.insert(0, B())\n"
+            "sys.argv = ['edgeseg', 'convert', '--target', 'mnn', '--out', sys.argv[1]]\n"
+            "from edgeseg.cli import main; main()\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], capture_output=True, text=True)
+    assert r.returncode == 2 and 'pip install "edgeseg[mnn]"' in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "b").exists()
