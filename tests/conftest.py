@@ -13,6 +13,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 VAL_IMAGES = ASSETS / "shapes" / "val" / "images"
 DATA_YAML = ASSETS / "shapes" / "shapes.yaml"
 MODEL = ASSETS / "shapes-yolo11n-seg.onnx"
+# the reference YOLOv8n-seg: no attention block, the architecture the Edge TPU maps whole
+MODEL_V8 = FIXTURES / "shapes-yolov8n-seg.onnx"
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DATA_YAML, MODEL, VAL_IMAGES
+from conftest import DATA_YAML, MODEL, MODEL_V8, VAL_IMAGES
 
 pytest.importorskip("ai_edge_litert", reason='the TFLite target needs: pip install "edgeseg[tflite]"')
 
@@ -48,11 +48,35 @@ def test_edgetpu_report_lists_every_op(tfl):
     rep = json.loads((b.path / "edgetpu_report.json").read_text())
     assert rep["op_count"] == len(rep["ops"]) > 100
     assert all(isinstance(r["supported"], bool) and r["op"] for r in rep["ops"])
-    # YOLO11's attention: BATCH_MATMUL is not an Edge TPU op; everything after it runs on the CPU
-    assert rep["unsupported_ops"] == ["BATCH_MATMUL"] and rep["split_at"]["op"] == "BATCH_MATMUL"
+    # YOLO11's attention: BATCH_MATMUL is not an Edge TPU op, and its softmax runs over a 2-D map
+    # (Coral's table: one axis only); everything after the first of them runs on the CPU
+    assert rep["unsupported_ops"] == ["BATCH_MATMUL", "SOFTMAX"] and rep["split_at"]["op"] == "BATCH_MATMUL"
+    verdicts = {}
+    for r in rep["ops"]:
+        verdicts.setdefault(r["op"], set()).add(r["supported"])
+    assert verdicts == {**{op: {True} for op in (
+        "ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "LOGISTIC", "MAX_POOL_2D", "MUL", "PAD",
+        "QUANTIZE", "RESHAPE", "RESIZE_NEAREST_NEIGHBOR", "SPLIT", "STRIDED_SLICE", "TRANSPOSE",
+        "TRANSPOSE_CONV")}, "BATCH_MATMUL": {False}, "SOFTMAX": {False}}
+    softmax = next(r for r in rep["ops"] if r["op"] == "SOFTMAX")
+    assert "[1, 2, 100, 100]" in softmax["reason"] and "16,000" in softmax["reason"]
     assert 0.1 < rep["mapped_fraction"] < 0.6 and "YOLOv8" in rep["advice"][0]
     assert rep["compiler"]["compiled"] is False and "edgetpu_compiler" in rep["compiler"]["how"]
     assert b.manifest.quantization["edgetpu"]["split_at"]["op"] == "BATCH_MATMUL"
+
+
+def test_yolov8_maps_whole_to_the_edgetpu_within_goal(tmp_path):
+    """The reference YOLOv8n-seg, cut before its decode, passes every check of Coral's table (ops
+    and per-op limits); its full-integer model in LiteRT stays within 0.015 of its FP32 bundle."""
+    from edgeseg.convert import convert
+
+    tpu = convert(MODEL_V8, target="edgetpu", out=tmp_path / "v8", log=lambda m: None)
+    rep = json.loads((tpu.path / "edgetpu_report.json").read_text())
+    assert rep["split_at"] is None and rep["unsupported_ops"] == [] and rep["advice"] == []
+    assert rep["mapped_to_edgetpu"] == rep["op_count"] > 200 and all(r["edgetpu"] for r in rep["ops"])
+    assert {"CONV_2D", "STRIDED_SLICE", "CONCATENATION", "PAD", "RESIZE_NEAREST_NEIGHBOR"} <= set(rep["op_types"])
+    fp32 = convert(MODEL_V8, target="onnxruntime", precision="fp32", out=tmp_path / "v8fp32", log=lambda m: None)
+    assert _score(fp32.path) - _score(tpu.path) <= 0.015
 
 
 def test_unsplit_full_integer_model_detects_nothing(tfl):

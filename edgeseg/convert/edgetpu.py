@@ -1,11 +1,13 @@
 """Edge TPU compatibility of a full-integer TFLite model, predicted from its op list.
 
 No Edge TPU compiler installs on this machine kind (Google's apt repository only), so edgeseg
-reads the int8 model's ops with LiteRT and checks each against Coral's published requirements:
-int8/uint8 tensors, static shapes, at most 3 dimensions larger than 1 (the innermost), and an op
-from the supported-operations table. The compiler maps ops in order until the first one it
-cannot run; that op and everything after it fall back to the CPU (it splits the graph once).
-When ``edgetpu_compiler`` is on PATH edgeseg runs it and keeps its log instead of predicting.
+reads the int8 model (its flatbuffer, through the schema LiteRT ships) and checks each op against
+Coral's published requirements: int8/uint8 tensors, static shapes, at most 3 dimensions larger
+than 1 (the innermost), an op from the supported-operations table, and that table's per-op
+limits (a softmax over one axis only, unit strides, nothing across the batch dimension...). The
+compiler maps ops in order until the first one it cannot run; that op and everything after it
+fall back to the CPU (it splits the graph once). When ``edgetpu_compiler`` is on PATH edgeseg
+runs it and keeps its log instead of predicting.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 
@@ -28,8 +32,114 @@ EDGETPU_OPS = {
 ADVICE = {
     "BATCH_MATMUL": "YOLO11's C2PSA attention block; the Edge TPU has no batched matmul. Use YOLOv8-seg, "
                     "whose graph cut before the decode maps fully.",
+    "SOFTMAX": "an attention softmax over a 2-D map (YOLO11's C2PSA: positions x positions per head); the Edge "
+               "TPU's softmax takes one axis of at most 16,000 elements, so rewriting the attention's matmuls "
+               "as multiply-and-sum would still leave it on the CPU. Use YOLOv8-seg.",
     "DEQUANTIZE": "a float tail left in the model; keep the outputs int8 (edgeseg dequantizes on the host).",
     "GATHER": "an index lookup; usually from a decode step that belongs on the host.",
+}
+SOFTMAX_MAX = 16000
+
+
+def _non_unit(shape) -> int:
+    return sum(int(d) > 1 for d in shape)
+
+
+def _axes(values, rank: int) -> list[int]:
+    return sorted({int(a) % rank for a in np.ravel(values)}) if values is not None and rank else []
+
+
+# Coral's table, column "Known limitations", for the ops YOLO-seg graphs produce. Each takes the op
+# (name, options, input shapes, constant inputs or None, output shapes) and returns why the Edge TPU
+# would not run it, or None.
+def _no_fused_activation(op) -> str | None:
+    if getattr(op.options, "fusedActivationFunction", 0):
+        return "a fused activation function (not allowed on this op)"
+    return None
+
+
+def _concatenation(op) -> str | None:
+    if (why := _no_fused_activation(op)):
+        return why
+    consts = [c for c in op.consts if c is not None]
+    if consts and (len(op.inputs) != 2 or any(np.any(c != 0) for c in consts)):
+        return "a constant input that is not a zero pad beside a single other input"
+    return None
+
+
+def _same_dilation(op) -> str | None:
+    o = op.options
+    if getattr(o, "dilationHFactor", 1) != getattr(o, "dilationWFactor", 1):
+        return "different dilations in x and y"
+    return None
+
+
+def _softmax(op) -> str | None:
+    shape = op.inputs[0]
+    n = int(np.prod(shape)) if len(shape) else 1
+    if _non_unit(shape) > 1 or n > SOFTMAX_MAX:
+        return f"softmax over {list(map(int, shape))}: the Edge TPU takes a 1-D input of at most {SOFTMAX_MAX:,} elements"
+    return None
+
+
+def _strided_slice(op) -> str | None:
+    strides = op.consts[3] if len(op.consts) > 3 else None
+    o = op.options
+    if strides is None or np.any(np.asarray(strides) != 1):
+        return "strides other than 1"
+    if getattr(o, "ellipsisMask", 0) or getattr(o, "newAxisMask", 0):
+        return "an ellipsis or new-axis mask"
+    return None
+
+
+def _not_batch(axis_input: int) -> Callable:
+    def check(op) -> str | None:
+        rank = len(op.inputs[0])
+        if rank > 1 and 0 in _axes(op.consts[axis_input] if len(op.consts) > axis_input else None, rank):
+            return "operates on the batch dimension"
+        return None
+    return check
+
+
+def _mean(op) -> str | None:
+    if (why := _not_batch(1)(op)):
+        return why
+    shape = op.inputs[0]
+    if len(shape) and len(shape) - 1 in _axes(op.consts[1], len(shape)) and int(shape[-1]) % 4:
+        return f"a reduction over the channel axis of {int(shape[-1])}, not a multiple of 4"
+    return None
+
+
+def _pack(op) -> str | None:
+    return "packs along the batch dimension" if getattr(op.options, "axis", 0) == 0 and len(op.inputs[0]) else None
+
+
+def _pad(op) -> str | None:
+    pads = op.consts[1] if len(op.consts) > 1 else None
+    if pads is None or np.any(np.asarray(pads)[0] != 0):
+        return "pads the batch dimension" if pads is not None else "padding that is not a constant"
+    return None
+
+
+def _squeeze(op) -> str | None:
+    shape = [int(d) for d in op.inputs[0]]
+    dims = [d % len(shape) for d in (getattr(op.options, "squeezeDims", None) or [])] or \
+        [i for i, d in enumerate(shape) if d == 1]
+    if any(any(s > 1 for s in shape[:d]) for d in dims):
+        return f"a squeeze of {shape} that needs a relayout (only leading 1s may go)"
+    return None
+
+
+def _fully_connected(op) -> str | None:
+    return "an output with more than one dimension" if op.outputs and _non_unit(op.outputs[0]) > 1 else None
+
+
+LIMITS: dict[str, Callable] = {
+    "AVERAGE_POOL_2D": _no_fused_activation, "MAX_POOL_2D": _no_fused_activation,
+    "CONCATENATION": _concatenation, "CONV_2D": _same_dilation, "DEPTHWISE_CONV_2D": _same_dilation,
+    "FULLY_CONNECTED": _fully_connected, "MEAN": _mean, "PACK": _pack, "PAD": _pad,
+    "REDUCE_MAX": _not_batch(1), "REDUCE_MIN": _not_batch(1), "SUM": _not_batch(1),
+    "SOFTMAX": _softmax, "SQUEEZE": _squeeze, "STRIDED_SLICE": _strided_slice,
 }
 
 
@@ -38,35 +148,66 @@ def _too_many_dims(shape) -> bool:
     return len(dims) > 3 and any(d > 1 for d in dims[:-3])
 
 
-def compatibility(model_path: Path) -> dict:
-    from ai_edge_litert.interpreter import Interpreter
+_INT_TYPES = {"INT8", "UINT8", "INT32"}
 
-    it = Interpreter(model_path=str(model_path))
-    tensors = {t["index"]: t for t in it.get_tensor_details()}
-    ops = it._get_ops_details()  # noqa: SLF001 - the only op-list API LiteRT offers
+
+def _read(model_path: Path):
+    # the flatbuffer, not the interpreter: op options (strides, fused activations, axes) and
+    # constant inputs are only there
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(Path(model_path).read_bytes(), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    np_types = {"INT8": np.int8, "UINT8": np.uint8, "INT32": np.int32, "INT64": np.int64, "FLOAT32": np.float32}
+    return m, names, types, np_types
+
+
+def compatibility(model_path: Path) -> dict:
+    m, names, types, np_types = _read(model_path)
+    g = m.subgraphs[0]
+
+    def const(ti: int):
+        if ti < 0:
+            return None
+        t = g.tensors[ti]
+        data = m.buffers[t.buffer].data if t.buffer < len(m.buffers) else None
+        if data is None or not len(data) or types[t.type] not in np_types:
+            return None
+        return np.frombuffer(bytes(np.asarray(data, np.uint8)), np_types[types[t.type]]).reshape(t.shape)
+
     # activations: what ops produce, plus the model inputs; weights and biases are constants and
     # are exempt from the activation rules (a conv kernel is 4-D by nature)
-    live = {i for op in ops for i in op["outputs"]} | {d["index"] for d in it.get_input_details()}
+    live = {int(i) for op in g.operators for i in op.outputs} | {int(i) for i in g.inputs}
     rows = []
     first_cpu = None
-    for k, op in enumerate(ops):
-        name = op["op_name"]
+    for k, op in enumerate(g.operators):
+        code = m.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
         reasons = []
         if name not in EDGETPU_OPS:
             reasons.append("operation not supported by the Edge TPU")
-        for ti in list(op["inputs"]) + list(op["outputs"]):
-            if ti < 0 or ti not in tensors or ti not in live:
+        for ti in [int(i) for i in op.inputs] + [int(i) for i in op.outputs]:
+            if ti < 0 or ti not in live:
                 continue
-            t = tensors[ti]
-            if t["dtype"] not in (np.int8, np.uint8, np.int32) and name not in ("QUANTIZE",):
-                reasons.append(f"tensor {t['name'][:40]} is {np.dtype(t['dtype']).name}, not 8-bit")
+            t = g.tensors[ti]
+            name_t = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+            if types[t.type] not in _INT_TYPES and name != "QUANTIZE":
+                reasons.append(f"tensor {name_t[:40]} is {types[t.type].lower()}, not 8-bit")
                 break
-            if len(t.get("shape_signature", t["shape"])) and any(int(d) < 0 for d in t.get("shape_signature", [])):
+            if t.shapeSignature is not None and any(int(d) < 0 for d in t.shapeSignature):
                 reasons.append("dynamic shape")
                 break
-            if _too_many_dims(t["shape"]):
-                reasons.append(f"tensor {t['name'][:40]} has more than 3 non-unit dimensions {list(t['shape'])}")
+            if _too_many_dims(t.shape):
+                reasons.append(f"tensor {name_t[:40]} has more than 3 non-unit dimensions {list(map(int, t.shape))}")
                 break
+        if not reasons and name in LIMITS:
+            view = SimpleNamespace(options=op.builtinOptions,
+                                   inputs=[g.tensors[int(i)].shape if i >= 0 else [] for i in op.inputs],
+                                   consts=[const(int(i)) for i in op.inputs],
+                                   outputs=[g.tensors[int(i)].shape for i in op.outputs])
+            if (why := LIMITS[name](view)):
+                reasons.append(f"Coral's limit for {name}: {why}")
         ok = not reasons
         if not ok and first_cpu is None:
             first_cpu = k
@@ -78,7 +219,7 @@ def compatibility(model_path: Path) -> dict:
     return {"ops": rows, "op_count": n, "mapped_to_edgetpu": mapped, "mapped_fraction": round(mapped / n, 3) if n else 0.0,
             "split_at": None if first_cpu is None else {"index": first_cpu, "op": rows[first_cpu]["op"]},
             "unsupported_ops": unsupported, "advice": [ADVICE[o] for o in unsupported if o in ADVICE],
-            "op_types": sorted({r["op"] for r in rows}), "method": "predicted from Coral's published op table"}
+            "op_types": sorted({r["op"] for r in rows}), "method": "predicted from Coral's published op table and its per-op limits"}
 
 
 def compile_if_available(model_path: Path, out_dir: Path) -> dict:
