@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import DATA_YAML, MODEL
+from conftest import DATA_YAML, MODEL, MODEL_V8
 
 pytest.importorskip("_tools", reason='the MNN target needs: pip install "edgeseg[mnn]"')
 
@@ -77,6 +77,55 @@ def test_each_int8_load_is_checked_against_the_fp32_probe(mnn_bundles):
     msgs.clear()
     assert open_checked(b, open_once, log=msgs.append).bad
     assert len(loads) == ATTEMPTS and "detections will be degraded" in msgs[-1]
+
+
+PROBE = """
+import json, sys
+from edgeseg.bundle import Bundle
+from edgeseg.runtime.backends.mnn import MnnBackend
+from edgeseg.runtime.loadcheck import probe_cosines
+b = Bundle.load(sys.argv[1])
+print(json.dumps(probe_cosines(b, MnnBackend(b).run)))
+"""
+
+
+def test_yolov8_int8_loads_alike_in_every_process_and_meets_the_goal(tmp_path):
+    """The reference YOLOv8n-seg's P4 output feeds two quantized convolutions through two concats.
+    With a range per convolution, MNN kept both sets of int8 parameters on that tensor and each load
+    used one of them by memory address: the same file gave class cosines of 0.63, 0.98 or 0.995
+    depending only on the arguments of the process that loaded it (the extra arguments below). With
+    one range per shared group, every load computes the same outputs."""
+    import json
+
+    from edgeseg.convert import convert
+
+    b = convert(MODEL_V8, target="mnn", precision="int8", out=tmp_path / "v8", log=lambda m: None)
+    runs = [subprocess.run([sys.executable, "-c", PROBE, str(b.path), *extra], capture_output=True, text=True,
+                           timeout=300) for extra in ([], ["x"], ["x", "y"], ["aa", "b", "c", "d"])]
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-300:] for r in runs]
+    cosines = [json.loads(r.stdout.strip().splitlines()[-1]) for r in runs]
+    assert all(c == cosines[0] for c in cosines) and min(cosines[0].values()) >= 0.97, cosines
+    fp32 = convert(MODEL_V8, target="onnxruntime", precision="fp32", out=tmp_path / "fp32", log=lambda m: None)
+    assert _score(fp32.path) - _score(b.path) <= 0.010
+
+
+def test_shared_ranges_join_tensors_through_concat_and_resize():
+    from onnx import TensorProto, helper
+
+    from edgeseg.convert.mnn_int8 import shared_ranges
+
+    # p feeds conv A through Resize -> Concat(up, q) and conv B through Concat(r, p); s is separate
+    g = helper.make_graph(
+        [helper.make_node("Resize", ["p", "", "scales"], ["up"]),
+         helper.make_node("Concat", ["up", "q"], ["ca"], axis=1),
+         helper.make_node("Concat", ["r", "p"], ["cb"], axis=1),
+         helper.make_node("Relu", ["cb"], ["s"])],
+        "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("p", "q", "r")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("ca", "s")])
+    ranges = {"ca": (-0.3, 4.0), "cb": (-0.2, 9.0), "s": (0.0, 9.0), "q": (-0.3, 1.0)}
+    out = shared_ranges(helper.make_model(g), ranges)
+    assert out["ca"] == out["cb"] == out["q"] == (-0.3, 9.0)  # one group: up, p, q, r, ca, cb
+    assert out["s"] == (0.0, 9.0)  # a Relu changes values: its own range
 
 
 def test_mnnquant_remains_an_option(tmp_path, fp32_bundle):

@@ -67,6 +67,44 @@ def tensor_ranges(onnx_path: Path, input_name: str, inputs: Iterable[np.ndarray]
     return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in data.items()}
 
 
+# ops whose output holds the same values as (part of) their data input: an int8 scale passes through
+# them unchanged, so MNN carries one quantization onto every tensor they connect
+SCALE_PRESERVING = {"Concat", "Resize", "Upsample", "MaxPool", "Split", "Slice", "Reshape", "Transpose",
+                    "Identity", "Flatten", "Squeeze", "Unsqueeze", "Pad"}
+
+
+def shared_ranges(model, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """``ranges`` with one range per group of tensors joined by scale-preserving ops.
+
+    MNN keeps a tensor's int8 parameters on the tensor. When two quantized convolutions reach the
+    same float tensor through such ops with different ranges (YOLOv8's head: the P4 C2f output is
+    concatenated into both the P3 and the P4 path), the tensor gets two sets of parameters and
+    which one a load uses follows memory addresses: measured on the reference YOLOv8n-seg, the class
+    cosine of one model file moved between 0.60 and 0.997 from load to load. One range per group
+    (the union of its members' ranges) leaves nothing to choose.
+    """
+    parent: dict[str, str] = {}
+
+    def find(t: str) -> str:
+        while parent.setdefault(t, t) != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for n in model.graph.node:
+        if n.op_type not in SCALE_PRESERVING:
+            continue
+        data = [i for i in (n.input if n.op_type == "Concat" else n.input[:1]) if i]
+        for t in data[1:] + [o for o in n.output if o]:
+            parent[find(t)] = find(data[0])
+    union: dict[str, tuple[float, float]] = {}
+    for t, (lo, hi) in ranges.items():
+        r = find(t)
+        a, b = union.get(r, (lo, hi))
+        union[r] = (min(a, lo), max(b, hi))
+    return {t: union[find(t)] for t in ranges}
+
+
 def _activation(name: str, lo: float, hi: float) -> dict:
     # asymmetric int8 over [min, max] (always containing 0): SiLU outputs start near -0.28, so a
     # symmetric range would waste most of the negative half

@@ -1,13 +1,14 @@
 """A check run when a bundle is loaded: one known input, compared per output role with FP32.
 
-MNN's int8 CPU kernels are not bit-identical from one model load to the next on x86: most loads
-land within about one int8 step of each other, but now and then a load computes class scores
-far from the model (measured: 1 load in 5 of a YOLOv8n-seg bundle at 0.697 mask mAP instead of
-0.735, class-score cosine 0.62). Such a load runs without an error and simply detects less, so
-bundles of such runtimes carry a probe (a letterboxed frame from the held-back calibration images
-and the FP32 model's outputs for it). A load that does not reproduce it is reported and reopened;
-within one process the loads often repeat the same result, so after ``ATTEMPTS`` the last one is
-used with a warning that says what to do, never silently.
+MNN keeps a tensor's int8 parameters on the tensor; when a model gives one tensor two sets (two
+quantized convolutions reaching it through concats with different ranges), each load picks one
+by memory address and runs without an error, detecting less (measured: class-score cosine 0.63
+instead of 0.995 for one YOLOv8n-seg file, depending only on the loading process's arguments).
+edgeseg's own MNN calibration gives such tensors one range (``convert.mnn_int8.shared_ranges``),
+but bundles made by MNN's own tool cannot be fixed that way, so bundles of such runtimes carry a
+probe (a letterboxed frame from the held-back calibration images and the FP32 model's outputs for
+it). A load that does not reproduce it is reported and reopened; after ``ATTEMPTS`` the last one
+is used with a warning that says what to do, never silently.
 """
 
 from __future__ import annotations
@@ -61,6 +62,6 @@ def open_checked(bundle, open_once: Callable[[], object], log: Callable[[str], N
                 f"the model on its probe (cosine {cos}); reopening")
             backend.close()  # type: ignore[attr-defined]
     log(f"warning: {bundle.path}: the {bundle.manifest.runtime} runtime did not reproduce the model in {ATTEMPTS} "
-        f"loads (probe cosine {cos}); detections will be degraded: restart the process, or use an FP16 or int8w "
-        "bundle on this machine")
+        f"loads (probe cosine {cos}); detections will be degraded: convert with --option int8_tool=edgeseg, or "
+        "use an FP16 or int8w bundle")
     return backend

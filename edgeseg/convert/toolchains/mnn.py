@@ -40,7 +40,7 @@ def run_guarded(spec: dict, workdir: Path, log: Path) -> dict:
 class MnnToolchain(Toolchain):
     name = "mnn"
     settable = True
-    load_check = True  # MNN's x86 int8 kernels differ from load to load, now and then badly
+    load_check = True  # a tensor with two int8 parameter sets makes MNN loads differ (mnn_int8.shared_ranges)
 
     @classmethod
     def availability(cls) -> Availability:
@@ -77,20 +77,23 @@ class MnnToolchain(Toolchain):
     def _int8_edgeseg(self, job: ConvertJob, args: list[str], out: Path, work: Path, log: Path) -> dict:
         import onnx
 
-        from ..mnn_int8 import compression_params, conv_layers, tensor_ranges
+        from ..mnn_int8 import compression_params, conv_layers, shared_ranges, tensor_ranges
 
         assert job.calib is not None
         keep = list(job.options.get("keep_float") or [])
-        layers = conv_layers(onnx.load(str(job.fp32_path)), keep)
+        model = onnx.load(str(job.fp32_path))
+        layers = conv_layers(model, keep)
         if not layers:
             raise EdgesegError(f"{job.fp32_path}: no convolution left to quantize; convert with --fp16 or --int8w")
-        ranges = tensor_ranges(job.fp32_path, job.imported.input_name, job.calib.arrays(job.imported.input_hw))
+        ranges = shared_ranges(model, tensor_ranges(job.fp32_path, job.imported.input_name,
+                                                    job.calib.arrays(job.imported.input_hw)))
         params = work / "compression.json"  # the .json suffix tells MNN's converter to read JSON
         params.write_text(json.dumps(compression_params(layers, ranges)))
         run_guarded({"tool": "mnn", "op": "convert",
                      "args": args + ["--compressionParamsFile", str(params), "--MNNModel", str(out)]}, work, log)
         return {"scheme": "MNN full INT8 convolutions (MNN converter, edgeseg calibration as compression parameters)",
-                "int8_tool": "edgeseg", "activations": "int8 per-tensor asymmetric, MinMax",
+                "int8_tool": "edgeseg", "activations": "int8 per-tensor asymmetric, MinMax, one range per group of tensors joined by "
+                               "concat/resize/split/slice (MNN keeps int8 parameters per tensor)",
                 "weights": "int8 per-channel symmetric", "quantized_convolutions": len(layers),
                 "kept_float": keep + ["convolutions producing the model outputs"]}
 
