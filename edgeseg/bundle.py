@@ -11,10 +11,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import __version__
 from .errors import EdgesegError
@@ -64,7 +65,7 @@ class Manifest:
         return json.dumps(d, indent=2, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "Manifest":
+    def from_dict(cls, d: Any, where: str) -> Manifest:
         def bad(msg: str) -> EdgesegError:
             return EdgesegError(f"{where}: {msg}; rebuild the bundle with `edgeseg convert`")
 
@@ -136,7 +137,7 @@ class Bundle:
         return _inside(self.path, name, str(self.path / MANIFEST))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> Bundle:
         root = Path(path)
         mpath = root / MANIFEST
         if not root.is_dir():

@@ -6,10 +6,12 @@ import errno
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
+
 from .errors import EdgesegError, ToolchainMissing
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,

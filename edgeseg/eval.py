@@ -15,11 +15,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .runtime.sources import read_image
 from .data import load_dataset
 from .errors import EdgesegError
 from .runtime.decode import FrameResult
-
+from .runtime.sources import read_image
 
 FIDELITY_CONF, FIDELITY_IOU = 0.25, 0.7  # Ultralytics' predict defaults: what a deployment runs with
 

@@ -6,7 +6,7 @@ dominate it, and it stays at 0.9999 while the class rows have collapsed to zero.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 

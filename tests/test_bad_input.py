@@ -5,9 +5,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
 from conftest import MODEL, cli
+from onnx import TensorProto, helper
 
 
 def _tiny_onnx(path: Path, out_shape, in_shape=(1, 3, 32, 32), op="Identity", names=None):

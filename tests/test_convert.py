@@ -3,8 +3,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from conftest import MODEL
+
 from edgeseg.bundle import MANIFEST, Bundle
 from edgeseg.errors import EdgesegError
 
@@ -71,10 +71,11 @@ def test_reconverting_replaces_the_bundle_atomically(tmp_path):
 
 
 def test_fp16_bundle_runs_and_agrees(tmp_path, fp32_model):
-    from edgeseg.convert import convert
-    from edgeseg.runtime.sources import read_image
-    from edgeseg.runtime.model import Model
     from conftest import VAL_IMAGES
+
+    from edgeseg.convert import convert
+    from edgeseg.runtime.model import Model
+    from edgeseg.runtime.sources import read_image
 
     b = convert(MODEL, precision="fp16", out=tmp_path / "fp16", log=lambda m: None)
     assert b.manifest.fidelity["cosine"]["cls"] > 0.999

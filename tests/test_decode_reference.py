@@ -7,13 +7,13 @@ import onnx
 import onnxruntime as ort
 import pycocotools.mask as mu
 import pytest
-
 from conftest import FIXTURES, MODEL, VAL_IMAGES
-from edgeseg.runtime.sources import read_image
+
 from edgeseg.convert.split import split_yolo_seg
 from edgeseg.fidelity import match_instances
 from edgeseg.runtime.decode import FrameResult, Instance, YoloSegDecoder
 from edgeseg.runtime.preprocess import preprocess
+from edgeseg.runtime.sources import read_image
 
 GOLDEN = json.loads((FIXTURES / "golden_yolo11n.json").read_text())
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import DATA_YAML, cli
+
 from edgeseg.eval import evaluate
 from edgeseg.runtime.model import Model, Thresholds
 

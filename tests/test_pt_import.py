@@ -1,7 +1,6 @@
 """Ultralytics .pt checkpoints: refused without --trust-model; imported through Ultralytics' exporter."""
 
 import pytest
-
 from conftest import FIXTURES, VAL_IMAGES, cli
 
 PT = FIXTURES / "shapes-yolo11n-seg.pt"

@@ -7,8 +7,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-
 from conftest import VAL_IMAGES, cli
+
 from edgeseg.runtime.pipeline import run_pipeline
 from edgeseg.runtime.sources import Frame, LiveCapture, Source
 

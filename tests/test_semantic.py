@@ -4,7 +4,6 @@ convert to INT8, score by mIoU. Needs torch (CI installs the CPU build)."""
 import sys
 
 import pytest
-
 from conftest import ROOT, cli
 
 torch = pytest.importorskip("torch", reason="training the semantic model needs torch: pip install torch==2.13.0")

@@ -12,9 +12,8 @@ import zipfile
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import DATA_YAML, MODEL, VAL_IMAGES, cli
+from onnx import TensorProto, helper, numpy_helper
 
 
 def _score(path, limit=None):

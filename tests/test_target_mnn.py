@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import DATA_YAML, MODEL, MODEL_V8
 
 pytest.importorskip("_tools", reason='the MNN target needs: pip install "edgeseg[mnn]"')

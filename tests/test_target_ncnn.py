@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from conftest import DATA_YAML, MODEL
 
 pytest.importorskip("ncnn", reason='the NCNN target needs: pip install "edgeseg[ncnn-host]"')

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import DATA_YAML, MODEL
 
 pytest.importorskip("openvino", reason='the OpenVINO target needs: pip install "edgeseg[openvino-host]"')

@@ -6,7 +6,6 @@ import types
 
 import numpy as np
 import pytest
-
 from conftest import DATA_YAML, MODEL, VAL_IMAGES
 
 PLATFORMS = ["rk3588", "rk3576", "rk3566", "rk3568", "rk3562", "rv1106", "rv1103"]

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import DATA_YAML, MODEL, MODEL_V8, VAL_IMAGES
 
 pytest.importorskip("ai_edge_litert", reason='the TFLite target needs: pip install "edgeseg[tflite]"')
@@ -33,9 +32,10 @@ def test_full_integer_model_in_litert(tfl, fp32_bundle):
     for o in b.manifest.outputs:  # int8 outputs, dequantized by edgeseg with these parameters
         assert o["quant"]["dtype"] == "int8" and o["quant"]["scale"] > 0
     assert b.manifest.input["quant"]["dtype"] == "int8"
+    from conftest import VAL_IMAGES
+
     from edgeseg.runtime.model import Model
     from edgeseg.runtime.sources import read_image
-    from conftest import VAL_IMAGES
 
     m = Model.load(b.path)
     x, _ = m.preprocess(read_image(VAL_IMAGES / "00000.jpg"))

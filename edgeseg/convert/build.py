@@ -21,6 +21,7 @@ from .importer import import_model
 from .split import split_yolo_seg
 from .toolchains import ConvertJob, get_toolchain
 
+
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
             calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | None = None,
             out: str | Path | None = None, head: str | None = None, names: str | None = None,

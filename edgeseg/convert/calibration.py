@@ -6,9 +6,9 @@ Kept apart from every quantizer (as onnxruntime separates its CalibrationDataRea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class CalibrationSet:
 
     @classmethod
     def from_path(cls, path: str | Path, n: int = DEFAULT_IMAGES, holdout: int = DEFAULT_HOLDOUT,
-                  min_images: int = MIN_IMAGES) -> "CalibrationSet":
+                  min_images: int = MIN_IMAGES) -> CalibrationSet:
         p = Path(path)
         if p.suffix.lower() in (".yaml", ".yml"):
             files = load_dataset(p, split="train").images

@@ -18,9 +18,9 @@ ConvolutionDepthWise are quantized (ncnn has no int8 Deconvolution).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 

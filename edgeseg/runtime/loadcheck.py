@@ -14,8 +14,8 @@ is used with a warning that says what to do, never silently.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class Model:
         self.last_timing = Timing()
 
     @classmethod
-    def load(cls, path: str | Path, thresholds: Thresholds | None = None, **backend_options: Any) -> "Model":
+    def load(cls, path: str | Path, thresholds: Thresholds | None = None, **backend_options: Any) -> Model:
         bundle = Bundle.load(path)
         return cls(bundle, open_backend(bundle, **backend_options), thresholds)
 

@@ -101,7 +101,7 @@ def write_dataset(folder: Path, n: int = 40, size: int = 240, width: int = 320, 
 
 
 def build_model(n_classes: int):
-    import torch.nn as nn
+    from torch import nn
 
     def block(i, o, s):
         return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))

@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ASSETS, MODEL, VAL_IMAGES, cli
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,12 +39,12 @@ class Availability:
 
 @dataclass
 class ConvertJob:
-    imported: "ImportedModel"
+    imported: ImportedModel
     fp32_path: Path  # canonical FP32 ONNX (outputs already split when the head allows)
     outputs: list[dict]  # output descriptions of fp32_path, in decoder order
     profile: Profile
     precision: str  # int8 | fp16 | fp32
-    calib: "CalibrationSet | None"
+    calib: CalibrationSet | None
     workdir: Path  # the bundle's temporary folder: write model files here
     options: dict[str, Any] = field(default_factory=dict)
 

@@ -54,7 +54,6 @@ class _BlockImports(importlib.abc.MetaPathFinder):
             fallback = any(name == m or name.startswith(m + ".") for m in FALLBACK_MODULES)
             (refused if fallback else violations).append(f"import {name}")
             raise ImportError(f"edgeseg blocked importing {name} during a conversion", name=name)
-        return None
 
 
 def install_guard() -> None:

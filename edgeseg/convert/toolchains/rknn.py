@@ -11,8 +11,8 @@ happen in that one worker call: the simulator's outputs on the held-back calibra
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

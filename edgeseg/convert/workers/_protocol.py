@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 
 def run(job: Callable[[dict, dict], None]) -> None:

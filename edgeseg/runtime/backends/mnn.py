@@ -11,7 +11,7 @@ from . import Backend
 
 with native_stdout_silenced():  # MNN prints a CPU-feature banner when it loads
     import MNN.expr as F
-    import MNN.nn as nn
+    from MNN import nn
 
 
 class MnnBackend(Backend):
