@@ -32,9 +32,11 @@ EDGETPU_OPS = {
 ADVICE = {
     "BATCH_MATMUL": "YOLO11's C2PSA attention block; the Edge TPU has no batched matmul. Use YOLOv8-seg, "
                     "whose graph cut before the decode maps fully.",
-    "SOFTMAX": "an attention softmax over a 2-D map (YOLO11's C2PSA: positions x positions per head); the Edge "
-               "TPU's softmax takes one axis of at most 16,000 elements, so rewriting the attention's matmuls "
-               "as multiply-and-sum would still leave it on the CPU. Use YOLOv8-seg.",
+    "SOFTMAX": "a softmax over more than one axis, which the Edge TPU's softmax (one axis, at most 16,000 "
+               "elements) does not take: in YOLO11's C2PSA attention (positions x positions per head), so "
+               "rewriting its matmuls as multiply-and-sum would still leave the block on the CPU (use "
+               "YOLOv8-seg); in the DFL box decode of an unsplit model, which split outputs (the default) leave "
+               "to the host.",
     "DEQUANTIZE": "a float tail left in the model; keep the outputs int8 (edgeseg dequantizes on the host).",
     "GATHER": "an index lookup; usually from a decode step that belongs on the host.",
 }
