@@ -61,6 +61,10 @@ def test_edgetpu_report_lists_every_op(tfl):
     softmax = next(r for r in rep["ops"] if r["op"] == "SOFTMAX")
     assert "[1, 2, 100, 100]" in softmax["reason"] and "16,000" in softmax["reason"]
     assert 0.1 < rep["mapped_fraction"] < 0.6 and "YOLOv8" in rep["advice"][0]
+    from edgeseg.convert.edgetpu import summary_lines
+
+    screen = "\n".join(summary_lines(rep))
+    assert "(BATCH_MATMUL at #" in screen and "SOFTMAX x1" in screen and "advice: YOLO11" in screen
     assert rep["compiler"]["compiled"] is False and "edgetpu_compiler" in rep["compiler"]["how"]
     assert b.manifest.quantization["edgetpu"]["split_at"]["op"] == "BATCH_MATMUL"
 

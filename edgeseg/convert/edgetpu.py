@@ -224,6 +224,25 @@ def compatibility(model_path: Path) -> dict:
             "op_types": sorted({r["op"] for r in rows}), "method": "predicted from Coral's published op table and its per-op limits"}
 
 
+def summary_lines(rep: dict) -> list[str]:
+    """What the screen shows of a report: the split point, each refused op type once with its
+    reason, the advice, and where the per-op list is."""
+    done = "compiled by edgetpu_compiler" if rep.get("compiler", {}).get("compiled") else \
+        rep["method"] + "; not compiled: " + rep.get("compiler", {}).get("how", "")
+    lines = [f"Edge TPU: {rep['mapped_to_edgetpu']}/{rep['op_count']} ops map before the first CPU op"
+             + (f" ({rep['split_at']['op']} at #{rep['split_at']['index']})" if rep["split_at"] else "") + f"; {done}"]
+    refused: dict[str, list] = {}
+    for r in rep["ops"]:
+        if not r["supported"]:
+            refused.setdefault(r["op"], []).append(r["reason"])
+    for op, reasons in refused.items():
+        lines.append(f"  runs on the CPU: {op} x{len(reasons)}: " + " | ".join(dict.fromkeys(reasons)))
+    lines += [f"  advice: {a}" for a in rep["advice"]]
+    if refused:
+        lines.append("  every op with its verdict: edgetpu_report.json in the bundle")
+    return lines
+
+
 def compile_if_available(model_path: Path, out_dir: Path) -> dict:
     """Run edgetpu_compiler when it is installed; otherwise say exactly how to compile elsewhere."""
     exe = shutil.which("edgetpu_compiler")

@@ -65,7 +65,7 @@ class TfliteToolchain(Toolchain):
         outputs, inp = self._describe(job)
         q: dict = {"precision": job.precision}
         if job.precision == "int8":
-            from ..edgetpu import compatibility, compile_if_available
+            from ..edgetpu import compatibility, compile_if_available, summary_lines
 
             rep = compatibility(job.workdir / MODEL_FILE)
             rep["compiler"] = compile_if_available(job.workdir / MODEL_FILE, job.workdir) \
@@ -76,9 +76,8 @@ class TfliteToolchain(Toolchain):
                                                   "unsupported_ops", "advice")},
                      edgetpu_compiled=rep["compiler"]["compiled"])
             log_fn = job.options.get("log", print)
-            log_fn(f"Edge TPU: {rep['mapped_to_edgetpu']}/{rep['op_count']} ops map before the first CPU op"
-                   + (f" ({rep['split_at']['op']} at #{rep['split_at']['index']})" if rep["split_at"] else "")
-                   + ("; compiled" if rep["compiler"]["compiled"] else "; not compiled: " + rep["compiler"].get("how", "")))
+            for line in summary_lines(rep):
+                log_fn(line)
         files = [MODEL_FILE] + (["model_edgetpu.tflite"] if q.get("edgetpu_compiled") else [])
         return ConvertResult(files, outputs, q, {**self.availability().versions, **res.get("versions", {})},
                              input=inp, log=text)
