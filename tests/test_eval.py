@@ -3,12 +3,13 @@
 import json
 
 import pytest
-from conftest import DATA_YAML, cli
+from conftest import DATA_YAML, MODEL_V8, cli
 
 from edgeseg.eval import evaluate
 from edgeseg.runtime.model import Model, Thresholds
 
 ULTRALYTICS_FP32_MASK_MAP = 0.825  # ../shared/reference/README.md, Ultralytics 8.4.190 val on this ONNX
+ULTRALYTICS_V8_FP32_MASK_MAP = 0.749  # the same, for the reference YOLOv8n-seg ONNX
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,18 @@ def test_fp32_matches_ultralytics_figure(scores):
 
 def test_int8_within_a_hair_of_fp32(scores):
     assert scores["fp32"]["mask_map50_95"] - scores["int8"]["mask_map50_95"] <= 0.010, (scores["fp32"], scores["int8"])
+
+
+def test_yolov8_fp32_and_int8_meet_the_same_goals(tmp_path):
+    """The second reference architecture (YOLOv8's C2f head instead of YOLO11's C3k2 + attention)
+    through the same import, split and ONNX Runtime INT8."""
+    from edgeseg.convert import convert
+
+    s = {p: evaluate(Model.load(convert(MODEL_V8, precision=p, out=tmp_path / p, log=lambda m: None).path,
+                                thresholds=Thresholds(conf=0.001)), DATA_YAML, progress=False)["mask_map50_95"]
+         for p in ("fp32", "int8")}
+    assert abs(s["fp32"] - ULTRALYTICS_V8_FP32_MASK_MAP) <= 0.010, s
+    assert s["fp32"] - s["int8"] <= 0.010, s
 
 
 def test_unsplit_int8_detects_nothing(scores):
