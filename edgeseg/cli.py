@@ -267,6 +267,8 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         tc = "ok " + " ".join(f"{k} {v}" for k, v in t.get("toolchain_versions", {}).items()) if t["toolchain_ok"] else f"MISSING: {t['toolchain_install']}"
         rt = f"ok {t.get('runtime_version') or ''}" if t["runtime_ok"] else f"MISSING: {t['runtime_install']}"
         typer.echo(f"{t['target']:12s} convert: {tc}\n{'':12s} run:     {rt}")
+        for tool, state in t.get("optional_tools", {}).items():
+            typer.echo(f"{'':12s} optional {tool}: {state}")
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ def report() -> dict:
         if prof.toolchain in TOOLCHAINS:
             tc = load_toolchain(prof.toolchain)
             av = tc.availability()
-            row.update(toolchain_ok=av.installed, toolchain_versions=av.versions, toolchain_install=av.install)
+            row.update(toolchain_ok=av.installed, toolchain_versions=av.versions, toolchain_install=av.install,
+                       optional_tools=tc.optional_tools(name) if av.installed else {})
         else:
             row.update(toolchain_ok=False, toolchain_install="not implemented in this edgeseg version")
         if prof.runtime in RUNTIMES:

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from conftest import VAL_IMAGES, cli
 
 
@@ -21,3 +22,27 @@ def test_doctor_lists_targets_with_install_commands():
     ort = next(t for t in d["targets"] if t["target"] == "onnxruntime")
     assert ort["toolchain_ok"] and ort["runtime_ok"]
     assert all(t["toolchain_install"] or t["toolchain_ok"] for t in d["targets"])
+
+
+def test_doctor_reports_optional_tools_found_or_what_happens_without(tmp_path):
+    """edgetpu_compiler and ncnn's int8 tools install nowhere here: doctor says what a conversion
+    does without them, and finds them on PATH when they are there (empty stand-ins: only found)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ncnn", reason='the ncnn target needs: pip install "edgeseg[ncnn]"')
+
+    def doctor(path: str) -> dict:
+        r = subprocess.run([sys.executable, "-m", "edgeseg", "doctor", "--json"], capture_output=True, text=True,
+                           env=dict(os.environ, PATH=path), timeout=300)
+        assert r.returncode == 0, r.stderr
+        return {t["target"]: t.get("optional_tools", {}) for t in json.loads(r.stdout)["targets"]}
+
+    bare = doctor(os.environ["PATH"])
+    assert "writes the int8 model itself" in bare["ncnn"]["ncnn2table + ncnn2int8"]
+    for tool in ("ncnn2table", "ncnn2int8"):
+        (tmp_path / tool).write_text("#!/bin/sh\n")
+        (tmp_path / tool).chmod(0o755)
+    found = doctor(f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert found["ncnn"]["ncnn2table + ncnn2int8"] == f"{tmp_path / 'ncnn2table'} {tmp_path / 'ncnn2int8'}"

@@ -110,6 +110,12 @@ class Toolchain(ABC):
     @abstractmethod
     def availability(cls) -> Availability: ...
 
+    @classmethod
+    def optional_tools(cls, target: str) -> dict[str, str]:
+        """Tools a conversion for ``target`` uses when present and does without otherwise: name ->
+        what was found, or what happens without it (``edgeseg doctor`` shows them)."""
+        return {}
+
     @abstractmethod
     def convert(self, job: ConvertJob) -> ConvertResult: ...
 

@@ -33,6 +33,12 @@ class NcnnToolchain(Toolchain):
             return Availability(False, install=INSTALL, detail="the pnnx executable is missing")
         return av
 
+    @classmethod
+    def optional_tools(cls, target: str) -> dict[str, str]:
+        found = [shutil.which(t) for t in ("ncnn2table", "ncnn2int8")]
+        return {"ncnn2table + ncnn2int8": " ".join(found) if all(found) else  # type: ignore[arg-type]
+                "not on PATH: edgeseg computes the int8 table and writes the int8 model itself"}
+
     def convert(self, job: ConvertJob) -> ConvertResult:
         work, log = job.scratch("ncnn"), job.log_path("pnnx")
         try:

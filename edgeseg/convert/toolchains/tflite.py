@@ -37,6 +37,20 @@ class TfliteToolchain(Toolchain):
             av.versions["tensorflow"] = "2.19.0 (isolated env" + (")" if ENV.ready() else ", created on first use)")
         return av
 
+    @classmethod
+    def optional_tools(cls, target: str) -> dict[str, str]:
+        if target != "edgetpu":
+            return {}
+        import ctypes.util
+
+        exe = shutil.which("edgetpu_compiler")
+        lib = ctypes.util.find_library("edgetpu")
+        return {"edgetpu_compiler": exe or "not on PATH: bundles hold the int8 model and an Edge TPU report "
+                                           "predicted from Coral's op table; compile where Google's Coral apt "
+                                           "repository is",
+                "libedgetpu": lib or "not found: edgetpu bundles run on the CPU here (on the Coral host: "
+                                     "sudo apt install libedgetpu1-std)"}
+
     def convert(self, job: ConvertJob) -> ConvertResult:
         from ...runtime.preprocess import preprocess
         from ...runtime.sources import read_image
