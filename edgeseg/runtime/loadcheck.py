@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 PROBE_FILE = "load_check.npz"
-MIN_COSINE = 0.97  # healthy loads measured at 0.99 or more per role; bad ones 0.62-0.98 (class, proto)
+MIN_COSINE = 0.97  # healthy loads measured at 0.98 or more per role; bad ones 0.60-0.98 (class, proto)
 ATTEMPTS = 3
 
 
