@@ -24,6 +24,19 @@ def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.C
                           env=env, timeout=timeout)
 
 
+def convert_without(modules: set[str], target: str, out: Path) -> subprocess.CompletedProcess:
+    """``edgeseg convert --target TARGET`` in a process where importing ``modules`` fails, as on a
+    machine without that toolchain."""
+    code = ("import sys, importlib.abc\n"
+            "class B(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, n, p, t=None):\n"
+            f"        if n.split('.')[0] in {sorted(modules)!r}: raise ImportError(n)\n"
+            "sys.meta_path.insert(0, B())\n"
+            f"sys.argv = ['edgeseg', 'convert', '--target', {target!r}, '--out', sys.argv[1]]\n"
+            "from edgeseg.cli import main; main()\n")
+    return subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+
+
 def _convert(tmp_path_factory, name: str, **kw):
     from edgeseg.convert import convert
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DATA_YAML, MODEL, MODEL_V8
+from conftest import DATA_YAML, MODEL, MODEL_V8, convert_without
 
 pytest.importorskip("_tools", reason='the MNN target needs: pip install "edgeseg[mnn]"')
 
@@ -191,13 +191,6 @@ def test_conversion_installs_nothing(mnn_bundles):
 
 
 def test_missing_mnn_gives_the_install_command(tmp_path):
-    code = ("import sys, importlib.abc\n"
-            "class B(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, n, p, t=None):\n"
-            "        if n.split('.')[0] in {'MNN', '_tools'}: raise ImportError(n)\n"
-            "sys.meta_path.insert(0, B())\n"
-            "sys.argv = ['edgeseg', 'convert', '--target', 'mnn', '--out', sys.argv[1]]\n"
-            "from edgeseg.cli import main; main()\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], capture_output=True, text=True)
+    r = convert_without({'MNN', '_tools'}, "mnn", tmp_path / "b")
     assert r.returncode == 2 and 'pip install "edgeseg[mnn]"' in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()

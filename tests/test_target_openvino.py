@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DATA_YAML, MODEL
+from conftest import DATA_YAML, MODEL, convert_without
 
 pytest.importorskip("openvino", reason='the OpenVINO target needs: pip install "edgeseg[openvino-host]"')
 pytest.importorskip("nncf", reason='the OpenVINO target needs: pip install "edgeseg[openvino-host]"')
@@ -36,14 +36,7 @@ def test_openvino_fp32_and_int8_accuracy(ov_bundles, fp32_bundle):
 
 
 def test_missing_toolchain_gives_the_install_command(tmp_path):
-    code = ("import sys, importlib.abc\n"
-            "class B(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, n, p, t=None):\n"
-            "        if n.split('.')[0] in {'openvino', 'nncf'}: raise ImportError(n)\n"
-            "sys.meta_path.insert(0, B())\n"
-            "sys.argv = ['edgeseg', 'convert', '--target', 'openvino', '--out', sys.argv[1]]\n"
-            "from edgeseg.cli import main; main()\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], capture_output=True, text=True)
+    r = convert_without({'openvino', 'nncf'}, "openvino", tmp_path / "b")
     assert r.returncode == 2 and 'pip install "edgeseg[openvino-host]"' in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()
 

@@ -160,18 +160,23 @@ def kl_threshold(hist: np.ndarray, bin_width: float, target_bins: int = 128) -> 
 
 
 def activation_scales(passes: Callable[[], Iterable[dict[str, np.ndarray]]], bins: int = 2048,
-                      method: str = "kl") -> dict[str, float]:
-    """127 / threshold for each blob. ``passes()`` yields {blob: values} per calibration image and is
-    called twice (max, then histogram), so no image's blobs are held longer than one step."""
+                      methods: Iterable[str] = ("kl",)) -> dict[str, dict[str, float]]:
+    """127 / threshold for each blob, per method ("max" or "kl"). ``passes()`` yields {blob: values}
+    per calibration image and is called once for the maxima and once more for the histograms when
+    KL is asked for, so no image's blobs are held longer than one step."""
+    methods = tuple(methods)
     amax: dict[str, float] = {}
     for blobs in passes():
         for k, a in blobs.items():
             amax[k] = max(amax.get(k, 0.0), float(np.abs(a).max()))
-    if method == "max":
-        return {k: 127.0 / v if v > 0 else 1.0 for k, v in amax.items()}
-    hists = {k: np.zeros(bins) for k in amax}
-    for blobs in passes():
-        for k, a in blobs.items():
-            if amax[k] > 0:
-                hists[k] += np.histogram(np.abs(a), bins=bins, range=(0, amax[k]))[0]
-    return {k: (127.0 / kl_threshold(hists[k], amax[k] / bins)) if amax[k] > 0 else 1.0 for k in amax}
+    out = {}
+    if "max" in methods:
+        out["max"] = {k: 127.0 / v if v > 0 else 1.0 for k, v in amax.items()}
+    if "kl" in methods:
+        hists = {k: np.zeros(bins) for k in amax}
+        for blobs in passes():
+            for k, a in blobs.items():
+                if amax[k] > 0:
+                    hists[k] += np.histogram(np.abs(a), bins=bins, range=(0, amax[k]))[0]
+        out["kl"] = {k: (127.0 / kl_threshold(hists[k], amax[k] / bins)) if amax[k] > 0 else 1.0 for k in amax}
+    return out

@@ -122,11 +122,7 @@ class NcnnToolchain(Toolchain):
         assert job.calib is not None
         layers, _ = read_param(param)
         blobs = sorted({l.inputs[0] for l in layers if l.type in QUANTIZED})
-        net = ncnn.Net()
-        net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
-        net.opt.lightmode = False  # keep intermediate blobs for extraction
-        net.load_param(str(param))
-        net.load_model(str(binf))
+        net = _float_net(param, binf, keep_blobs=True)
         hw = job.imported.input_hw
         method = str(job.settings.get("activation_method", "auto"))
 
@@ -143,10 +139,8 @@ class NcnnToolchain(Toolchain):
                 yield d
 
         skip = set(job.options.get("keep_float") or [])
-        made = {}
-        for m in (("kl", "max") if method == "auto" else (method,)):
-            made[m] = quantize(param, binf, activation_scales(passes, method=m), work / f"{m}.param",
-                               work / f"{m}.bin", skip=skip)
+        tables = activation_scales(passes, methods=("kl", "max") if method == "auto" else (method,))
+        made = {m: quantize(param, binf, t, work / f"{m}.param", work / f"{m}.bin", skip=skip) for m, t in tables.items()}
         agreement = {m: self._agreement(job, net, work / f"{m}.param", work / f"{m}.bin") for m in made} \
             if len(made) > 1 else {}
         # KL's clipping suits most blobs, but on the reference YOLOv8n-seg it clipped the class branch
@@ -173,10 +167,7 @@ class NcnnToolchain(Toolchain):
 
         from ...fidelity import cosine
 
-        net = ncnn.Net()
-        net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
-        net.load_param(str(param))
-        net.load_model(str(binf))
+        net = _float_net(param, binf)
         outs = [f"out{i}" for i in range(len(job.outputs))]
         cos: dict[str, list[float]] = {o: [] for o in outs}
         for x in itertools.islice(job.calib.arrays(job.imported.input_hw, progress=False), images):
@@ -190,6 +181,19 @@ class NcnnToolchain(Toolchain):
                 cos[o].append(cosine(got[0][o], got[1][o]))
         net.clear()
         return round(min(float(np.mean(v)) for v in cos.values()), 4)
+
+
+def _float_net(param: Path, binf: Path, keep_blobs: bool = False):
+    """An ncnn net computing in float32 (no fp16 storage or arithmetic): the reference the int8
+    tables are measured on."""
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+    net.opt.lightmode = not keep_blobs  # calibration extracts intermediate blobs
+    net.load_param(str(param))
+    net.load_model(str(binf))
+    return net
 
 
 TOOLCHAIN = NcnnToolchain()
