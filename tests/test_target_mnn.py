@@ -155,13 +155,42 @@ def test_compression_params_cover_each_range_and_keep_outputs_float():
     layers = conv_layers(m)
     assert [l.name for l in layers] == ["c1"]  # c2 produces a model output: it stays float
     assert conv_layers(m, keep_float=["c1"]) == []
-    p = compression_params(layers, {"x": (0.0, 1.0), "a": (-0.28, 6.0)})
+    p = compression_params(layers, {"x": (0.0, 1.0), "r": (0.0, 6.0)})
     layer = p["algo"][0]["quantParams"]["layer"][0]
-    for act, (lo, hi) in ((layer["input"][0], (0.0, 1.0)), (layer["output"][0], (-0.28, 6.0))):
+    assert layer["output"][0]["name"] == "r"  # MNN fuses the ReLU: its output is the conv's now
+    for act, (lo, hi) in ((layer["input"][0], (0.0, 1.0)), (layer["output"][0], (0.0, 6.0))):
         s, z = act["scales"][0], act["zeroPoint"]
         assert abs((-128 - z) * s - lo) < s and abs((127 - z) * s - hi) < s  # int8 ends map to the range ends
     ws = np.array(layer["weight"][0]["scales"])
     assert ws.shape == (8,) and np.allclose(ws * 127, np.abs(w1).reshape(8, -1).max(1))
+
+
+def test_relu_network_really_gets_int8_convolutions(tmp_path):
+    """MNN fuses Conv+ReLU before placing compression parameters; keyed on the conv's own output
+    they were dropped without a word and the 'int8' model came out all float."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from edgeseg.convert import convert
+
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (16, 3, 3, 3), "w2": (16, 16, 3, 3), "w3": (3, 16, 1, 1)}
+    inits = [numpy_helper.from_array((rng.normal(size=s) * 0.3).astype("float32"), n) for n, s in shapes.items()]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]),
+         helper.make_node("Relu", ["a"], ["ra"]),
+         helper.make_node("Conv", ["ra", "w2"], ["b"], pads=[1, 1, 1, 1]),
+         helper.make_node("Clip", ["b", "lo", "hi"], ["rb"]),  # ReLU6
+         helper.make_node("Conv", ["rb", "w3"], ["logits"])],
+        "relu", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 32, 32])],
+        inits + [numpy_helper.from_array(np.array(0, "float32"), "lo"), numpy_helper.from_array(np.array(6, "float32"), "hi")])
+    src = tmp_path / "relu.onnx"
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    b = convert(src, target="mnn", precision="int8", head="semantic", names="a,b,c", out=tmp_path / "b", log=lambda m: None)
+    q = b.manifest.quantization
+    assert q["requested_convolutions"] == q["quantized_convolutions"] == 2 and q["convolutions"] == 3, q
+    assert b.manifest.fidelity["pixel_agreement"] > 0.9
 
 
 def _guarded(code: str) -> subprocess.CompletedProcess:

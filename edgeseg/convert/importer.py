@@ -69,6 +69,11 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
                            "pass an .onnx, Ultralytics .pt or TorchScript file") from None
     if not m.graph.node or not m.graph.input:
         raise EdgesegError(f"{path}: ONNX file has no graph (truncated or not a model); export the model again")
+    # Vendor tools embed older ONNX readers that refuse a newer IR number even when the graph
+    # needs nothing from it (pnnx's ONNX Runtime: IR <= 13; onnx >= 1.20 writes 14): declare the
+    # lowest IR the opsets allow.
+    need = onnx.helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
+    m.ir_version = min(m.ir_version, max(need, 3))
     return m
 
 

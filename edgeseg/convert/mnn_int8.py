@@ -24,6 +24,20 @@ import numpy as np
 PROTO_VERSION = "0.0.0"
 
 
+# activations MNN's converter folds into the convolution before it (its fuse passes; a Clip only
+# as ReLU6)
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def _fuses(node, consts: dict) -> bool:
+    if node.op_type == "Relu":
+        return True
+    if node.op_type != "Clip":
+        return False
+    lo, hi = (consts.get(t) if t else None for t in (list(node.input[1:3]) + ["", ""])[:2])
+    return lo is not None and hi is not None and float(lo) == 0.0 and float(hi) == 6.0
+
+
 @dataclass
 class ConvLayer:
     name: str
@@ -39,7 +53,14 @@ def conv_layers(model, keep_float: Iterable[str] = ()) -> list[ConvLayer]:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
+    consts = {k: numpy_helper.to_array(v) for k, v in inits.items() if np.prod(v.dims) == 1}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     outputs = {o.name for o in model.graph.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
     skip = set(keep_float)
     layers = []
     for n in model.graph.node:
@@ -47,7 +68,16 @@ def conv_layers(model, keep_float: Iterable[str] = ()) -> list[ConvLayer]:
             continue
         if n.output[0] in outputs or n.output[0] in skip or n.name in skip:
             continue
-        layers.append(ConvLayer(n.name, n.input[0], n.output[0], n.input[1], numpy_helper.to_array(inits[n.input[1]])))
+        out = n.output[0]
+        # MNN's converter fuses a ReLU/ReLU6 into the convolution before it applies compression
+        # parameters, so the convolution's own output tensor is gone; parameters keyed on it are
+        # silently dropped and the layer stays float. Key them on the fused output instead.
+        nxt = consumers.get(out, [])
+        if len(nxt) == 1 and _fuses(nxt[0], consts):
+            out = nxt[0].output[0]
+            if out in outputs:
+                continue
+        layers.append(ConvLayer(n.name, n.input[0], out, n.input[1], numpy_helper.to_array(inits[n.input[1]])))
     return layers
 
 
@@ -61,7 +91,7 @@ def tensor_ranges(onnx_path: Path, input_name: str, inputs: Iterable[np.ndarray]
     from .toolchains.onnxruntime import ArrayReader
 
     with tempfile.TemporaryDirectory() as d:
-        cal = create_calibrator(onnx_path, ["Conv"], augmented_model_path=str(Path(d) / "augmented.onnx"))
+        cal = create_calibrator(onnx_path, ["Conv", *FUSED_ACTIVATIONS], augmented_model_path=str(Path(d) / "augmented.onnx"))
         cal.collect_data(ArrayReader(input_name, inputs))
         data = cal.compute_data().data
     return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in data.items()}
@@ -129,3 +159,13 @@ def compression_params(layers: list[ConvLayer], ranges: dict[str, tuple[float, f
         })
     return {"version": PROTO_VERSION,
             "algo": [{"type": "QUANTIZE", "quantParams": {"roundMode": "ROUND_HALF_TO_EVEN", "layer": out}}]}
+
+
+def int8_convolutions(model_json: Path) -> tuple[int, int]:
+    """(int8, all) convolutions in an MNN model dumped to JSON by MNN's converter (``-f MNN
+    --JsonFile``): what MNN actually wrote, whatever it was asked to do."""
+    import json
+
+    ops = json.loads(Path(model_json).read_text())["oplists"]
+    convs = [o for o in ops if o.get("type", "").startswith(("Convolution", "Deconvolution"))]
+    return sum(1 for o in convs if "symmetricQuan" in (o.get("main") or {})), len(convs)

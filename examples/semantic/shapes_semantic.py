@@ -132,11 +132,13 @@ def build_model(n_classes: int):
     return TinySeg()
 
 
-def train(out: Path, steps: int = 1500, size: int = 128, batch: int = 16, seed: int = 0, log=print) -> dict:
+def train(out: str | Path, steps: int = 1500, size: int = 128, batch: int = 16, seed: int = 0, log=print) -> dict:
     """Train, then export at the training size (objects keep the scale the model learned)."""
     import torch
     import torch.nn.functional as F
 
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # before minutes of training, not after
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model(len(NAMES))
@@ -157,7 +159,6 @@ def train(out: Path, steps: int = 1500, size: int = 128, batch: int = 16, seed: 
         if step % 100 == 0 or step == steps - 1:
             log(f"step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
     model.eval()
-    out.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, size, size)
     onnx_path = out / "shapes_semantic.onnx"
     torch.onnx.export(model, dummy, str(onnx_path), input_names=["images"], output_names=["logits"],

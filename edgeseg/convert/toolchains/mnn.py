@@ -65,6 +65,8 @@ class MnnToolchain(Toolchain):
                     q.update(scheme="weight-only INT8 (dequantized to float at load: smaller file, same speed)")
                 elif job.precision == "fp16":
                     q.update(scheme="FP16 weights")
+            if job.precision == "int8":
+                q.update(self._check_int8(job, out, work, log))
             text = log.read_text(errors="replace") if log.is_file() else ""
             log.unlink(missing_ok=True)
         finally:
@@ -94,8 +96,23 @@ class MnnToolchain(Toolchain):
         return {"scheme": "MNN full INT8 convolutions (MNN converter, edgeseg calibration as compression parameters)",
                 "int8_tool": "edgeseg", "activations": "int8 per-tensor asymmetric, MinMax, one range per group of tensors joined by "
                                "concat/resize/split/slice (MNN keeps int8 parameters per tensor)",
-                "weights": "int8 per-channel symmetric", "quantized_convolutions": len(layers),
+                "weights": "int8 per-channel symmetric", "requested_convolutions": len(layers),
                 "kept_float": keep + ["convolutions producing the model outputs"]}
+
+    def _check_int8(self, job: ConvertJob, out: Path, work: Path, log: Path) -> dict:
+        # MNN's converter drops compression parameters it cannot place without a word (before the
+        # ReLU-fusion fix, a ReLU network came out all float while the manifest said int8), so
+        # count what it wrote.
+        from ..mnn_int8 import int8_convolutions
+
+        dump = work / "model.json"
+        run_guarded({"tool": "mnn", "op": "convert",
+                     "args": ["-f", "MNN", "--modelFile", str(out), "--JsonFile", str(dump)]}, work, log)
+        n8, n = int8_convolutions(dump)
+        if n8 == 0:
+            raise EdgesegError(f"{job.imported.path}: MNN wrote no int8 convolution (of {n}); "
+                               "convert with --int8w or --fp16, or try --option int8_tool=mnnquant")
+        return {"quantized_convolutions": n8, "convolutions": n}
 
     def _quantize(self, job: ConvertJob, fp32: Path, out: Path, work: Path, log: Path) -> dict:
         from ...runtime.preprocess import letterbox

@@ -20,6 +20,31 @@ import time
 from pathlib import Path
 
 
+def check_translation(model, onnx_path: str, x, tol: float = 1e-4) -> float:
+    """Largest error of the fx module against ONNX Runtime on one input, relative to each output's
+    range; a wrong translation would otherwise be quantized and shipped without a trace."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})
+    with torch.no_grad():
+        got = model(torch.from_numpy(x))
+    got = [got] if isinstance(got, torch.Tensor) else list(got)
+    worst = 0.0
+    for o, r, g in zip(sess.get_outputs(), ref, got):
+        g = g.numpy()
+        if g.shape != r.shape:
+            raise ValueError(f"torch.fx translation: output {o.name} has shape {g.shape}, ONNX {r.shape}")
+        err = float(np.abs(g - r).max() / max(float(np.abs(r).max()), 1e-6))
+        if not err <= tol:
+            raise ValueError(f"torch.fx translation: output {o.name} differs from ONNX Runtime by {err:.2e} "
+                             f"of its range (tolerance {tol:.0e})")
+        worst = max(worst, err)
+    return worst
+
+
 def quantize(spec: dict, log) -> tuple[object, dict]:
     import numpy as np
     import onnx
@@ -33,6 +58,9 @@ def quantize(spec: dict, log) -> tuple[object, dict]:
     model = to_fx(onnx.load(spec["onnx"]))
     files = [line for line in Path(spec["dataset"]).read_text().splitlines() if line]
     batch = int(spec.get("batch", 4))
+    info: dict = {"mixed_precision": False, "gptq": False,
+                  "fx_max_error": check_translation(model, spec["onnx"], np.load(files[0]))}
+    log(f"torch.fx translation agrees with ONNX Runtime to {info['fx_max_error']:.2e} (relative)")
 
     def representative():
         for i in range(0, len(files), batch):
@@ -40,7 +68,6 @@ def quantize(spec: dict, log) -> tuple[object, dict]:
 
     tpc = get_target_platform_capabilities(tpc_version=spec.get("tpc_version", "4.0"), device_type="imx500")
     kw: dict = {"target_platform_capabilities": tpc}
-    info: dict = {"mixed_precision": False, "gptq": False}
     if spec.get("weights_memory"):
         # mixed precision: MCT picks 8/4/2-bit weights per layer so the weights fit this many bytes
         kw["target_resource_utilization"] = mct.core.ResourceUtilization(weights_memory=float(spec["weights_memory"]))

@@ -145,10 +145,16 @@ def to_fx(model: onnx.ModelProto) -> fx.GraphModule:
         elif op == "Resize":
             mode = a.get("mode", b"nearest")
             mode = mode.decode() if isinstance(mode, bytes) else mode
-            if mode != "nearest" or out not in shapes:
-                raise ValueError(f"{n.name}: only nearest Resize with a static output size is supported")
-            env[out] = graph.call_function(F.interpolate, (env[n.input[0]],),
-                                           {"size": tuple(shapes[out][2:]), "mode": "nearest"})
+            ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+            ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+            # the ONNX modes F.interpolate reproduces exactly (semantic decoders upsample bilinearly)
+            kw = {"nearest": {"mode": "nearest"},
+                  "linear": {"mode": "bilinear", "align_corners": ctm == "align_corners"}}.get(mode)
+            if kw is None or out not in shapes or (mode == "linear" and ctm not in (
+                    "half_pixel", "pytorch_half_pixel", "align_corners")) or len(shapes[out]) != 4:
+                raise ValueError(f"{n.name}: only nearest or (bi)linear 2-D Resize with a static output size is "
+                                 f"supported (found mode {mode}, {ctm})")
+            env[out] = graph.call_function(F.interpolate, (env[n.input[0]],), {"size": tuple(shapes[out][2:]), **kw})
         elif op == "Slice":
             starts, ends = consts[n.input[1]], consts[n.input[2]]
             axes = consts[n.input[3]] if len(n.input) > 3 and n.input[3] else np.arange(len(starts))
