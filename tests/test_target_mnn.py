@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DATA_YAML, MODEL, MODEL_V8, convert_without
+from conftest import DATA_YAML, MODEL, MODEL_V8, cli, convert_without
 
 pytest.importorskip("_tools", reason='the MNN target needs: pip install "edgeseg[mnn]"')
 
@@ -191,6 +191,21 @@ def test_relu_network_really_gets_int8_convolutions(tmp_path):
     q = b.manifest.quantization
     assert q["requested_convolutions"] == q["quantized_convolutions"] == 2 and q["convolutions"] == 3, q
     assert b.manifest.fidelity["pixel_agreement"] > 0.9
+
+
+def test_relative_paths_from_the_shell(tmp_path):
+    """The guarded converter runs in its own working folder: paths typed relative to the user's
+    shell must still point at the model, the images and the bundle (they once did not)."""
+    import os
+    import shutil
+
+    shutil.copy(MODEL, tmp_path / "model.onnx")
+    calib = os.path.relpath(MODEL.parent / "shapes" / "calib" / "images", tmp_path)
+    r = cli("convert", "model.onnx", "--target", "mnn", "--int8", "--calib", calib, "--calib-images", "8",
+            "--out", "out/b", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "b" / "model.mnn").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b"]  # no work folder left beside it
 
 
 def _guarded(code: str) -> subprocess.CompletedProcess:

@@ -40,11 +40,14 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         if bad:
             raise EdgesegError(f"--option {bad[0]}: not an option of target '{target}'; "
                                + (f"options: {', '.join(settable)}" if settable else "it takes none"))
-    model_path = Path(model) if model else DEFAULT_MODEL
+    # Absolute from here on: toolchains run in their own working folders and child processes, where
+    # a path relative to the user's shell no longer points anywhere.
+    model_path = Path(model).absolute() if model else DEFAULT_MODEL
+    verify_data = Path(verify_data).absolute() if verify_data else None
 
     # Read the images before minutes of toolchain work, so a bad set fails at once.
     n = calib_images or int(profile.quantization.get("calibration_images", DEFAULT_IMAGES))
-    calib_path = Path(calib) if calib else DEFAULT_CALIB
+    calib_path = Path(calib).absolute() if calib else DEFAULT_CALIB
     if precision == "int8" or calib:
         cset: CalibrationSet | None = CalibrationSet.from_path(calib_path, n)
         cset.check_readable()
@@ -68,7 +71,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         onnx.save(fp32, str(fp32_path))
 
         tgt = f"{target}-{platform}" if platform else target
-        out_dir = Path(out) if out else default_bundle_dir(model_path, tgt, precision, do_split or spec["type"] != "yolo-seg")
+        out_dir = (Path(out) if out else default_bundle_dir(model_path, tgt, precision,
+                                                             do_split or spec["type"] != "yolo-seg")).absolute()
         log(f"converting {model_path} -> {out_dir} ({target}, {precision}"
             f"{', outputs split' if do_split else ''})")
         opts = dict(options or {})
