@@ -39,14 +39,15 @@ def record(model_sha: str, x_digest: str, outputs: dict[str, np.ndarray]) -> Non
 class Replay:
     """The recorded outputs, looked up by the input's digest."""
 
-    def __init__(self, model_sha: str, how: str = "convert again with --verify-data DATASET.yaml"):
+    def __init__(self, model_sha: str, how: str = "convert again with --verify-data DATASET.yaml to record its images",
+                 where: Path | None = None):
         self.dir = sim_dir(model_sha)
         self.how = how
+        self.where = where or self.dir
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         f = self.dir / f"{input_digest(x)}.npz"
         if not f.is_file():
-            raise EdgesegError(f"{self.dir}: this image was not run when the bundle was built; {self.how} "
-                               "to evaluate on it")
+            raise EdgesegError(f"{self.where}: no output was recorded for this frame at conversion; {self.how}")
         with np.load(f) as z:
             return {k: z[k] for k in z.files}

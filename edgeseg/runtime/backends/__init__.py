@@ -76,7 +76,10 @@ class ReplayBackend(Backend):
         from ...bundle import sha256_file
         from ..replay import Replay
 
-        self.replay = Replay(sha256_file(bundle.file(bundle.manifest.model_files[0])))
+        self.replay = Replay(sha256_file(bundle.file(bundle.manifest.model_files[0])),
+                             f"a {bundle.manifest.target} bundle runs on its device, and on this host only the frames "
+                             "its vendor tool ran at conversion replay; to evaluate on a dataset here, convert again "
+                             "with --verify-data DATASET.yaml", where=bundle.path)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return self.replay(x)
