@@ -185,7 +185,12 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         for d, v in zip(inp.type.tensor_type.shape.dim, (1, 3, h, w)):
             d.Clear()
             d.dim_value = v
-        m = onnx.shape_inference.infer_shapes(m)
+        # A dynamic export declares symbolic output dims that inference would keep: drop them, and
+        # propagate the Shape->Gather->Reshape arithmetic so the head's sizes come out as numbers.
+        for o in m.graph.output:
+            o.type.tensor_type.ClearField("shape")
+        del m.graph.value_info[:]
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
         dims = [1, 3, h, w]
     input_hw = (int(dims[2]), int(dims[3]))
 
