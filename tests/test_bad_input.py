@@ -60,6 +60,11 @@ def case(tmp: Path, name: str):
     if name == "dynamic input":
         m = _tiny_onnx(tmp / "dyn.onnx", ("N", 3, "H", "W"), in_shape=("N", 3, "H", "W"))
         return ["convert", str(m), "--out", str(out), "--fp32"], "--imgsz"
+    if name == "export with NMS inside":  # what `yolo export nms=True` records (its output is [1, 300, 6+nm])
+        m = onnx.load(str(MODEL))
+        next(p for p in m.metadata_props if p.key == "args").value = "{'batch': 1, 'nms': True, 'dynamic': False}"
+        onnx.save(m, str(tmp / "nms.onnx"))
+        return ["convert", str(tmp / "nms.onnx"), "--out", str(out), "--fp32"], "NMS inside the model"
     if name == "class-name count mismatch":
         return ["convert", str(MODEL), "--names", "a,b,c", "--out", str(out), "--fp32"], "fix --names"
     if name == "empty calibration folder":
@@ -90,7 +95,7 @@ def _bundle_dir():
 
 
 CASES = ["missing file", "empty file", "not a model", "truncated model", "folder instead of model", "unknown head",
-         "wrong input shape", "dynamic input", "class-name count mismatch", "empty calibration folder",
+         "wrong input shape", "dynamic input", "export with NMS inside", "class-name count mismatch", "empty calibration folder",
          "too few calibration images", "image that does not decode", "unknown target", "precision the target lacks",
          "not a bundle", "no camera", "missing source"]
 

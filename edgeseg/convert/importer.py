@@ -215,6 +215,14 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
             raise EdgesegError(f"{src}: outputs {det}{ddims}, {pro}{pdims} are not [1,4+nc+nm,A] and [1,nm,H,W]; "
                                "pass --head semantic or export with Ultralytics")
         proto_nm = int(pdims[1])
+        args = str(meta.get("args", ""))
+        if ("'nms': True" in args or str(meta.get("end2end", "")).lower() == "true"
+                or (isinstance(ddims[2], int) and ddims[2] == 6 + proto_nm)):
+            # [1, max_det, x1 y1 x2 y2 score class + nm]: already past NMS, nothing left to split
+            raise EdgesegError(f"{src}: output {det}{ddims} is an export with NMS inside the model; edgeseg needs "
+                               "the raw head (it splits it before INT8 and runs NMS itself): export again without an nms "
+                               "argument (Ultralytics' default keeps the raw head; nms=True or, on NMS-free models, "
+                               "nms=False puts the top-k in the model)")
         nc = int(ddims[1]) - 4 - proto_nm
         if nc < 1:
             raise EdgesegError(f"{src}: output {det}{ddims} is too small for 4 box values and {proto_nm} mask coefficients")
