@@ -65,7 +65,7 @@ def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Option
     ids = None
     if classes:
         ids = []
-        for c in classes:
+        for c in (part.strip() for item in classes for part in item.split(",") if part.strip()):
             if c.isdigit():
                 ids.append(int(c))
             elif c in model.names:
@@ -132,7 +132,7 @@ def run(
     json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE."),
     conf: float = typer.Option(0.25, "--conf", help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold."),
-    classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes (ids or names); repeatable."),
+    classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many frames."),
     width: Optional[int] = typer.Option(None, "--width", help="Camera capture width."),
     height: Optional[int] = typer.Option(None, "--height", help="Camera capture height."),

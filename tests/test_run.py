@@ -54,12 +54,14 @@ def test_run_video_writes_video_and_jsonl(fp32_bundle, video, tmp_path):
 def test_run_image_folder_to_image_folder_with_class_filter(fp32_bundle, tmp_path):
     out, js = tmp_path / "annotated", tmp_path / "r.jsonl"
     r = cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES / "0000*.jpg"), "--save", str(out),
-            "--json", str(js), "--classes", "circle", "--classes", "2", "--max-frames", "5")
+            "--json", str(js), "--classes", "circle", "--classes", "2,star", "--max-frames", "5")
     assert r.returncode == 0, r.stderr
     assert len(list(out.glob("*.jpg"))) == 5
     recs = [json.loads(ln) for ln in js.read_text().splitlines()]
     assert len(recs) == 5
-    assert {i["class_id"] for rec in recs for i in rec["instances"]} <= {0, 2}
+    assert {i["class_id"] for rec in recs for i in rec["instances"]} <= {0, 2, 3}
+    # each line names its image, not the glob
+    assert [rec["source"] for rec in recs] == [str(p) for p in sorted(VAL_IMAGES.glob("0000*.jpg"))[:5]]
 
 
 class FakeModel:

@@ -41,7 +41,8 @@ def result_record(frame: Frame, result: FrameResult, source: str) -> dict:
     for i in result.instances:
         inst.append({"class_id": i.class_id, "class_name": i.class_name, "score": round(i.score, 5),
                      "box": [round(float(v), 2) for v in i.box], "mask": rle(i.full_mask(h, w))})
-    return {"frame": frame.index, "source": source, "width": w, "height": h, "time": round(frame.time, 6),
+    # an image source names each file; a video or stream names itself
+    return {"frame": frame.index, "source": frame.name or source, "width": w, "height": h, "time": round(frame.time, 6),
             "instances": inst}
 
 

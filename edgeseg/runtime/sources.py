@@ -35,7 +35,7 @@ class Frame:
     index: int
     image: np.ndarray  # HxWx3 uint8 BGR
     time: float  # capture time, seconds since the epoch
-    name: str  # file name, or the source spec for streams
+    name: str  # the image file for folder/glob sources, else the source spec
     # set by sources that run the network themselves (the IMX500 sensor): its outputs and where
     # its input sits in this frame; the pipeline then skips preprocessing and inference
     outputs: dict[str, np.ndarray] | None = None
@@ -95,7 +95,7 @@ class ImageFolder(Source):
             except EdgesegError as e:
                 log.warning("%s", e)  # one bad file does not end a folder run
                 continue
-            yield Frame(i, img, time.time(), f.name)
+            yield Frame(i, img, time.time(), str(f))
 
 
 class VideoFile(Source):
