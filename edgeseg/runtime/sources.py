@@ -151,6 +151,10 @@ class LiveCapture(Source):
 
     def _default_opener(self, spec: int | str) -> Any:
         if isinstance(spec, str):
+            # FFmpeg prints its own lines ("Connection refused", decoder chatter) past OpenCV's log
+            # level; edgeseg reports opens, stalls and reconnects itself. OpenCV reads this when
+            # its FFmpeg backend starts; set it yourself to see FFmpeg's lines again.
+            os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
             # a stream that stops sending would block read() forever; FFmpeg's own timeouts make
             # it return False instead, which the reconnect path below handles
             ms = int(self.stall_timeout * 1000)
