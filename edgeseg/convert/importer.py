@@ -73,7 +73,10 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
     # needs nothing from it (pnnx's ONNX Runtime: IR <= 13; onnx >= 1.20 writes 14): declare the
     # lowest IR the opsets allow.
     need = onnx.helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
-    m.ir_version = min(m.ir_version, max(need, 3))
+    g = m.graph
+    types = {t.data_type for t in g.initializer} | {v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    if not m.functions and max(types, default=0) <= onnx.TensorProto.BFLOAT16:  # float8/int4 need newer IRs
+        m.ir_version = min(m.ir_version, max(need, 3))
     return m
 
 
