@@ -34,7 +34,7 @@ demo: $(VENV)/.host
 	$(BIN)/edgeseg eval --json demo/eval.json
 
 test: $(VENV)/.test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 bench: $(VENV)/.host
 	$(BIN)/python bench/compare_runtimes.py
