@@ -120,7 +120,8 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
     if progress:
         from rich.progress import track
         it = track(images, description=f"eval ({len(images)} images)", transient=True)
-    gt: dict = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(ds.names or model.names)]}
+    to_model = None if semantic else _class_map(ds.names, model.names, data)
+    gt: dict = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(model.names)]}
     gt_low: dict = {"images": [], "annotations": [], "categories": gt["categories"]}
     dets: list[dict] = []
     dets_low: list[dict] = []
@@ -145,6 +146,10 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         lw, lh = _low_res(w, h, model)
         gt_low["images"].append({"id": img_id, "width": lw, "height": lh})
         for cls, poly in polys:
+            if to_model is not None:
+                cls = to_model[cls] if cls < len(to_model) else -1
+                if cls < 0:
+                    raise EdgesegError(f"{lf}: class id outside the dataset's names; fix the label or the names in {data}")
             full = rasterize(poly, h, w)
             low = cv2.resize(full, (lw, lh), interpolation=cv2.INTER_LINEAR)
             x1, y1 = poly.min(0)
@@ -201,6 +206,21 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
     if report is not None:
         write_report(Path(report), out, samples)
     return out
+
+
+def _class_map(ds_names: list[str], model_names: list[str], data) -> list[int] | None:
+    """Dataset class id -> model class id, by name; None where ids already agree. A dataset whose
+    names the model lacks is refused: scoring ids that mean other classes gives a plausible number."""
+    if not ds_names or list(ds_names) == list(model_names):
+        return None
+    index = {n: i for i, n in enumerate(model_names)}
+    missing = [n for n in ds_names if n not in index]
+    if not missing:
+        return [index[n] for n in ds_names]
+    if all(n == f"class{i}" for i, n in enumerate(model_names)):  # the model carries no names: ids it is
+        return None
+    raise EdgesegError(f"{data}: dataset classes {missing[:5]} are not among the model's classes {list(model_names)}; "
+                       "use a dataset named like the model, or convert with --names in the dataset's order")
 
 
 def _semantic_acc(res: FrameResult, polys, ds_names, model_names, h, w, inter, union):

@@ -75,3 +75,32 @@ def test_dataset_without_labels_is_an_error(int8_bundle, tmp_path):
     y.write_text("path: .\nval: images\nnames: {0: circle}\n")
     r = cli("eval", str(int8_bundle.path), "--data", str(y))
     assert r.returncode == 2 and "has a label file" in r.stderr
+
+
+def test_dataset_classes_are_matched_to_the_model_by_name(fp32_model, tmp_path):
+    """A dataset listing the model's classes in another order scores the same once its labels say
+    the same thing; a dataset of other classes is refused instead of scored by id."""
+    import shutil
+
+    import yaml
+
+    src = DATA_YAML.parent / "val"
+    names = yaml.safe_load(DATA_YAML.read_text())["names"]
+    order = [3, 0, 4, 1, 2]  # new id k holds old class order[k]
+    new_id = {old: k for k, old in enumerate(order)}
+    (tmp_path / "labels").mkdir()
+    shutil.copytree(src / "images", tmp_path / "images")
+    for lf in (src / "labels").glob("*.txt"):
+        lines = [ln.split(maxsplit=1) for ln in lf.read_text().splitlines() if ln.strip()]
+        (tmp_path / "labels" / lf.name).write_text("".join(f"{new_id[int(c)]} {rest}\n" for c, rest in lines))
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"path": str(tmp_path), "val": "images",
+                                                     "names": {k: names[o] for k, o in enumerate(order)}}))
+    a = evaluate(fp32_model, DATA_YAML, progress=False, limit=30)
+    b = evaluate(fp32_model, tmp_path / "d.yaml", progress=False, limit=30)
+    assert b["mask_map50_95"] == pytest.approx(a["mask_map50_95"], abs=1e-9)
+    assert b["mask_ap_per_class"] == a["mask_ap_per_class"]
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"path": str(tmp_path), "val": "images", "names": {0: "cat"}}))
+    from edgeseg.errors import EdgesegError
+
+    with pytest.raises(EdgesegError, match="not among the model's classes"):
+        evaluate(fp32_model, tmp_path / "other.yaml", progress=False, limit=5)
