@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TextIO
 
 import typer
 
@@ -129,7 +130,7 @@ def run(
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Video file, image folder or glob, or rtsp:// / http:// URL."),
     show: bool = typer.Option(False, "--show", help="Show a window with the results."),
     save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi) or a folder of images."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE; - for stdout."),
     conf: float = typer.Option(0.25, "--conf", help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold."),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
@@ -146,6 +147,13 @@ def run(
 
     if (camera is None) == (source is None):
         raise EdgesegError("pass exactly one of --camera N (or --camera pi) and --source PATH_OR_URL")
+    json_target: Path | TextIO | None = json_out
+    if json_out is not None and str(json_out) == "-":
+        # JSON lines on stdout for another program; everything else, including what native
+        # libraries print to stdout (MNN does), goes to stderr so it cannot interleave
+        sys.stdout.flush()
+        json_target = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        os.dup2(2, 1)
     model = _load_model(bundle, conf, iou, classes, threads)
     spec = camera if camera is not None else source
     if camera is not None and camera != "pi" and not camera.isdigit():
@@ -162,7 +170,7 @@ def run(
         if save:
             sinks.append(make_save_sink(save, getattr(src, "fps", 30.0)))
         if json_out:
-            sinks.append(JsonlSink(json_out, src.name))
+            sinks.append(JsonlSink(json_target, src.name))
         if show:
             sinks.append(WindowSink())
     except BaseException:
@@ -190,7 +198,7 @@ def run(
     s = st.summary()
     typer.echo(f"{s['frames']} frames in {s['elapsed_s']} s: {s['fps']} FPS (pipelined), dropped {s['dropped']}; "
                f"median preprocess {s['preprocess_ms']} ms, inference {s['inference_ms']} ms, decode {s['decode_ms']} ms"
-               + (f"; saved {save}" if save else "") + (f"; wrote {json_out}" if json_out else ""))
+               + (f"; saved {save}" if save else "") + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}" if json_out else ""))
     if st.error == "interrupted":
         raise typer.Exit(130)
 

@@ -64,6 +64,13 @@ def test_run_image_folder_to_image_folder_with_class_filter(fp32_bundle, tmp_pat
     assert [rec["source"] for rec in recs] == [str(p) for p in sorted(VAL_IMAGES.glob("0000*.jpg"))[:5]]
 
 
+def test_json_lines_to_stdout_for_another_program(fp32_bundle):
+    r = cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES / "0000*.jpg"), "--json", "-", "--max-frames", "4")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(ln) for ln in r.stdout.splitlines()]  # nothing but JSON lines on stdout
+    assert [rec["frame"] for rec in recs] == [0, 1, 2, 3] and "to stdout" in r.stderr
+
+
 class FakeModel:
     """Stands in for a slow accelerator: the pipeline above it is the real one."""
 

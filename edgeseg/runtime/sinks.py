@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import cv2
 import numpy as np
@@ -49,10 +49,13 @@ def result_record(frame: Frame, result: FrameResult, source: str) -> dict:
 class JsonlSink:
     """One JSON object per line, written and flushed whole, so a killed run leaves valid lines."""
 
-    def __init__(self, path: str | Path, source: str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "w", encoding="utf-8")
+    def __init__(self, path: str | Path | TextIO, source: str):
+        if hasattr(path, "write"):  # an open stream (`--json -`: another program reads the lines)
+            self.path, self.f, self.owned = None, path, False
+        else:
+            self.path = Path(path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f, self.owned = open(self.path, "w", encoding="utf-8"), True
         self.source = source
 
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
@@ -60,7 +63,10 @@ class JsonlSink:
         self.f.flush()
 
     def close(self) -> None:
-        self.f.close()
+        if self.owned:
+            self.f.close()
+        else:
+            self.f.flush()
 
 
 class VideoSink:
