@@ -18,6 +18,8 @@ def _role_arrays(outs: dict, outputs: list[dict], nc: int | None) -> dict[str, n
     """Flatten every output into per-role vectors; class values compared as probabilities."""
     acc: dict[str, list[np.ndarray]] = {}
     for o in outputs:
+        if o["role"] == "labels":  # class ids: no cosine means anything; pixel agreement measures them
+            continue
         x = dequantize(outs[o["name"]], o.get("quant"))
         if o["role"] == "det" and nc:
             d = x[0]

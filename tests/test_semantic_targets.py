@@ -61,3 +61,42 @@ def test_semantic_model_converts_to_int8_and_runs(target, unet, tmp_path):
         frame = cv2.imread(str(sorted(VAL_IMAGES.glob("*.jpg"))[0]))
         res = Model.load(b.path)(frame)
         assert res.label_map.shape == frame.shape[:2] and res.label_map.max() < 4
+
+
+@pytest.fixture(scope="module")
+def unet_labels(unet, tmp_path_factory):
+    """The same network ending in ArgMax: a [1, H, W] class-id output."""
+    import onnx
+
+    m = onnx.load(str(unet))
+    m.graph.node.append(helper.make_node("ArgMax", ["logits"], ["labels"], axis=1, keepdims=0))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("labels", TensorProto.INT64, [1, 32, 32]))
+    path = tmp_path_factory.mktemp("unet_labels") / "unet_labels.onnx"
+    save(m, str(path))
+    return path
+
+
+def test_label_output_converts_to_int8_and_runs(unet_labels, tmp_path):
+    import cv2
+
+    from edgeseg.convert import convert
+    from edgeseg.runtime.model import Model
+
+    b = convert(unet_labels, target="onnxruntime", precision="int8", head="semantic", names="background,a,b,c",
+                calib_images=16, out=tmp_path / "ort", log=lambda m: None)
+    assert b.manifest.head["output"] == "labels" and b.manifest.fidelity["pixel_agreement"] > 0.9
+    frame = cv2.imread(str(sorted(VAL_IMAGES.glob("*.jpg"))[0]))
+    res = Model.load(b.path)(frame)  # class ids pass through: never "dequantized"
+    assert res.label_map.shape == frame.shape[:2] and res.label_map.max() < 4
+
+
+def test_ncnn_refuses_a_layer_its_runtime_lacks(unet_labels, tmp_path):
+    pytest.importorskip("ncnn", reason='the NCNN target needs: pip install "edgeseg[ncnn-host]"')
+    from edgeseg.convert import convert
+    from edgeseg.errors import EdgesegError
+
+    with pytest.raises(EdgesegError, match="no ArgMax layer.*export its logits"):
+        convert(unet_labels, target="ncnn", precision="fp32", head="semantic", names="background,a,b,c",
+                out=tmp_path / "ncnn", log=lambda m: None)
+    assert not (tmp_path / "ncnn").exists()

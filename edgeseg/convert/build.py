@@ -114,6 +114,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         f = bundle.manifest.fidelity
         if "cosine" in f:
             log(f"fidelity on {f['images']} held-back images: cosine per role {f['cosine']}"
+                + (f", pixel agreement {f['pixel_agreement']}" if "pixel_agreement" in f else "")
                 + (f", detections kept {f.get('detections_kept')}, mask IoU {f.get('mean_mask_iou')}" if "matched" in f else ""))
         return bundle
     finally:

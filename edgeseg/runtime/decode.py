@@ -240,7 +240,10 @@ class SemanticDecoder:
         self.input_hw = input_hw
 
     def __call__(self, outs: dict, lb: Letterbox, **_: object) -> FrameResult:
-        y = dequantize(outs[self.out["name"]], self.out.get("quant"))[0]
+        raw = outs[self.out["name"]]
+        # class ids are ids, never quantized values: only a float runtime output needs rounding
+        y = (np.rint(raw) if raw.dtype.kind == "f" else raw)[0] if self.kind == "labels" \
+            else dequantize(raw, self.out.get("quant"))[0]
         oh, ow = y.shape[-2:]
         fy, fx = oh / self.input_hw[0], ow / self.input_hw[1]
         y0, x0 = int(round(lb.pad_y * fy)), int(round(lb.pad_x * fx))

@@ -22,6 +22,20 @@ def _pnnx() -> str:
     return exe
 
 
+def _check_layers(model: Path, param: Path) -> None:
+    """pnnx writes layers that the ncnn runtime may not be built with (ArgMax is off in every
+    ncnn wheel): refuse them here rather than fail later with "could not compute blob"."""
+    import ncnn
+
+    lines = param.read_text().splitlines()[2:]
+    kinds = sorted({ln.split()[0] for ln in lines if ln.strip()})
+    missing = [k for k in kinds if ncnn.create_layer(k) is None]
+    if missing:
+        hint = " (a semantic model: export its logits, edgeseg takes the argmax itself)" if "ArgMax" in missing else ""
+        raise EdgesegError(f"{model}: the ncnn runtime has no {', '.join(missing)} layer, which pnnx wrote for this "
+                           f"model; export the model without it{hint}, or choose another --target")
+
+
 class NcnnToolchain(Toolchain):
     name = "ncnn"
     settable = True
@@ -54,6 +68,7 @@ class NcnnToolchain(Toolchain):
             text = log.read_text(errors="replace")
             log.unlink()
             param, binf = work / "model.ncnn.param", work / "model.ncnn.bin"
+            _check_layers(job.imported.path, param)
             q: dict = {"precision": job.precision}
             if job.precision == "int8":
                 opts = job.settings
