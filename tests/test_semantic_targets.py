@@ -100,3 +100,33 @@ def test_ncnn_refuses_a_layer_its_runtime_lacks(unet_labels, tmp_path):
         convert(unet_labels, target="ncnn", precision="fp32", head="semantic", names="background,a,b,c",
                 out=tmp_path / "ncnn", log=lambda m: None)
     assert not (tmp_path / "ncnn").exists()
+
+
+def test_one_channel_model_thresholds_at_its_own_scale(tmp_path):
+    """A binary model ends in a logit (foreground > 0) or in its own sigmoid (> 0.5): the same
+    network either way gives the same mask, not an all-foreground frame."""
+    import cv2
+
+    from edgeseg.convert import convert
+    from edgeseg.runtime.model import Model
+
+    # foreground where the 3x3 neighbourhood is brighter than mid-gray
+    w = numpy_helper.from_array(np.full((1, 3, 3, 3), 1 / 27, "float32"), "w")
+    b = numpy_helper.from_array(np.array([-0.5], "float32"), "b")
+    frame = cv2.imread(str(sorted(VAL_IMAGES.glob("*.jpg"))[0]))
+    masks = {}
+    for ending in ("logit", "sigmoid"):
+        nodes = [helper.make_node("Conv", ["images", "w", "b"], ["out" if ending == "logit" else "z"],
+                                  pads=[1, 1, 1, 1], strides=[2, 2])]
+        if ending == "sigmoid":
+            nodes.append(helper.make_node("Sigmoid", ["z"], ["out"]))
+        g = helper.make_graph(nodes, "bin", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 32, 32])], [w, b])
+        src = tmp_path / f"{ending}.onnx"
+        save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+        bundle = convert(src, target="onnxruntime", precision="fp32", head="semantic", out=tmp_path / ending,
+                         log=lambda m: None)
+        assert bundle.manifest.head["threshold"] == (0.5 if ending == "sigmoid" else 0.0)
+        masks[ending] = Model.load(bundle.path)(frame).label_map
+    assert 0.05 < masks["logit"].mean() < 0.95  # some of the frame, not all or nothing
+    assert (masks["logit"] != masks["sigmoid"]).mean() < 0.001

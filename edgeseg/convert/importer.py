@@ -245,5 +245,10 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         if nc and nc > 1 and len(names_list) != nc:
             raise EdgesegError(f"{src}: {len(names_list)} class names given but the model outputs {nc} classes; fix --names")
         spec = {"type": "semantic", "output": kind, "num_classes": nc or len(names_list)}
+        if nc == 1:
+            # one channel: foreground where the logit is > 0, or the probability > 0.5 when the
+            # model ends in its own sigmoid
+            last = next((n for n in m.graph.node if out in n.output), None)
+            spec["threshold"] = 0.5 if last is not None and last.op_type == "Sigmoid" else 0.0
         roles = [{"name": out, "role": kind, "shape": odims}]
     return ImportedModel(m, src, digest, fmt, spec, names_list, inp.name, input_hw, roles, meta)
