@@ -120,7 +120,7 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
     if progress:
         from rich.progress import track
         it = track(images, description=f"eval ({len(images)} images)", transient=True)
-    to_model = None if semantic else _class_map(ds.names, model.names, data)
+    to_model = _class_map(ds.names, model.names, data, ids_if_unnamed=not semantic)
     gt: dict = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(model.names)]}
     gt_low: dict = {"images": [], "annotations": [], "categories": gt["categories"]}
     dets: list[dict] = []
@@ -141,15 +141,12 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         outs = model.infer(x)
         res = model.decode(outs, lb)
         if semantic:
-            inter, union = _semantic_acc(res, polys, ds.names, model.names, h, w, inter, union)
+            inter, union = _semantic_acc(res, polys, to_model, model.names, h, w, inter, union, lf)
             continue
         lw, lh = _low_res(w, h, model)
         gt_low["images"].append({"id": img_id, "width": lw, "height": lh})
         for cls, poly in polys:
-            if to_model is not None:
-                cls = to_model[cls] if cls < len(to_model) else -1
-                if cls < 0:
-                    raise EdgesegError(f"{lf}: class id outside the dataset's names; fix the label or the names in {data}")
+            cls = _model_class(cls, to_model, model.names, lf)
             full = rasterize(poly, h, w)
             low = cv2.resize(full, (lw, lh), interpolation=cv2.INTER_LINEAR)
             x1, y1 = poly.min(0)
@@ -208,33 +205,38 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
     return out
 
 
-def _class_map(ds_names: list[str], model_names: list[str], data) -> list[int] | None:
+def _class_map(ds_names: list[str], model_names: list[str], data, ids_if_unnamed: bool = True) -> list[int] | None:
     """Dataset class id -> model class id, by name; None where ids already agree. A dataset whose
-    names the model lacks is refused: scoring ids that mean other classes gives a plausible number."""
+    names the model lacks is refused: scoring ids that mean other classes gives a plausible number.
+    ``ids_if_unnamed``: a model without names (class0, ...) is scored by id (not for semantic
+    models, whose id 0 is the background the dataset does not list)."""
     if not ds_names or list(ds_names) == list(model_names):
         return None
     index = {n: i for i, n in enumerate(model_names)}
     missing = [n for n in ds_names if n not in index]
     if not missing:
         return [index[n] for n in ds_names]
-    if all(n == f"class{i}" for i, n in enumerate(model_names)):  # the model carries no names: ids it is
+    if ids_if_unnamed and all(n == f"class{i}" for i, n in enumerate(model_names)):
         return None
     raise EdgesegError(f"{data}: dataset classes {missing[:5]} are not among the model's classes {list(model_names)}; "
                        "use a dataset named like the model, or convert with --names in the dataset's order")
 
 
-def _semantic_acc(res: FrameResult, polys, ds_names, model_names, h, w, inter, union):
-    """Accumulate per-class intersection/union; dataset classes are matched to the model's by name."""
+def _model_class(cls: int, to_model: list[int] | None, model_names: list[str], label_file: Path) -> int:
+    k = cls if to_model is None else (to_model[cls] if cls < len(to_model) else -1)
+    if not 0 <= k < len(model_names):
+        raise EdgesegError(f"{label_file}: class id {cls} names no class of the model {list(model_names)}; "
+                           "fix the label or the dataset's names")
+    return k
+
+
+def _semantic_acc(res: FrameResult, polys, to_model: list[int] | None, model_names, h, w, inter, union, lf):
+    """Accumulate per-class intersection/union; dataset ids mapped to the model's by ``_class_map``."""
     n = len(model_names)
-    index = {name: i for i, name in enumerate(model_names)}
-    gt = np.zeros((h, w), dtype=np.uint8)
-    bg = index.get("background", 0)
-    gt[:] = bg
+    gt = np.full((h, w), model_names.index("background") if "background" in model_names else 0, dtype=np.uint8)
     for cls, poly in polys:
-        name = ds_names[cls] if cls < len(ds_names) else str(cls)
-        if name not in index:
-            raise EdgesegError(f"dataset class '{name}' is not among the model's classes {model_names}; pass --names")
-        cv2.fillPoly(gt, [np.round(poly).astype(np.int32)], int(index[name]))
+        k = _model_class(cls, to_model, model_names, lf)
+        cv2.fillPoly(gt, [np.round(poly).astype(np.int32)], int(k))
     pred = res.label_map
     inter = np.zeros(n) if inter is None else inter
     union = np.zeros(n) if union is None else union
