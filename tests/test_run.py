@@ -123,6 +123,23 @@ def test_file_source_drops_nothing():
     assert st.dropped == 0 and model.seen == list(range(40))
 
 
+@pytest.mark.parametrize("slow", ["infer", "decode"])
+def test_file_source_keeps_its_last_frames_when_a_stage_is_slow(slow):
+    """The end-of-source marker waits behind the last frames, however slow the next stage is (it
+    used to push a queued frame out after 0.1 s: under load a folder lost a frame at the end)."""
+    class File(FastLiveSource):
+        live = False
+
+    class SlowDecode(FakeModel):
+        def decode(self, outs, lb):
+            time.sleep(0.15)
+            return super().decode(outs, lb)
+
+    model = FakeModel(infer_s=0.15) if slow == "infer" else SlowDecode(infer_s=0.0)
+    st = run_pipeline(model, File(5, 0.0), [], annotate=False, queue_size=1)
+    assert st.frames == 5 and st.dropped == 0 and model.seen == list(range(5))
+
+
 def test_stop_event_ends_a_live_run_cleanly():
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()

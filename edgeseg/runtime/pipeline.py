@@ -93,7 +93,7 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             errors.append(e)
         finally:
-            _put_end(q_in)
+            _put_end(q_in, stop)
 
     def infer() -> None:
         try:
@@ -119,7 +119,7 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
         finally:
-            _put_end(q_out)
+            _put_end(q_out, stop)
 
     threads = [threading.Thread(target=capture, name="edgeseg-capture", daemon=True),
                threading.Thread(target=infer, name="edgeseg-infer", daemon=True)]
@@ -167,16 +167,19 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
     return stats
 
 
-def _put_end(q: queue.Queue) -> None:
+def _put_end(q: queue.Queue, stop: threading.Event) -> None:
+    """Queue the end marker behind every frame; only once the run is stopping (the consumer may
+    be gone) does it make room by discarding what is queued."""
     while True:
         try:
             q.put(_END, timeout=0.1)
             return
         except queue.Full:
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
+            if stop.is_set():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    pass
 
 
 def _drain(q: queue.Queue) -> None:
