@@ -7,8 +7,16 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(bundle: str, **backend_options: object):
-    """Load a bundle for inference: ``edgeseg.load("bundle")(frame)`` returns a FrameResult."""
-    from .runtime.model import Model
+def load(bundle: str, *, conf: float = 0.25, iou: float = 0.7, classes: list[int | str] | None = None,
+         max_det: int = 300, **backend_options: object):
+    """Load a bundle for inference: ``edgeseg.load("bundle")(frame)`` returns a FrameResult.
 
-    return Model.load(bundle, **backend_options)
+    ``conf``, ``iou`` and ``max_det`` are Ultralytics' defaults; ``classes`` keeps only these ids or
+    names; ``backend_options`` go to the runtime (e.g. ``threads=2``, OpenVINO ``device="GPU"``).
+    """
+    from .runtime.model import Model, Thresholds
+
+    model = Model.load(bundle, **backend_options)
+    model.thresholds = Thresholds(conf=conf, iou=iou, classes=model.class_ids(classes) if classes else None,
+                                  max_det=max_det)
+    return model

@@ -63,16 +63,7 @@ def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Option
 
     opts = {"threads": threads} if threads is not None else {}
     model = Model.load(bundle or _default_bundle(), **opts)
-    ids = None
-    if classes:
-        ids = []
-        for c in (part.strip() for item in classes for part in item.split(",") if part.strip()):
-            if c.isdigit():
-                ids.append(int(c))
-            elif c in model.names:
-                ids.append(model.names.index(c))
-            else:
-                raise EdgesegError(f"--classes: '{c}' is not a class of this bundle; choose from {', '.join(model.names)}")
+    ids = model.class_ids(classes) if classes else None
     model.thresholds = Thresholds(conf=conf, iou=iou, classes=ids)
     return model
 
@@ -232,7 +223,8 @@ def eval_cmd(
     typer.echo("  ".join(f"{k} {r[k]}" for k in keys if k in r) + f"  ({r['images']} images)")
     if "fidelity" in r:
         f = r["fidelity"]
-        typer.echo(f"fidelity vs {f['reference']}: detections kept {f['detections_kept']}, mean mask IoU {f['mean_mask_iou']}")
+        typer.echo(f"fidelity vs {f['reference']}: " + (f"pixel agreement {f['pixel_agreement']}" if "pixel_agreement" in f
+                   else f"detections kept {f['detections_kept']}, mean mask IoU {f['mean_mask_iou']}"))
 
 
 @app.command()

@@ -71,6 +71,26 @@ def test_json_lines_to_stdout_for_another_program(fp32_bundle):
     assert [rec["frame"] for rec in recs] == [0, 1, 2, 3] and "to stdout" in r.stderr
 
 
+def test_python_api_as_the_readme_shows(fp32_bundle):
+    import edgeseg
+    from edgeseg.errors import EdgesegError
+
+    frame = cv2.imread(str(sorted(VAL_IMAGES.iterdir())[3]))
+    everything = edgeseg.load(str(fp32_bundle.path))(frame)
+    model = edgeseg.load(str(fp32_bundle.path), conf=0.6, classes=["circle", "1"])
+    result = model(frame)
+    kept = [i for i in everything.instances if i.score >= 0.6 and i.class_id in (0, 1)]
+    assert len(result.instances) == len(kept) > 0  # thresholds and class filter reach the decoder
+    assert {i.class_name for i in result.instances} <= {"circle", "rectangle"}
+    for inst in result.instances:
+        m = inst.full_mask(result.height, result.width)
+        assert m.shape == frame.shape[:2] and m.sum() == inst.mask.sum() > 0
+    streamed = [res for _, res in model.stream(str(VAL_IMAGES))]
+    assert len(streamed) == len(list(VAL_IMAGES.iterdir()))
+    with pytest.raises(EdgesegError, match="'dog' is not a class of .*choose from circle"):
+        edgeseg.load(str(fp32_bundle.path), classes=["dog"])
+
+
 class FakeModel:
     """Stands in for a slow accelerator: the pipeline above it is the real one."""
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import Bundle
+from ..errors import EdgesegError
 from .backends import Backend, open_backend
 from .decode import FrameResult, make_decoder
 from .preprocess import Letterbox, preprocess
@@ -60,6 +61,21 @@ class Model:
     def load(cls, path: str | Path, thresholds: Thresholds | None = None, **backend_options: Any) -> Model:
         bundle = Bundle.load(path)
         return cls(bundle, open_backend(bundle, **backend_options), thresholds)
+
+    def class_ids(self, classes: Iterable[int | str]) -> list[int]:
+        """Class ids from ids or names (a name may also be a comma-separated list, as typed on a
+        command line)."""
+        ids = []
+        for item in classes:
+            for c in ([item] if isinstance(item, int) else [s.strip() for s in str(item).split(",") if s.strip()]):
+                if isinstance(c, int) or c.isdigit():
+                    ids.append(int(c))
+                elif c in self.names:
+                    ids.append(self.names.index(c))
+                else:
+                    raise EdgesegError(f"classes: '{c}' is not a class of {self.bundle.path}; "
+                                       f"choose from {', '.join(self.names)}")
+        return ids
 
     def preprocess(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         return preprocess(frame_bgr, self.input_hw, self.layout, self.dtype)
