@@ -120,7 +120,7 @@ def run(
     camera: Optional[str] = typer.Option(None, "--camera", help="Camera index (0, 1, ...) or 'pi' for picamera2."),
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Video file, image folder or glob, or rtsp:// / http:// URL."),
     show: bool = typer.Option(False, "--show", help="Show a window with the results."),
-    save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi) or a folder of images."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi), a folder of images, or an image file for a one-image source."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE; - for stdout."),
     conf: float = typer.Option(0.25, "--conf", help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold."),
@@ -159,7 +159,8 @@ def run(
     sinks = []
     try:
         if save:
-            sinks.append(make_save_sink(save, getattr(src, "fps", 30.0)))
+            files = getattr(src, "files", None)
+            sinks.append(make_save_sink(save, getattr(src, "fps", 30.0), len(files) if files is not None else None))
         if json_out:
             sinks.append(JsonlSink(json_target, src.name))
         if show:

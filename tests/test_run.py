@@ -64,6 +64,17 @@ def test_run_image_folder_to_image_folder_with_class_filter(fp32_bundle, tmp_pat
     assert [rec["source"] for rec in recs] == [str(p) for p in sorted(VAL_IMAGES.glob("0000*.jpg"))[:5]]
 
 
+def test_one_image_saved_as_one_picture(fp32_bundle, tmp_path):
+    img = sorted(VAL_IMAGES.iterdir())[3]
+    r = cli("run", str(fp32_bundle.path), "--source", str(img), "--save", str(tmp_path / "out" / "seen.png"))
+    assert r.returncode == 0, r.stderr
+    pic = cv2.imread(str(tmp_path / "out" / "seen.png"))
+    assert pic.shape == cv2.imread(str(img)).shape and (pic != cv2.imread(str(img))).any()  # masks drawn
+    r = cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES), "--save", str(tmp_path / "many.jpg"))
+    assert r.returncode == 2 and "many.jpg: one picture is saved only from a single image" in r.stderr
+    assert not (tmp_path / "many.jpg").exists()
+
+
 def test_json_lines_to_stdout_for_another_program(fp32_bundle):
     r = cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES / "0000*.jpg"), "--json", "-", "--max-frames", "4")
     assert r.returncode == 0, r.stderr

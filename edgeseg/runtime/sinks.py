@@ -9,6 +9,7 @@ from typing import Protocol, TextIO
 import cv2
 import numpy as np
 
+from ..data import IMAGE_SUFFIXES
 from ..errors import EdgesegError
 from .decode import FrameResult
 from .sources import VIDEO_SUFFIXES, Frame
@@ -132,11 +133,33 @@ class WindowSink:
             pass
 
 
-def make_save_sink(path: str | Path, fps: float) -> Sink:
+class ImageFileSink:
+    """One annotated picture, for a source that is one image."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
+        if not cv2.imwrite(str(self.path), annotated):
+            raise EdgesegError(f"{self.path}: OpenCV cannot write this image format; use .jpg or .png")
+
+    def close(self) -> None:
+        pass
+
+
+def make_save_sink(path: str | Path, fps: float, frames: int | None = None) -> Sink:
+    """``frames``: how many frames the source holds when known (1 for a single image)."""
     p = Path(path)
     if p.suffix.lower() in VIDEO_SUFFIXES:
         return VideoSink(p, fps)
+    if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir():
+        if frames != 1:
+            raise EdgesegError(f"{p}: one picture is saved only from a single image; this source has "
+                               f"{frames or 'many'} frames: --save a folder or a video (.mp4)")
+        return ImageFileSink(p)
     if p.suffix and not p.is_dir():
-        raise EdgesegError(f"{p}: --save takes a video path (.mp4, .avi) or a folder for annotated images")
+        raise EdgesegError(f"{p}: --save takes a video path (.mp4, .avi), a folder for annotated images, "
+                           "or an image path when the source is one image")
     return ImageFolderSink(p)
 
