@@ -239,7 +239,7 @@ class SemanticDecoder:
         self.threshold = float(head.get("threshold", 0.0))
         self.input_hw = input_hw
 
-    def __call__(self, outs: dict, lb: Letterbox, **_: object) -> FrameResult:
+    def __call__(self, outs: dict, lb: Letterbox, classes: list[int] | None = None, **_: object) -> FrameResult:
         raw = outs[self.out["name"]]
         # class ids are ids, never quantized values: only a float runtime output needs rounding
         y = (np.rint(raw) if raw.dtype.kind == "f" else raw)[0] if self.kind == "labels" \
@@ -259,6 +259,10 @@ class SemanticDecoder:
             if up.ndim == 2:
                 up = up[:, :, None]
             full = (up[:, :, 0] > self.threshold).astype(np.uint8) if up.shape[2] == 1 else up.argmax(2).astype(np.uint8)
+        if classes is not None:  # the classes not asked for become background (0), as in the drawing
+            keep = np.zeros(256, dtype=bool)
+            keep[[c for c in classes if 0 <= c < 256]] = True
+            full[~keep[full]] = 0
         return FrameResult(lb.src_w, lb.src_h, label_map=full, names=self.names)
 
 

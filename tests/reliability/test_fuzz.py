@@ -68,6 +68,9 @@ def test_semantic_decoder_fills_the_frame(h, w, c, seed):
     y = rng.normal(0, 1, (1, c, 8, 8)).astype(np.float32)
     res = dec({"y": y}, letterbox_params(h, w, 32, 32))
     assert res.label_map.shape == (h, w) and res.label_map.max() < max(c, 2)
+    # --classes: the others become background, the kept ones stay where they were
+    kept = dec({"y": y}, letterbox_params(h, w, 32, 32), classes=[1])
+    assert np.array_equal(kept.label_map, np.where(res.label_map == 1, 1, 0))
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
