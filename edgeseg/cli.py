@@ -78,8 +78,8 @@ def convert(
     fp32: bool = typer.Option(False, "--fp32"),
     precision: Optional[str] = typer.Option(None, "--precision", help="Any precision the target offers, e.g. int8w (MNN weight-only)."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images or an Ultralytics dataset .yaml."),
-    calib_images: Optional[int] = typer.Option(None, "--calib-images", help="How many calibration images to sample."),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input size, for models with a dynamic input."),
+    calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="How many calibration images to sample."),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", min=32, help="Input size, for models with a dynamic input."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default bundles/<model>_<target>_<precision>)."),
     head: Optional[str] = typer.Option(None, "--head", help="yolo-seg or semantic (default: detected)."),
     names: Optional[str] = typer.Option(None, "--names", help="Class names: a,b,c or a .txt file."),
@@ -122,14 +122,14 @@ def run(
     show: bool = typer.Option(False, "--show", help="Show a window with the results."),
     save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi), a folder of images, or an image file for a one-image source."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE; - for stdout."),
-    conf: float = typer.Option(0.25, "--conf", help="Confidence threshold."),
-    iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold."),
+    conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Confidence threshold."),
+    iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many frames."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
     width: Optional[int] = typer.Option(None, "--width", help="Camera capture width."),
     height: Optional[int] = typer.Option(None, "--height", help="Camera capture height."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Camera frame rate."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Runtime threads (default: the runtime's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's)."),
 ) -> None:
     """Stream frames through a bundle: camera, video, images or RTSP; show, save or write JSON."""
     from .runtime.pipeline import run_pipeline
@@ -203,9 +203,9 @@ def eval_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as a flat JSON object."),
     against: Optional[Path] = typer.Option(None, "--against", help="FP32 bundle to measure fidelity against."),
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for a visual report (side-by-side, per-class AP)."),
-    conf: float = typer.Option(0.001, "--conf", help="Confidence threshold (0.001 as Ultralytics' val)."),
-    iou: float = typer.Option(0.7, "--iou"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
+    conf: float = typer.Option(0.001, "--conf", min=0.0, max=1.0, help="Confidence threshold (0.001 as Ultralytics' val)."),
+    iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
 ) -> None:
     """Accuracy on a labeled dataset (mask/box mAP, or mIoU) and fidelity to the FP32 source."""
     from .defaults import DEFAULT_DATA
@@ -233,9 +233,9 @@ def eval_cmd(
 def bench(
     bundle: Optional[Path] = typer.Argument(None, help="Bundle folder; default: the reference INT8 bundle."),
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Images or video to time on (default: bundled scenes)."),
-    frames: int = typer.Option(100, "--frames", help="Timed frames after warm-up."),
+    frames: int = typer.Option(100, "--frames", min=1, help="Timed frames after warm-up."),
     json_out: Optional[Path] = typer.Option(None, "--json"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
 ) -> None:
     """Per-stage latency (median, p90) one frame at a time, pipelined FPS and peak memory."""
     from .defaults import DEFAULT_SCENES

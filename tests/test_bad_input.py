@@ -112,3 +112,12 @@ def test_bad_input(name, tmp_path, fp32_bundle):
     assert "Traceback" not in r.stderr
     out = tmp_path / "out"
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+@pytest.mark.parametrize("args", [["run", "--source", ".", "--conf", "25"], ["run", "--source", ".", "--max-frames", "0"],
+                                  ["eval", "--iou", "1.5"], ["convert", "--imgsz", "0"], ["bench", "--frames", "0"]])
+def test_out_of_range_values_are_refused_before_anything_runs(args, tmp_path):
+    """--conf 25 (meaning 25 %) used to run and find nothing; --max-frames 0 ran forever."""
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 2 and f"Invalid value for '{args[-2]}'" in r.stderr, r.stderr
+    assert not any(tmp_path.iterdir())
