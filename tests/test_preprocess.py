@@ -37,3 +37,29 @@ def test_input_layouts_and_rgb_order():
     assert x[0, 2].max() == 1.0 and x[0, 0].max() == 0.0  # blue lands in the last (B of RGB) channel
     u, _ = preprocess(frame, (10, 10), layout="nhwc", dtype="uint8")
     assert u.shape == (1, 10, 10, 3) and u.dtype == np.uint8 and u[0, 0, 0, 2] == 255
+
+
+def test_files_handed_to_vendor_tools_hold_the_runtime_input(tmp_path):
+    """Toolchains in other processes read calibration from files: .npy arrays and letterboxed PNGs
+    must be exactly what the runtime's preprocessing gives, in every layout and dtype asked for."""
+    import cv2
+    from conftest import VAL_IMAGES
+
+    from edgeseg.convert.calibration import CalibrationSet, save_inputs
+    from edgeseg.runtime.replay import input_digest
+    from edgeseg.runtime.sources import read_image
+
+    cal = CalibrationSet.from_path(VAL_IMAGES, n=9, holdout=2)
+    hw = (256, 320)
+    for layout, dtype in (("nchw", "float32"), ("nhwc", "uint8"), ("nchw", "uint8")):
+        listing = cal.save_arrays(tmp_path / f"{layout}{dtype}", hw, layout, dtype)
+        files = listing.read_text().split()
+        assert len(files) == 9
+        for f, x in zip(files, cal.arrays(hw, layout, dtype, progress=False)):
+            assert np.array_equal(np.load(f), x) and np.load(f).dtype == x.dtype
+    pngs = cal.save_images(tmp_path / "png", hw)
+    for f, p in zip(pngs, cal.images):
+        assert np.array_equal(cv2.imread(str(f)), letterbox(read_image(p), hw)[0])
+    sims = save_inputs(cal.holdout, tmp_path / "sim", hw, "nhwc", "uint8", "sim")
+    assert [d for _, d in sims] == [input_digest(preprocess(read_image(p), hw, "nhwc", "uint8")[0])
+                                    for p in cal.holdout]

@@ -6,15 +6,17 @@ Kept apart from every quantizer (as onnxruntime separates its CalibrationDataRea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..data import list_images, load_dataset
 from ..errors import EdgesegError
-from ..runtime.preprocess import preprocess
+from ..runtime.preprocess import letterbox, preprocess
+from ..runtime.replay import input_digest
 from ..runtime.sources import read_image
 
 MIN_IMAGES = 8
@@ -62,6 +64,25 @@ class CalibrationSet:
             x, _ = preprocess(read_image(p), input_hw, layout, dtype)
             yield x
 
+    def save_arrays(self, folder: Path, input_hw: tuple[int, int], layout: str = "nchw",
+                    dtype: str = "float32") -> Path:
+        """Calibration inputs as .npy files for a toolchain in another process; returns the list file."""
+        files = [f for f, _ in save_inputs(self.images, folder, input_hw, layout, dtype, "cal")]
+        listing = folder / "calibration.txt"
+        listing.write_text("\n".join(str(f) for f in files) + "\n")
+        return listing
+
+    def save_images(self, folder: Path, input_hw: tuple[int, int]) -> list[Path]:
+        """Letterboxed calibration images as PNG, for vendor tools that read and normalise images
+        themselves: lossless, so they see exactly the pixels the runtime feeds."""
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, p in enumerate(self.images):
+            img, _ = letterbox(read_image(p), input_hw)
+            files.append(folder / f"{i:05d}.png")
+            cv2.imwrite(str(files[-1]), img)
+        return files
+
     def check_readable(self) -> None:
         for p in self.images + self.holdout:
             read_image(p)
@@ -70,3 +91,17 @@ class CalibrationSet:
         return {"source": self.source, "available": self.available, "used": len(self.images),
                 "holdout": len(self.holdout), "sampling": f"seeded permutation (seed {SEED})",
                 "preprocess": "edgeseg.runtime.preprocess.preprocess (letterbox 114, RGB, /255)"}
+
+
+def save_inputs(paths: Sequence[Path], folder: Path, input_hw: tuple[int, int], layout: str = "nchw",
+                dtype: str = "float32", tag: str = "in") -> list[tuple[Path, str]]:
+    """Preprocess each image as the runtime does and save it as .npy; returns (file, input digest),
+    the digest keying outputs a simulator records for that exact input."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, p in enumerate(paths):
+        x, _ = preprocess(read_image(p), input_hw, layout, dtype)
+        f = folder / f"{tag}{i:05d}.npy"
+        np.save(f, x)
+        out.append((f, input_digest(x)))
+    return out

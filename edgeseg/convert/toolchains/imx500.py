@@ -23,7 +23,8 @@ import numpy as np
 
 from ...bundle import sha256_file
 from ...errors import EdgesegError
-from ...runtime.replay import Replay, input_digest, record
+from ...runtime.replay import Replay, record
+from ..calibration import save_inputs
 from ..envs import EnvSpec, run_worker
 from . import Availability, ConvertJob, ConvertResult, Toolchain
 
@@ -103,8 +104,6 @@ class Imx500Toolchain(Toolchain):
     def convert(self, job: ConvertJob) -> ConvertResult:
         import onnx
 
-        from ...runtime.preprocess import preprocess
-        from ...runtime.sources import read_image
         from ..split import merge_scales
 
         prof, opts = job.profile, job.settings
@@ -136,25 +135,14 @@ class Imx500Toolchain(Toolchain):
                 + ("" if not persist else ", or --option input_persistency=false"))
 
         work, log = job.scratch("imx500"), job.log_path("imx500")
-        (work / "in").mkdir()
         # outlives this call: the bundle's fidelity check compares against it (same output names)
         merged = job.fp32_path.with_name("fp32_imx500.onnx")
         onnx.save(model, str(merged))
 
-        def dump(paths: list[Path], tag: str) -> list[tuple[Path, str]]:
-            out = []
-            for i, p in enumerate(paths):
-                x, _ = preprocess(read_image(p), (h, w), "nchw", "float32")  # the runtime's own preprocessing
-                f = work / "in" / f"{tag}{i:05d}.npy"
-                np.save(f, x)
-                out.append((f, input_digest(x)))
-            return out
-
         try:
             assert job.calib is not None, "the IMX500 target is INT8 only"
-            ds = work / "dataset.txt"
-            ds.write_text("\n".join(str(f) for f, _ in dump(job.calib.images, "cal")) + "\n")
-            sims = dump(list(job.options.get("simulate_images") or []), "sim")
+            ds = job.calib.save_arrays(work / "in", (h, w), "nchw", "float32")
+            sims = save_inputs(list(job.options.get("simulate_images") or []), work / "in", (h, w), "nchw", "float32", "sim")
             spec = {"onnx": str(merged), "dataset": str(ds), "work": str(work),
                     "quantized_onnx": str(work / QUANTIZED_ONNX), "converter_out": str(work / "converter"),
                     "output_names": [o["name"] for o in outputs], "tpc_version": str(opts.get("tpc_version", "4.0")),

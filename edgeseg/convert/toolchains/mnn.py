@@ -18,8 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-
 from ...errors import EdgesegError
 from ..envs import run_json
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
@@ -115,16 +113,11 @@ class MnnToolchain(Toolchain):
         return {"quantized_convolutions": n8, "convolutions": n}
 
     def _quantize(self, job: ConvertJob, fp32: Path, out: Path, work: Path, log: Path) -> dict:
-        from ...runtime.preprocess import letterbox
-        from ...runtime.sources import read_image
 
         assert job.calib is not None
         h, w = job.imported.input_hw
         imgdir = work / "calib"
-        imgdir.mkdir()
-        for i, p in enumerate(job.calib.images):
-            img, _ = letterbox(read_image(p), (h, w))
-            cv2.imwrite(str(imgdir / f"{i:05d}.png"), img)  # lossless: MNN reads the same pixels
+        job.calib.save_images(imgdir, (h, w))
         q = job.settings
         method, wmethod = str(q.get("feature_method", "EMA")), str(q.get("weight_method", "MAX_ABS"))
         cfg = {"format": "RGB", "mean": [0.0, 0.0, 0.0], "normal": [1 / 255.0] * 3, "width": w, "height": h,

@@ -94,20 +94,9 @@ class NcnnToolchain(Toolchain):
 
     def _int8_ncnn_tools(self, job: ConvertJob, param: Path, binf: Path, work: Path, tools: list[str]) -> dict:
         """ncnn's own ncnn2table + ncnn2int8, fed edgeseg-letterboxed images (so their resize is a no-op)."""
-        import cv2
-
-        from ...runtime.preprocess import letterbox
-        from ...runtime.sources import read_image
-
         assert job.calib is not None
         h, w = job.imported.input_hw
-        imgs = work / "calib"
-        imgs.mkdir()
-        files = []
-        for i, p in enumerate(job.calib.images):
-            img, _ = letterbox(read_image(p), (h, w))
-            files.append(imgs / f"{i:05d}.png")
-            cv2.imwrite(str(files[-1]), img)  # lossless: the tool reads exactly these pixels
+        files = job.calib.save_images(work / "calib", (h, w))
         (work / "images.txt").write_text("\n".join(str(f) for f in files) + "\n")
         method = str(job.settings.get("activation_method", "auto"))
         if method in ("auto", "max"):  # ncnn2table's methods are kl, aciq and eq: its default for ours

@@ -18,7 +18,8 @@ import numpy as np
 
 from ...bundle import sha256_file as _sha256
 from ...errors import EdgesegError
-from ...runtime.replay import Replay, input_digest, record
+from ...runtime.replay import Replay, record
+from ..calibration import save_inputs
 from ..envs import EnvSpec, run_worker
 from . import Availability, ConvertJob, ConvertResult, Toolchain
 
@@ -59,9 +60,6 @@ class RknnToolchain(Toolchain):
                             install=f"created automatically in {ENV.path}")
 
     def convert(self, job: ConvertJob) -> ConvertResult:
-        from ...runtime.preprocess import preprocess
-        from ...runtime.sources import read_image
-
         prof = job.profile
         platform = job.options.get("platform") or prof.platform
         platforms = prof.as_dict().get("platforms") or {}
@@ -71,19 +69,7 @@ class RknnToolchain(Toolchain):
             raise EdgesegError(f"{platform} has no FP16 NPU path; convert with --int8")
         ENV.create(log=job.options.get("log", print))
         work, log = job.scratch("rknn"), job.log_path("rknn")
-        (work / "in").mkdir()
         hw = job.imported.input_hw
-
-        def dump(paths: list[Path], tag: str) -> list[tuple[Path, str]]:
-            # what the board is fed (uint8 RGB NHWC); the digest keys the recorded simulator outputs
-            out = []
-            for i, p in enumerate(paths):
-                x, _ = preprocess(read_image(p), hw, "nhwc", "uint8")
-                f = work / "in" / f"{tag}{i:05d}.npy"
-                # calibration .npy files follow the ONNX layout (NCHW); simulator inputs are NHWC
-                np.save(f, x.transpose(0, 3, 1, 2) if tag == "cal" else x)
-                out.append((f, input_digest(x)))
-            return out
 
         try:
             opts = job.settings
@@ -95,11 +81,11 @@ class RknnToolchain(Toolchain):
                 spec["hybrid"] = float_tail_pairs(job.fp32_path)
             if job.precision == "int8":
                 assert job.calib is not None
-                ds = work / "dataset.txt"
-                ds.write_text("\n".join(str(f) for f, _ in dump(job.calib.images, "cal")) + "\n")
-                spec["dataset"] = str(ds)
-            sim_paths = list(job.options.get("simulate_images") or [])
-            sims = dump(sim_paths, "sim")
+                # the toolkit's calibration .npy files follow the ONNX layout (NCHW) ...
+                spec["dataset"] = str(job.calib.save_arrays(work / "in", hw, "nchw", "uint8"))
+            # ... its simulator is fed what the board is fed (uint8 RGB NHWC); the digest keys the
+            # recorded outputs
+            sims = save_inputs(list(job.options.get("simulate_images") or []), work / "in", hw, "nhwc", "uint8", "sim")
             spec["simulate"] = [{"input": str(f), "output": str(work / f"out_{d}.npz")} for f, d in sims]
             res = run_worker(ENV, Path(__file__).parent.parent / "workers" / "rknn_worker.py", spec, work, log)
             text = log.read_text(errors="replace") if log.is_file() else ""

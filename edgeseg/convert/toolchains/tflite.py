@@ -52,9 +52,6 @@ class TfliteToolchain(Toolchain):
                                      "sudo apt install libedgetpu1-std)"}
 
     def convert(self, job: ConvertJob) -> ConvertResult:
-        from ...runtime.preprocess import preprocess
-        from ...runtime.sources import read_image
-
         ENV.create(log=job.options.get("log", print))
         work, log = job.scratch("tflite"), job.log_path("tflite")
         hw = job.imported.input_hw
@@ -63,14 +60,7 @@ class TfliteToolchain(Toolchain):
                     "work": str(work), "io": job.profile.quantization.get("io", "int8")}
             if job.precision == "int8":
                 assert job.calib is not None
-                files = []
-                for i, p in enumerate(job.calib.images):
-                    x, _ = preprocess(read_image(p), hw, "nhwc", "float32")
-                    f = work / f"cal{i:05d}.npy"
-                    np.save(f, x)
-                    files.append(str(f))
-                (work / "dataset.txt").write_text("\n".join(files) + "\n")
-                spec["dataset"] = str(work / "dataset.txt")
+                spec["dataset"] = str(job.calib.save_arrays(work, hw, "nhwc", "float32"))
             res = run_worker(ENV, Path(__file__).parent.parent / "workers" / "tflite_worker.py", spec, work, log)
             text = log.read_text(errors="replace") if log.is_file() else ""
             log.unlink(missing_ok=True)
