@@ -126,7 +126,7 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
     dets: list[dict] = []
     dets_low: list[dict] = []
     inter = union = None
-    fid = {"ref": 0, "test": 0, "matched": 0, "ious": []}
+    fid: dict[str, Any] = {"ref": 0, "test": 0, "matched": 0, "ious": [], "pixels": 0, "agree": 0}
     samples = []
     missing_labels = 0
     for img_id, p in enumerate(it):
@@ -142,6 +142,13 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         res = model.decode(outs, lb)
         if semantic:
             inter, union = _semantic_acc(res, polys, to_model, model.names, h, w, inter, union, lf)
+            if against is not None:
+                xr, lbr = against.preprocess(frame)
+                ref = against.decode(against.infer(xr), lbr)
+                fid["pixels"] += h * w
+                fid["agree"] += int((ref.label_map == res.label_map).sum())
+                if report is not None and len(samples) < 4:
+                    samples.append((p.name, frame, ref, res))
             continue
         lw, lh = _low_res(w, h, model)
         gt_low["images"].append({"id": img_id, "width": lw, "height": lh})
@@ -163,8 +170,8 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         if against is not None:
             from .fidelity import mask_iou, match_instances
             # fidelity at the deployment thresholds, not at mAP's conf=0.001
-            xr, _ = against.preprocess(frame)
-            ref = against.decoder(against.infer(xr), lb, conf=FIDELITY_CONF, iou=FIDELITY_IOU)
+            xr, lbr = against.preprocess(frame)  # the reference may take another input size
+            ref = against.decoder(against.infer(xr), lbr, conf=FIDELITY_CONF, iou=FIDELITY_IOU)
             dep = model.decoder(outs, lb, conf=FIDELITY_CONF, iou=FIDELITY_IOU)
             pairs = match_instances(ref, dep)
             fid["ref"] += len(ref.instances)
@@ -194,7 +201,10 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
                           "(full_res: at source resolution); labels rasterised as Ultralytics trains on them")
         names = [c["name"] for c in gt["categories"]]
         out["mask_ap_per_class"] = {names[i]: round(float(v), 4) for i, v in enumerate(mpc) if not np.isnan(v)}
-    if against is not None and not semantic:
+    if against is not None and semantic:
+        out["fidelity"] = {"reference": str(against.bundle.path),
+                           "pixel_agreement": round(fid["agree"] / max(fid["pixels"], 1), 5)}
+    elif against is not None:
         out["fidelity"] = {"reference": str(against.bundle.path), "conf": FIDELITY_CONF, "detections_reference": fid["ref"],
                            "detections": fid["test"], "matched": fid["matched"],
                            "detections_kept": round(fid["matched"] / fid["ref"], 4) if fid["ref"] else 1.0,

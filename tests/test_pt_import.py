@@ -75,6 +75,14 @@ def test_dynamic_onnx_export_converts_at_any_imgsz(tmp_path, fp32_model):
         assert r.returncode == 0, r.stderr[-2000:]
         assert Model.load(tmp_path / f"b{size}").input_hw == (size, size)
     _same_instances(fp32_model, tmp_path / "b320")
+    # eval --against a reference of another input size: each bundle undoes its own letterbox
+    from conftest import DATA_YAML
+
+    from edgeseg.eval import evaluate
+
+    f = evaluate(Model.load(tmp_path / "b256"), DATA_YAML, against=Model.load(tmp_path / "b320"), limit=20,
+                 progress=False)["fidelity"]
+    assert f["detections_kept"] > 0.8 and f["mean_mask_iou"] > 0.85, f
 
 
 def test_ultralytics_torchscript_export_converts(tmp_path, fp32_model):

@@ -38,6 +38,16 @@ def test_semantic_int8_by_miou(trained, tmp_path):
     assert a["miou"] > 0.3, a  # the model learned the shapes (it is small and trained for ~100 s)
     assert abs(a["miou"] - b["miou"]) <= 0.02, (a, b)
     assert set(a["iou_per_class"]) >= {"background", "circle"}
+    # the FP32 bundle as reference: agreement of the label maps, pictures side by side
+    r = cli("eval", str(int8), "--data", str(trained["data"]), "--against", str(fp32), "--report",
+            str(tmp_path / "rep"), "--json", str(tmp_path / "m.json"), "--limit", "10")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["fidelity_reference"].endswith("fp32") and 0.98 < m["fidelity_pixel_agreement"] <= 1.0, m
+    assert f"pixel agreement {m['fidelity_pixel_agreement']}" in r.stdout
+    assert len(list((tmp_path / "rep").glob("side_by_side_*.jpg"))) == 4
 
 
 def test_torchscript_import_matches_onnx(trained, tmp_path):
