@@ -24,6 +24,23 @@ def _tiny_onnx(path: Path, out_shape, in_shape=(1, 3, 32, 32), op="Identity", na
     return path
 
 
+def _external_weights_onnx(folder: Path, location: str) -> Path:
+    """A model whose weights live in a separate file (as large exports save them), at ``location``."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w = numpy_helper.from_array(np.ones((1, 3, 32, 32), np.float32), "w")
+    set_external_data(w, location)
+    w.ClearField("raw_data")
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])
+    g = helper.make_graph([helper.make_node("Add", ["images", "w"], ["out"])], "g", [inp], [out], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(folder / "m.onnx"))
+    return folder / "m.onnx"
+
+
 def _calib(folder: Path, n: int, bad: bool = False) -> Path:
     import cv2
 
@@ -49,6 +66,13 @@ def case(tmp: Path, name: str):
         data = MODEL.read_bytes()
         (tmp / "half.onnx").write_bytes(data[: len(data) // 2])
         return ["convert", str(tmp / "half.onnx"), "--out", str(out)], "ONNX"
+    if name == "external weights missing":
+        m = _external_weights_onnx(tmp / "ext", "m.onnx.data")
+        return ["convert", str(m), "--out", str(out), "--fp32"], "its weights are in m.onnx.data, which is not next to it"
+    if name == "external weights outside the folder":
+        (tmp / "secret.bin").write_bytes(np.ones(3 * 32 * 32, np.float32).tobytes())
+        m = _external_weights_onnx(tmp / "ext", "../secret.bin")
+        return ["convert", str(m), "--out", str(out), "--fp32"], "points outside the model's folder"
     if name == "folder instead of model":
         return ["convert", str(tmp), "--out", str(out)], "is a folder"
     if name == "unknown head":
@@ -94,7 +118,8 @@ def _bundle_dir():
     return _BUNDLE[0]
 
 
-CASES = ["missing file", "empty file", "not a model", "truncated model", "folder instead of model", "unknown head",
+CASES = ["missing file", "empty file", "not a model", "truncated model", "external weights missing",
+         "external weights outside the folder", "folder instead of model", "unknown head",
          "wrong input shape", "dynamic input", "export with NMS inside", "class-name count mismatch", "empty calibration folder",
          "too few calibration images", "image that does not decode", "unknown target", "precision the target lacks",
          "not a bundle", "no camera", "missing source"]

@@ -84,3 +84,23 @@ def test_fp16_bundle_runs_and_agrees(tmp_path, fp32_model):
     a, c = fp32_model(frame), m(frame)
     assert [i.class_id for i in a.instances] == [i.class_id for i in c.instances]
     np.testing.assert_allclose([i.box for i in a.instances], [i.box for i in c.instances], atol=1.0)
+
+
+def test_model_with_weights_in_a_separate_file(tmp_path, fp32_model):
+    """Large exports keep weights beside the graph (model.onnx + model.onnx.data): same bundle."""
+    from conftest import VAL_IMAGES
+
+    from edgeseg.convert import convert
+    from edgeseg.runtime.model import Model
+    from edgeseg.runtime.sources import read_image
+
+    src = tmp_path / "export"
+    src.mkdir()
+    onnx.save(onnx.load(str(MODEL)), str(src / "model.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+    assert (src / "model.onnx").stat().st_size < MODEL.stat().st_size / 10  # the weights really moved
+    b = convert(src / "model.onnx", precision="fp32", out=tmp_path / "b", log=lambda m: None, fidelity=False)
+    frame = read_image(VAL_IMAGES / "00001.jpg")
+    a, c = fp32_model(frame), Model.load(b.path)(frame)
+    assert [i.class_id for i in a.instances] == [i.class_id for i in c.instances] and a.instances
+    np.testing.assert_allclose([i.box for i in a.instances], [i.box for i in c.instances], atol=1e-3)

@@ -62,11 +62,30 @@ def parse_names(text: str | None, where: str) -> list[str] | None:
 def _load_onnx(path: Path) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise EdgesegError(f"{path}: file is empty; export the model again")
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
     try:
-        m = onnx.load(str(path))
+        m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises several unrelated types for a corrupt file
         raise EdgesegError(f"{path}: not a readable ONNX model ({type(e).__name__}); "
                            "pass an .onnx, Ultralytics .pt or TorchScript file") from None
+    # weights saved beside the graph (large exports): name the missing file, never read outside the folder
+    folder = path.parent.resolve()
+    for t in m.graph.initializer:
+        if uses_external_data(t):
+            loc = ExternalDataInfo(t).location
+            f = (folder / loc).resolve()
+            if not f.is_relative_to(folder):
+                raise EdgesegError(f"{path}: tensor {t.name} points outside the model's folder ({loc}); "
+                                   "refusing to read it; export the model again")
+            if not f.is_file():
+                raise EdgesegError(f"{path}: its weights are in {loc}, which is not next to it; "
+                                   f"copy {loc} into {folder}")
+    try:
+        load_external_data_for_model(m, str(folder))
+    except Exception as e:
+        raise EdgesegError(f"{path}: its external weight data cannot be read ({type(e).__name__}: {e}); "
+                           "export the model again") from None
     if not m.graph.node or not m.graph.input:
         raise EdgesegError(f"{path}: ONNX file has no graph (truncated or not a model); export the model again")
     # Vendor tools embed older ONNX readers that refuse a newer IR number even when the graph
