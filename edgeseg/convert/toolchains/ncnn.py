@@ -155,7 +155,7 @@ class NcnnToolchain(Toolchain):
         (work / f"{chosen}.bin").replace(work / "int8.bin")
         net.clear()
         return {"scheme": "ncnn int8 convolutions (edgeseg's table + writer, ncnn formats)",
-                "activation_method": chosen + (" (auto: its int8 outputs follow FP32 best on 8 calibration images; "
+                "activation_method": chosen + (" (auto: its int8 outputs follow FP32 best on 8 held-back images; "
                                                f"worst per-output mean cosine by method: {agreement})"
                                                if agreement else ""),
                 "weights": "int8 per output channel, 127/max|w|",
@@ -174,7 +174,9 @@ class NcnnToolchain(Toolchain):
         net = _float_net(param, binf)
         outs = [f"out{i}" for i in range(len(job.outputs))]
         cos: dict[str, list[float]] = {o: [] for o in outs}
-        for x in itertools.islice(job.calib.arrays(job.imported.input_hw, progress=False), images):
+        # the held-back images when there are any: the pick is then not scored on what it was calibrated on
+        which = "holdout" if job.calib.holdout else "images"
+        for x in itertools.islice(job.calib.arrays(job.imported.input_hw, which=which, progress=False), images):
             got = []
             for n in (fp32_net, net):
                 ex = n.create_extractor()
