@@ -91,6 +91,9 @@ def case(tmp: Path, name: str):
         return ["convert", str(tmp / "nms.onnx"), "--out", str(out), "--fp32"], "NMS inside the model"
     if name == "class-name count mismatch":
         return ["convert", str(MODEL), "--names", "a,b,c", "--out", str(out), "--fp32"], "fix --names"
+    if name == "names file missing":
+        return ["convert", str(MODEL), "--fp32", "--names", "classes.txt", "--out", str(out)], \
+            "classes.txt: no such names file"
     if name == "empty calibration folder":
         (tmp / "empty").mkdir()
         return ["convert", "--calib", str(tmp / "empty"), "--out", str(out)], "found 0 images"
@@ -119,10 +122,10 @@ def _bundle_dir():
 
 
 CASES = ["missing file", "empty file", "not a model", "truncated model", "external weights missing",
-         "external weights outside the folder", "folder instead of model", "unknown head",
-         "wrong input shape", "dynamic input", "export with NMS inside", "class-name count mismatch", "empty calibration folder",
-         "too few calibration images", "image that does not decode", "unknown target", "precision the target lacks",
-         "not a bundle", "no camera", "missing source"]
+         "external weights outside the folder", "folder instead of model", "unknown head", "wrong input shape",
+         "dynamic input", "export with NMS inside", "class-name count mismatch", "names file missing",
+         "empty calibration folder", "too few calibration images", "image that does not decode", "unknown target",
+         "precision the target lacks", "not a bundle", "no camera", "missing source"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -46,7 +46,9 @@ def parse_names(text: str | None, where: str) -> list[str] | None:
         return None
     text = text.strip()
     p = Path(text)
-    if len(text) < 4096 and p.suffix in (".txt", ".names") and p.is_file():
+    if len(text) < 4096 and p.suffix in (".txt", ".names") and "," not in text:
+        if not p.is_file():
+            raise EdgesegError(f"{p}: no such names file; pass --names a,b,c or a text file with one name per line")
         return [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if text.startswith("{") or text.startswith("["):
         try:
