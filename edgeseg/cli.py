@@ -77,7 +77,7 @@ def convert(
     fp16: bool = typer.Option(False, "--fp16"),
     fp32: bool = typer.Option(False, "--fp32"),
     precision: Optional[str] = typer.Option(None, "--precision", help="Any precision the target offers, e.g. int8w (MNN weight-only)."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images or an Ultralytics dataset .yaml."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images, a video of the deployment scenes, or an Ultralytics dataset .yaml."),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="How many calibration images to sample."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", min=32, help="Input size, for models with a dynamic input."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default bundles/<model>_<target>_<precision>)."),

@@ -99,6 +99,15 @@ def case(tmp: Path, name: str):
         return ["convert", "--calib", str(tmp / "empty"), "--out", str(out)], "found 0 images"
     if name == "too few calibration images":
         return ["convert", "--calib", str(_calib(tmp / "few", 3)), "--out", str(out)], "at least 8"
+    if name == "calibration video too short":
+        import cv2
+
+        w = cv2.VideoWriter(str(tmp / "short.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+        for i in range(3):
+            w.write(np.full((48, 64, 3), 40 * i, np.uint8))
+        w.release()
+        return ["convert", str(MODEL), "--calib", str(tmp / "short.mp4"), "--out", str(out)], \
+            "the video has 3 frames, INT8 calibration needs at least 8"
     if name == "image that does not decode":
         return ["convert", "--calib", str(_calib(tmp / "bad", 10, bad=True)), "--out", str(out)], "cannot decode"
     if name == "unknown target":
@@ -124,8 +133,9 @@ def _bundle_dir():
 CASES = ["missing file", "empty file", "not a model", "truncated model", "external weights missing",
          "external weights outside the folder", "folder instead of model", "unknown head", "wrong input shape",
          "dynamic input", "export with NMS inside", "class-name count mismatch", "names file missing",
-         "empty calibration folder", "too few calibration images", "image that does not decode", "unknown target",
-         "precision the target lacks", "not a bundle", "no camera", "missing source"]
+         "empty calibration folder", "too few calibration images", "calibration video too short",
+         "image that does not decode", "unknown target", "precision the target lacks", "not a bundle", "no camera",
+         "missing source"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -104,3 +104,29 @@ def test_model_with_weights_in_a_separate_file(tmp_path, fp32_model):
     a, c = fp32_model(frame), Model.load(b.path)(frame)
     assert [i.class_id for i in a.instances] == [i.class_id for i in c.instances] and a.instances
     np.testing.assert_allclose([i.box for i in a.instances], [i.box for i in c.instances], atol=1e-3)
+
+
+def test_calibration_from_a_recording(tmp_path):
+    """--calib video.mp4: evenly spaced frames of a deployment recording, through the same sampling."""
+    import cv2
+    from conftest import ASSETS
+
+    from edgeseg.convert import convert
+    from edgeseg.convert.calibration import CalibrationSet
+
+    video = tmp_path / "recording.mp4"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (480, 320))
+    for f in sorted((ASSETS / "shapes" / "calib" / "images").iterdir())[:40]:
+        w.write(cv2.resize(cv2.imread(str(f)), (480, 320)))
+    w.release()
+    cal = CalibrationSet.from_path(video, n=16, holdout=4)
+    assert (len(cal.images), len(cal.holdout), cal.available) == (16, 4, 20)
+    frames = sorted(int(p.stem.rsplit("_", 1)[1]) for p in cal.images + cal.holdout)
+    assert frames[0] == 0 and frames[-1] == 39  # spread over the whole recording
+    folder = cal.images[0].parent
+    del cal
+    assert not folder.exists()  # the extracted frames go with the set
+    b = convert(MODEL, precision="int8", calib=video, calib_images=32, out=tmp_path / "b", log=lambda m: None)
+    c = b.manifest.quantization["calibration"]
+    assert c["source"] == str(video) and c["used"] == 32 and c["holdout"] == 8
+    assert b.manifest.fidelity["detections_kept"] > 0.9

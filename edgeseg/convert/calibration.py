@@ -6,6 +6,9 @@ Kept apart from every quantizer (as onnxruntime separates its CalibrationDataRea
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ from ..data import list_images, load_dataset
 from ..errors import EdgesegError
 from ..runtime.preprocess import letterbox, preprocess
 from ..runtime.replay import input_digest
-from ..runtime.sources import read_image
+from ..runtime.sources import VIDEO_SUFFIXES, read_image
 
 MIN_IMAGES = 8
 DEFAULT_IMAGES = 64
@@ -38,11 +41,24 @@ class CalibrationSet:
     def from_path(cls, path: str | Path, n: int = DEFAULT_IMAGES, holdout: int = DEFAULT_HOLDOUT,
                   min_images: int = MIN_IMAGES) -> CalibrationSet:
         p = Path(path)
+        frames_dir = None
         if p.suffix.lower() in (".yaml", ".yml"):
             files = load_dataset(p, split="train").images
+        elif p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():
+            # a recording of the deployment scenes: evenly spaced frames, gone when the set is
+            frames_dir = Path(tempfile.mkdtemp(prefix="edgeseg-calib-"))
+            try:
+                files = video_frames(p, n + holdout, frames_dir)
+            except BaseException:
+                shutil.rmtree(frames_dir, ignore_errors=True)
+                raise
         else:
             files = list_images(p)
         if len(files) < min_images:
+            if frames_dir is not None:
+                shutil.rmtree(frames_dir, ignore_errors=True)
+                raise EdgesegError(f"{p}: the video has {len(files)} frames, INT8 calibration needs at least "
+                                   f"{min_images}; pass a longer recording or a folder of images")
             raise EdgesegError(f"{p}: found {len(files)} images, INT8 calibration needs at least {min_images} "
                                f"({DEFAULT_IMAGES} recommended); add images of the deployment scenes or convert with --fp32")
         rng = np.random.default_rng(SEED)
@@ -50,7 +66,10 @@ class CalibrationSet:
         n_cal = min(n, len(files) - min(holdout, max(len(files) - min_images, 0)))
         cal = sorted(files[i] for i in order[:n_cal])
         held = sorted(files[i] for i in order[n_cal:n_cal + holdout])
-        return cls(str(p), cal, held, len(files))
+        cset = cls(str(p), cal, held, len(files))
+        if frames_dir is not None:
+            weakref.finalize(cset, shutil.rmtree, frames_dir, True)
+        return cset
 
     def arrays(self, input_hw: tuple[int, int], layout: str = "nchw", dtype: str = "float32",
                which: str = "images", progress: bool = True) -> Iterator[np.ndarray]:
@@ -105,3 +124,32 @@ def save_inputs(paths: Sequence[Path], folder: Path, input_hw: tuple[int, int], 
         np.save(f, x)
         out.append((f, input_digest(x)))
     return out
+
+
+def video_frames(video: Path, count: int, folder: Path) -> list[Path]:
+    """``count`` frames spread evenly over ``video``, written to ``folder`` as lossless PNG."""
+    cap = cv2.VideoCapture(str(video))
+    try:
+        if not cap.isOpened():
+            raise EdgesegError(f"{video}: OpenCV cannot open this video; re-encode it as H.264 MP4 or pass a "
+                               "folder of images")
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if total <= 0:  # some containers do not say: count by reading
+            while cap.grab():
+                total += 1
+            cap.release()
+            cap = cv2.VideoCapture(str(video))
+        keep = set(np.linspace(0, max(total - 1, 0), min(count, total)).round().astype(int).tolist())
+        out: list[Path] = []
+        i = 0
+        while len(out) < len(keep):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i in keep:
+                out.append(folder / f"{video.stem}_{i:07d}.png")
+                cv2.imwrite(str(out[-1]), frame)
+            i += 1
+        return out
+    finally:
+        cap.release()
