@@ -58,11 +58,16 @@ def _default_bundle() -> Path:
 
 
 def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Optional[list[str]] = None,
-                threads: Optional[int] = None):
+                threads: Optional[int] = None, runtime_options: Optional[list[str]] = None):
+    from .bundle import Bundle
+    from .runtime.backends import open_backend, parse_options
     from .runtime.model import Model, Thresholds
 
-    opts = {"threads": threads} if threads is not None else {}
-    model = Model.load(bundle or _default_bundle(), **opts)
+    b = Bundle.load(bundle or _default_bundle())
+    opts = parse_options(b, runtime_options or [])
+    if threads is not None:
+        opts["threads"] = threads
+    model = Model(b, open_backend(b, **opts))
     ids = model.class_ids(classes) if classes else None
     model.thresholds = Thresholds(conf=conf, iou=iou, classes=ids)
     return model
@@ -130,6 +135,7 @@ def run(
     height: Optional[int] = typer.Option(None, "--height", help="Camera capture height."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Camera frame rate."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's)."),
+    runtime_option: Optional[list[str]] = typer.Option(None, "--runtime-option", "-r", help="KEY=VALUE for the bundle's runtime, repeatable: openvino device=GPU, rknn core_mask=all, ncnn fp16=true (a wrong key lists the keys)."),
 ) -> None:
     """Stream frames through a bundle: camera, video, images or RTSP; show, save or write JSON."""
     from .runtime.pipeline import run_pipeline
@@ -145,7 +151,7 @@ def run(
         sys.stdout.flush()
         json_target = os.fdopen(os.dup(1), "w", encoding="utf-8")
         os.dup2(2, 1)
-    model = _load_model(bundle, conf, iou, classes, threads)
+    model = _load_model(bundle, conf, iou, classes, threads, runtime_option)
     spec = camera if camera is not None else source
     if camera is not None and camera != "pi" and not camera.isdigit():
         raise EdgesegError(f"--camera {camera}: expected a camera index (0, 1, ...) or 'pi'")
@@ -206,12 +212,13 @@ def eval_cmd(
     conf: float = typer.Option(0.001, "--conf", min=0.0, max=1.0, help="Confidence threshold (0.001 as Ultralytics' val)."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
+    runtime_option: Optional[list[str]] = typer.Option(None, "--runtime-option", "-r", help="KEY=VALUE for the bundle's runtime, repeatable: openvino device=GPU, rknn core_mask=all, ncnn fp16=true (a wrong key lists the keys)."),
 ) -> None:
     """Accuracy on a labeled dataset (mask/box mAP, or mIoU) and fidelity to the FP32 source."""
     from .defaults import DEFAULT_DATA
     from .eval import evaluate
 
-    model = _load_model(bundle, conf, iou)
+    model = _load_model(bundle, conf, iou, runtime_options=runtime_option)
     ref = _load_model(against, conf, iou) if against else None
     r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=sys.stderr.isatty())
     flat = {k: v for k, v in r.items() if not isinstance(v, dict)}
@@ -236,12 +243,13 @@ def bench(
     frames: int = typer.Option(100, "--frames", min=1, help="Timed frames after warm-up."),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    runtime_option: Optional[list[str]] = typer.Option(None, "--runtime-option", "-r", help="KEY=VALUE for the bundle's runtime, repeatable: openvino device=GPU, rknn core_mask=all, ncnn fp16=true (a wrong key lists the keys)."),
 ) -> None:
     """Per-stage latency (median, p90) one frame at a time, pipelined FPS and peak memory."""
     from .defaults import DEFAULT_SCENES
     from .runtime.bench import bench as do_bench
 
-    model = _load_model(bundle, 0.25, 0.7, None, threads)
+    model = _load_model(bundle, 0.25, 0.7, None, threads, runtime_option)
     r = do_bench(model, source or str(DEFAULT_SCENES), frames=frames)
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))

@@ -102,6 +102,25 @@ def test_python_api_as_the_readme_shows(fp32_bundle):
         edgeseg.load(str(fp32_bundle.path), classes=["dog"])
 
 
+def test_runtime_options_are_typed_and_checked(fp32_bundle):
+    import edgeseg
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.backends import parse_options
+
+    assert parse_options(fp32_bundle, ["threads=2", "spin=yes", "providers=CPUExecutionProvider"]) == \
+        {"threads": 2, "spin": True, "providers": ["CPUExecutionProvider"]}
+    with pytest.raises(EdgesegError, match="KEY one of: threads=int"):
+        parse_options(fp32_bundle, ["thread=2"])
+    with pytest.raises(EdgesegError, match="spin takes a bool"):
+        parse_options(fp32_bundle, ["spin=maybe"])
+    with pytest.raises(EdgesegError, match="has no option devcie; its options: threads"):
+        edgeseg.load(str(fp32_bundle.path), devcie="GPU")  # a typo is not silently ignored
+    r = cli("bench", str(fp32_bundle.path), "--frames", "3", "-r", "threads=1", "-r", "spin=false")
+    assert r.returncode == 0, r.stderr
+    r = cli("bench", str(fp32_bundle.path), "--frames", "3", "-r", "device=GPU")
+    assert r.returncode == 2 and "the onnxruntime runtime takes KEY=VALUE" in r.stderr
+
+
 class FakeModel:
     """Stands in for a slow accelerator: the pipeline above it is the real one."""
 

@@ -59,3 +59,16 @@ def test_openvino_and_nncf_fall_back_to_their_telemetry_stubs():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "openvino.tools.ovc.telemetry_stub", "False", "[]"]
+
+
+def test_device_is_chosen_on_the_command_line(ov_bundles):
+    """--runtime-option device=...: AUTO runs here; a device this machine lacks is one line."""
+    import openvino as ov
+    from conftest import VAL_IMAGES, cli
+
+    b = str(ov_bundles["int8"].path)
+    r = cli("run", b, "--source", str(VAL_IMAGES), "--max-frames", "3", "-r", "device=AUTO", "-r", "threads=1")
+    assert r.returncode == 0 and "3 frames" in r.stdout, r.stderr
+    absent = next(d for d in ("NPU", "GPU", "CPU") if d not in ov.Core().available_devices)
+    r = cli("run", b, "--source", str(VAL_IMAGES), "--max-frames", "3", "-r", f"device={absent}")
+    assert r.returncode == 2 and f"OpenVINO finds no {absent} device here" in r.stderr, r.stderr

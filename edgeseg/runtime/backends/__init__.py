@@ -47,17 +47,57 @@ class Backend(ABC):
         """Release device resources (NPU contexts, camera-side networks)."""
 
 
-def open_backend(bundle: Bundle, **options: Any) -> Backend:
+def _module(bundle: Bundle) -> Any:
     name = bundle.manifest.runtime
     if name not in REGISTRY:
         raise EdgesegError(f"{bundle.path}: runtime '{name}' is not supported by this edgeseg; "
                            f"known: {', '.join(sorted(REGISTRY))}")
     module, _, package, install = REGISTRY[name]
     try:
-        mod = importlib.import_module(f"{__name__}.{module}")
+        return importlib.import_module(f"{__name__}.{module}")
     except ImportError as e:
         raise ToolchainMissing(f"{bundle.path}: needs the {package} runtime ({e.name} is not installed); "
                                f"install it with: {install}") from None
+
+
+def describe_options(options: dict[str, tuple[type, str]]) -> str:
+    return "; ".join(f"{k}={t.__name__} ({h})" for k, (t, h) in options.items())
+
+
+def parse_options(bundle: Bundle, pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings from a command line, typed by the bundle's runtime's ``OPTIONS``."""
+    allowed = getattr(_module(bundle), "OPTIONS", {})
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in allowed:
+            raise EdgesegError(f"--runtime-option {pair}: the {bundle.manifest.runtime} runtime takes KEY=VALUE with "
+                               + (f"KEY one of: {describe_options(allowed)}" if allowed else "no keys at all"))
+        kind = allowed[key][0]
+        value = value.strip()
+        try:
+            if kind is bool:
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("1", "true", "yes", "on")
+            elif kind is list:
+                out[key] = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                out[key] = kind(value)
+        except ValueError:
+            raise EdgesegError(f"--runtime-option {pair}: {key} takes a {kind.__name__}") from None
+    return out
+
+
+def open_backend(bundle: Bundle, **options: Any) -> Backend:
+    name = bundle.manifest.runtime
+    mod = _module(bundle)
+    allowed = getattr(mod, "OPTIONS", {})
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise EdgesegError(f"{bundle.path}: the {name} runtime has no option {', '.join(unknown)}; "
+                           + (f"its options: {describe_options(allowed)}" if allowed else "it takes none"))
     from ..loadcheck import PROBE_FILE, open_checked
 
     if (bundle.path / PROBE_FILE).is_file():  # a runtime whose loads can differ (see loadcheck.py)

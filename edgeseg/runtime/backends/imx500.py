@@ -28,6 +28,9 @@ from ..preprocess import Letterbox
 from ..sources import Frame, Source
 from . import Backend, ReplayBackend, has_recorded_outputs
 
+# the network runs in the sensor: camera size and frame rate are options of `run --camera` instead
+OPTIONS: dict = {}
+
 PACKAGE_TOOL = "imx500-package"
 INSTALL = "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS; venv with --system-site-packages)"
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from . import Backend
 
+OPTIONS = {"threads": (int, "CPU threads"), "edgetpu": (bool, "use the Edge TPU delegate when the bundle holds a compiled model")}
+
 try:
     from ai_edge_litert.interpreter import Interpreter, load_delegate
 except ImportError:  # the older runtime package

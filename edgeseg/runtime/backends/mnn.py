@@ -9,6 +9,8 @@ import numpy as np
 from ...quiet import native_stdout_silenced
 from . import Backend
 
+OPTIONS = {"threads": (int, "CPU threads"), "precision": (str, "normal, high or low (fp16 where the CPU has it)")}
+
 with native_stdout_silenced():  # MNN prints a CPU-feature banner when it loads
     import MNN.expr as F
     from MNN import nn

@@ -9,6 +9,10 @@ import numpy as np
 
 from . import Backend
 
+OPTIONS = {"threads": (int, "CPU threads"), "fp16": (bool, "fp16 storage and arithmetic (ARMv8.2)"),
+           "int8": (bool, "int8 inference for int8 layers"), "lightmode": (bool, "free blobs early"),
+           "packing": (bool, "packed layouts")}
+
 
 class NcnnBackend(Backend):
     name = "ncnn"

@@ -9,6 +9,10 @@ import onnxruntime as ort
 
 from . import Backend
 
+OPTIONS = {"threads": (int, "intra-op threads"),
+           "providers": (list, "execution providers, comma-separated (default CPUExecutionProvider)"),
+           "spin": (bool, "spinning worker threads: faster single frames, slower pipelined runs")}
+
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"

@@ -7,7 +7,11 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from ...errors import EdgesegError
 from . import Backend
+
+OPTIONS = {"device": (str, "CPU, GPU, NPU or AUTO"), "threads": (int, "CPU inference threads"),
+           "inference_precision": (str, "CPU arithmetic: f32, f16 or bf16")}
 
 
 class OpenVinoBackend(Backend):
@@ -25,8 +29,18 @@ class OpenVinoBackend(Backend):
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
+        plain = device.split(".")[0]  # GPU.1 names the second GPU
+        if ":" not in device and plain not in ("AUTO", "MULTI", "HETERO", "BATCH") and plain not in \
+                {d.split(".")[0] for d in core.available_devices}:
+            raise EdgesegError(f"{bundle.path}: OpenVINO finds no {device} device here (available: "
+                               f"{', '.join(core.available_devices)}); pick one with --runtime-option device=...")
         model = core.read_model(str(bundle.file(bundle.manifest.model_files[0])))
-        self.compiled = core.compile_model(model, device, config)
+        try:
+            self.compiled = core.compile_model(model, device, config)
+        except RuntimeError as e:  # a driver or plugin missing for that device
+            detail = next((ln for ln in reversed(str(e).splitlines()) if ln.strip()), "")
+            raise EdgesegError(f"{bundle.path}: OpenVINO cannot compile for {device} ({detail[:200]}); "
+                               "try --runtime-option device=CPU") from None
         self.request = self.compiled.create_infer_request()
         self.names = [o.get_any_name() for o in self.compiled.outputs]
 

@@ -17,6 +17,7 @@ from . import Backend, ReplayBackend, has_recorded_outputs
 
 CORE_MASKS = {"auto": "NPU_CORE_AUTO", "0": "NPU_CORE_0", "1": "NPU_CORE_1", "2": "NPU_CORE_2",
               "all": "NPU_CORE_0_1_2", "0_1": "NPU_CORE_0_1"}
+OPTIONS = {"core_mask": (str, "NPU cores: " + ", ".join(CORE_MASKS))}
 
 
 class RknnLiteBackend(Backend):
