@@ -288,3 +288,61 @@ def test_streams_get_ffmpeg_read_timeouts(monkeypatch):
     p = seen["params"]
     assert seen["api"] == cv2.CAP_FFMPEG
     assert p[p.index(cv2.CAP_PROP_READ_TIMEOUT_MSEC) + 1] == 5000 and p[p.index(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC) + 1] == 5000
+
+
+class Picamera2StandIn:
+    """The part of picamera2 that ``--camera pi`` uses, at the hardware boundary (no Pi camera here):
+    it hands out the reference scenes as libcamera's "RGB888" arrays (BGR bytes, plus a pad channel
+    as XRGB8888 would add)."""
+
+    cameras = 1
+    instances: list = []
+
+    def __init__(self):
+        if not Picamera2StandIn.cameras:
+            raise IndexError("list index out of range")  # what picamera2 raises with no camera attached
+        self.scenes = [cv2.imread(str(f)) for f in sorted(VAL_IMAGES.iterdir())[:6]]
+        self.k, self.started, self.config = 0, False, None
+        Picamera2StandIn.instances.append(self)
+
+    def create_video_configuration(self, main, controls):
+        return {"main": main, "controls": controls}
+
+    def configure(self, cfg):
+        self.config = cfg
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.started = False
+
+    def capture_array(self, name):
+        assert self.started and name == "main"
+        img = self.scenes[self.k % len(self.scenes)]
+        self.k += 1
+        return np.dstack([img, np.zeros(img.shape[:2], np.uint8)])
+
+
+def test_pi_camera_through_picamera2(fp32_model, monkeypatch):
+    import sys
+    import types
+
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.sources import open_source
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=Picamera2StandIn))
+    src = open_source("pi", 640, 480, 15)
+    seen = []
+    st = run_pipeline(fp32_model, src, [], annotate=False, max_frames=4,
+                      on_frame=lambda s, fr, res: seen.append((fr.image.copy(), res)))
+    cam = Picamera2StandIn.instances[-1]
+    assert cam.config == {"main": {"size": (640, 480), "format": "RGB888"}, "controls": {"FrameRate": 15}}
+    assert st.frames == 4 and not cam.started  # stopped when the run ends
+    for img, res in seen:  # the model saw the scenes in BGR, pad channel gone (a live source may skip some)
+        assert any(np.array_equal(img, scene) for scene in cam.scenes)
+        assert [i.class_id for i in res.instances] == [i.class_id for i in fp32_model(img).instances]
+    assert any(res.instances for _, res in seen)
+    monkeypatch.setattr(Picamera2StandIn, "cameras", 0)
+    with pytest.raises(EdgesegError, match="no Raspberry Pi camera found"):
+        open_source("pi")

@@ -228,7 +228,11 @@ class PiCamera(Source):
             raise EdgesegError("--camera pi needs picamera2: sudo apt install python3-picamera2 "
                                "(and create the venv with --system-site-packages)") from None
         self.name = "picamera2"
-        self.cam = Picamera2()
+        try:
+            self.cam = Picamera2()
+        except Exception as e:  # noqa: BLE001 - no camera: IndexError or RuntimeError, by picamera2 version
+            raise EdgesegError(f"--camera pi: no Raspberry Pi camera found ({type(e).__name__}: {e}); check the "
+                               "ribbon cable and `rpicam-hello --list-cameras`, or use a USB camera: --camera 0") from None
         # "RGB888" in libcamera is BGR byte order in memory, which is what OpenCV expects.
         cfg = self.cam.create_video_configuration(main={"size": (width or 1280, height or 720), "format": "RGB888"},
                                                   controls={"FrameRate": fps or 30})
