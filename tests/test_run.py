@@ -317,8 +317,16 @@ class Picamera2StandIn:
     def stop(self):
         self.started = False
 
+    def close(self):
+        pass
+
+    fail_at: int | None = None  # the capture that raises, as libcamera does when the camera is lost
+
     def capture_array(self, name):
         assert self.started and name == "main"
+        if self.k == Picamera2StandIn.fail_at:
+            Picamera2StandIn.fail_at = None
+            raise RuntimeError("Camera frontend has timed out!")
         img = self.scenes[self.k % len(self.scenes)]
         self.k += 1
         return np.dstack([img, np.zeros(img.shape[:2], np.uint8)])
@@ -346,3 +354,18 @@ def test_pi_camera_through_picamera2(fp32_model, monkeypatch):
     monkeypatch.setattr(Picamera2StandIn, "cameras", 0)
     with pytest.raises(EdgesegError, match="no Raspberry Pi camera found"):
         open_source("pi")
+
+
+def test_pi_camera_that_fails_mid_run_is_restarted(fp32_model, monkeypatch):
+    import sys
+    import types
+
+    from edgeseg.runtime.sources import PiCamera
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=Picamera2StandIn))
+    monkeypatch.setattr(Picamera2StandIn, "fail_at", 2)
+    events: list[str] = []
+    src = PiCamera(backoff=0.01, on_event=events.append)
+    st = run_pipeline(fp32_model, src, [], annotate=False, max_frames=5)
+    assert st.frames == 5 and src.reconnects == 1
+    assert "capture failed (RuntimeError: Camera frontend has timed out!)" in events[0] and events[-1].endswith("restarted")

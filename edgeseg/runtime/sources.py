@@ -217,38 +217,80 @@ class LiveCapture(Source):
 
 
 class PiCamera(Source):
-    """The Raspberry Pi camera through picamera2 (libcamera), delivering BGR frames."""
+    """The Raspberry Pi camera through picamera2 (libcamera), delivering BGR frames; restarted with
+    back-off when a capture fails (a libcamera frontend timeout, a loose ribbon cable)."""
 
     live = True
 
-    def __init__(self, width: int | None = None, height: int | None = None, fps: float | None = None):
+    def __init__(self, width: int | None = None, height: int | None = None, fps: float | None = None,
+                 retries: int = 10, backoff: float = 0.5, on_event: Callable[[str], None] | None = None):
         try:
             from picamera2 import Picamera2
         except ImportError:
             raise EdgesegError("--camera pi needs picamera2: sudo apt install python3-picamera2 "
                                "(and create the venv with --system-site-packages)") from None
         self.name = "picamera2"
+        self.size, self.fps = (width or 1280, height or 720), fps or 30.0
+        self.retries, self.backoff = retries, backoff
+        self.on_event = on_event or (lambda msg: log.warning("%s", msg))
+        self._factory = Picamera2
+        self._closed = False
+        self.reconnects = 0
         try:
-            self.cam = Picamera2()
+            self.cam = self._start()
         except Exception as e:  # noqa: BLE001 - no camera: IndexError or RuntimeError, by picamera2 version
             raise EdgesegError(f"--camera pi: no Raspberry Pi camera found ({type(e).__name__}: {e}); check the "
                                "ribbon cable and `rpicam-hello --list-cameras`, or use a USB camera: --camera 0") from None
+
+    def _start(self) -> Any:
+        cam = self._factory()
         # "RGB888" in libcamera is BGR byte order in memory, which is what OpenCV expects.
-        cfg = self.cam.create_video_configuration(main={"size": (width or 1280, height or 720), "format": "RGB888"},
-                                                  controls={"FrameRate": fps or 30})
-        self.cam.configure(cfg)
-        self.cam.start()
-        self.fps = fps or 30.0
+        cam.configure(cam.create_video_configuration(main={"size": self.size, "format": "RGB888"},
+                                                     controls={"FrameRate": self.fps}))
+        cam.start()
+        return cam
+
+    def _restart(self, why: str) -> bool:
+        delay = self.backoff
+        for attempt in range(1, self.retries + 1):
+            if self._closed:
+                return False
+            self.on_event(f"{self.name}: {why}; restarting the camera (attempt {attempt}/{self.retries}) in {delay:.1f} s")
+            time.sleep(delay)
+            try:
+                self.cam.stop()
+                self.cam.close()
+            except Exception:  # noqa: BLE001 - a dead camera may fail to stop as well
+                pass
+            try:
+                self.cam = self._start()
+            except Exception:  # noqa: BLE001
+                delay = min(delay * 2, 10.0)
+                continue
+            self.reconnects += 1
+            self.on_event(f"{self.name}: restarted")
+            return True
+        self.on_event(f"{self.name}: gave up after {self.retries} attempts")
+        return False
 
     def __iter__(self) -> Iterator[Frame]:
         i = 0
-        while True:
-            img = self.cam.capture_array("main")
+        while not self._closed:
+            try:
+                img = self.cam.capture_array("main")
+            except Exception as e:  # noqa: BLE001 - libcamera reports a lost camera in several ways
+                if not self._restart(f"capture failed ({type(e).__name__}: {e})"):
+                    return
+                continue
             yield Frame(i, np.ascontiguousarray(img[:, :, :3]), time.time(), self.name)
             i += 1
 
     def close(self) -> None:
-        self.cam.stop()
+        self._closed = True
+        try:
+            self.cam.stop()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def on_raspberry_pi() -> bool:
@@ -265,7 +307,7 @@ def open_source(spec: int | str, width: int | None = None, height: int | None = 
     if isinstance(spec, str) and spec.isdigit():
         spec = int(spec)
     if spec == "pi" or (isinstance(spec, int) and spec == 0 and kw.pop("prefer_pi", False) and on_raspberry_pi()):
-        return PiCamera(width, height, fps)
+        return PiCamera(width, height, fps, **{k: v for k, v in kw.items() if k == "on_event"})
     if isinstance(spec, int):
         return LiveCapture(spec, width, height, fps, **kw)
     s = str(spec)
