@@ -120,6 +120,24 @@ class VideoFile(Source):
         self.cap.release()
 
 
+def retry_with_backoff(src: Any, why: str, doing: str, done: str, reopen: Callable[[], bool]) -> bool:
+    """The one reconnect policy of live sources: report, wait ``src.backoff`` doubling to 10 s,
+    ``reopen()``; at most ``src.retries`` times, and never once the source is closed."""
+    delay = src.backoff
+    for attempt in range(1, src.retries + 1):
+        if src._closed:
+            return False
+        src.on_event(f"{src.name}: {why}; {doing} (attempt {attempt}/{src.retries}) in {delay:.1f} s")
+        time.sleep(delay)
+        if reopen():
+            src.reconnects += 1
+            src.on_event(f"{src.name}: {done}")
+            return True
+        delay = min(delay * 2, 10.0)
+    src.on_event(f"{src.name}: gave up after {src.retries} attempts")
+    return False
+
+
 class LiveCapture(Source):
     """An OpenCV camera or network stream, reopened with exponential back-off when it drops."""
 
@@ -179,22 +197,15 @@ class LiveCapture(Source):
         return cap
 
     def _reconnect(self, why: str = "no frames") -> bool:
-        delay = self.backoff
-        for attempt in range(1, self.retries + 1):
-            if self._closed:
-                return False
-            self.on_event(f"{self.name}: {why}; reconnecting (attempt {attempt}/{self.retries}) in {delay:.1f} s")
-            time.sleep(delay)
+        def reopen() -> bool:
             self.cap.release()
             cap = self._open()
-            if cap is not None:
-                self.cap = cap
-                self.reconnects += 1
-                self.on_event(f"{self.name}: reconnected")
-                return True
-            delay = min(delay * 2, 10.0)
-        self.on_event(f"{self.name}: gave up after {self.retries} attempts")
-        return False
+            if cap is None:
+                return False
+            self.cap = cap
+            return True
+
+        return retry_with_backoff(self, why, "reconnecting", "reconnected", reopen)
 
     def __iter__(self) -> Iterator[Frame]:
         i = 0
@@ -251,12 +262,7 @@ class PiCamera(Source):
         return cam
 
     def _restart(self, why: str) -> bool:
-        delay = self.backoff
-        for attempt in range(1, self.retries + 1):
-            if self._closed:
-                return False
-            self.on_event(f"{self.name}: {why}; restarting the camera (attempt {attempt}/{self.retries}) in {delay:.1f} s")
-            time.sleep(delay)
+        def reopen() -> bool:
             try:
                 self.cam.stop()
                 self.cam.close()
@@ -265,13 +271,10 @@ class PiCamera(Source):
             try:
                 self.cam = self._start()
             except Exception:  # noqa: BLE001
-                delay = min(delay * 2, 10.0)
-                continue
-            self.reconnects += 1
-            self.on_event(f"{self.name}: restarted")
+                return False
             return True
-        self.on_event(f"{self.name}: gave up after {self.retries} attempts")
-        return False
+
+        return retry_with_backoff(self, why, "restarting the camera", "restarted", reopen)
 
     def __iter__(self) -> Iterator[Frame]:
         i = 0
