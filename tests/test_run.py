@@ -73,6 +73,10 @@ def test_one_image_saved_as_one_picture(fp32_bundle, tmp_path):
     r = cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES), "--save", str(tmp_path / "many.jpg"))
     assert r.returncode == 2 and "many.jpg: one picture is saved only from a single image" in r.stderr
     assert not (tmp_path / "many.jpg").exists()
+    r = cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES), "--save", str(tmp_path / "clip.gif"),
+            "--json", str(tmp_path / "r.jsonl"))
+    assert r.returncode == 2 and "clip.gif: OpenCV's writer here takes" in r.stderr
+    assert not (tmp_path / "r.jsonl").exists()  # refused before anything was written
 
 
 def test_json_lines_to_stdout_for_another_program(fp32_bundle):

@@ -70,6 +70,10 @@ class JsonlSink:
             self.f.flush()
 
 
+# containers OpenCV's FFmpeg writer fills with mp4v (MJPG for .avi); .webm, .gif and the like fail
+WRITABLE_VIDEO = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".ts"}
+
+
 class VideoSink:
     """An annotated MP4 (or AVI); frames of another size are resized to the first frame's size."""
 
@@ -152,6 +156,9 @@ def make_save_sink(path: str | Path, fps: float, frames: int | None = None) -> S
     """``frames``: how many frames the source holds when known (1 for a single image)."""
     p = Path(path)
     if p.suffix.lower() in VIDEO_SUFFIXES:
+        if p.suffix.lower() not in WRITABLE_VIDEO:  # known before the first frame, not after
+            raise EdgesegError(f"{p}: OpenCV's writer here takes {', '.join(sorted(WRITABLE_VIDEO))}; "
+                               "save as .mp4, or to a folder for images")
         return VideoSink(p, fps)
     if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir():
         if frames != 1:
