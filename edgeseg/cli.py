@@ -42,6 +42,12 @@ def friendly(fn: Callable) -> Callable:
                                            "the output folder")
                 _fail(f"{where}: no space left ({e.strerror}); free space and run again "
                       "(nothing was left half-written)")
+            fixes = {errno.EISDIR: "pass a file path", errno.EACCES: "choose a path you may write",
+                     errno.EPERM: "choose a path you may write", errno.ENOTDIR: "a part of the path is a file",
+                     errno.EEXIST: "a folder is needed there; move the file or choose another path",
+                     errno.EROFS: "choose a path on a writable file system"}
+            if e.filename and e.errno in fixes:
+                _fail(f"{e.filename}: {e.strerror}; {fixes[e.errno]}")
             raise
 
     return wrapper

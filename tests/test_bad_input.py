@@ -118,6 +118,15 @@ def case(tmp: Path, name: str):
         return ["run", str(tmp), "--source", str(tmp)], "not an edgeseg bundle"
     if name == "no camera":
         return ["run", str(_bundle_dir()), "--camera", "7"], "no camera found"
+    if name == "JSON path is a folder":
+        (tmp / "results").mkdir()
+        scenes = str(Path(__file__).parent.parent / "edgeseg" / "assets" / "shapes" / "val" / "images" / "0000*.jpg")
+        return ["run", str(_bundle_dir()), "--source", scenes, "--json", str(tmp / "results")], \
+            "results: Is a directory; pass a file path"
+    if name == "a file where a folder must go":
+        (tmp / "taken").write_text("not a folder")
+        return ["convert", str(MODEL), "--fp32", "--out", str(tmp / "taken" / "b")], \
+            "taken: is a file, and the bundle"
     if name == "missing source":
         return ["run", str(_bundle_dir()), "--source", str(tmp / "nothing.mp4")], "no such file or folder"
     raise KeyError(name)
@@ -135,7 +144,7 @@ CASES = ["missing file", "empty file", "not a model", "truncated model", "extern
          "dynamic input", "export with NMS inside", "class-name count mismatch", "names file missing",
          "empty calibration folder", "too few calibration images", "calibration video too short",
          "image that does not decode", "unknown target", "precision the target lacks", "not a bundle", "no camera",
-         "missing source"]
+         "missing source", "JSON path is a folder", "a file where a folder must go"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -73,6 +73,10 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         tgt = f"{target}-{platform}" if platform else target
         out_dir = (Path(out) if out else default_bundle_dir(model_path, tgt, precision,
                                                              do_split or spec["type"] != "yolo-seg")).absolute()
+        parent = next(a for a in out_dir.parents if a.exists())  # before minutes of work, not after
+        if not parent.is_dir():
+            raise EdgesegError(f"{parent}: is a file, and the bundle {out_dir} needs a folder there; "
+                               "move the file or choose another --out")
         log(f"converting {model_path} -> {out_dir} ({target}, {precision}"
             f"{', outputs split' if do_split else ''})")
         opts = dict(options or {})
