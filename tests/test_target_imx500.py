@@ -191,9 +191,12 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
             return {"main": main}
 
         def start(self, cfg):
-            calls["started"] = True
+            calls["started"] = calls.get("started", 0) + 1
 
         def capture_request(self):
+            if self.k == 3 and not calls.get("failed"):  # once, as libcamera does when the sensor stalls
+                calls["failed"] = True
+                raise RuntimeError("Camera frontend has timed out!")
             self.k += 1
             return Request((self.k - 1) % len(frames))  # the frames again and again, like a live sensor
 
@@ -256,12 +259,15 @@ def test_pi_runtime_decodes_sensor_tensors_with_the_real_decoder(imx, tmp_path, 
 
     board = Model.load(imx.path)
     assert isinstance(board.backend, Imx500Backend)
-    src = board.backend.camera(imx, 640, 480, 30)
+    events: list[str] = []
+    src = board.backend.camera(imx, 640, 480, 30, backoff=0.01, on_event=events.append)
     assert calls["rpk"] == str(network_rpk(imx)) and calls["aspect"] == "preserve"
     seen = []
     st = run_pipeline(board, src, [], annotate=False, max_frames=len(frames) - 1,
                       on_frame=lambda s, fr, res: seen.append((fr.image, res)))
     assert st.frames == len(frames) - 1 and calls["released"] >= len(frames) and calls.get("stopped")
+    # the stalled capture restarted the stream (same configuration), reported, and the run went on
+    assert calls["started"] == 2 and src.reconnects == 1 and "timed out" in events[0], events
     n = 0
     for image, res in seen:
         # live source: frames may be dropped, but each arrives with its own tensors

@@ -14,10 +14,11 @@ Off the Pi, a bundle converted here replays the MCT-quantized model's recorded o
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ import numpy as np
 
 from ...errors import EdgesegError, ToolchainMissing
 from ..preprocess import Letterbox
-from ..sources import Frame, Source
+from ..sources import Frame, Source, retry_with_backoff
 from . import Backend, ReplayBackend, has_recorded_outputs
+
+log = logging.getLogger(__name__)
 
 # the network runs in the sensor: camera size and frame rate are options of `run --camera` instead
 OPTIONS: dict = {}
@@ -99,7 +102,8 @@ class Imx500Camera(Source):
     live = True
 
     def __init__(self, bundle, width: int | None = None, height: int | None = None, fps: float | None = None,
-                 aspect: str = "preserve", picamera2_module: Any = None):
+                 aspect: str = "preserve", picamera2_module: Any = None, retries: int = 10, backoff: float = 0.5,
+                 on_event: Callable[[str], None] | None = None):
         if picamera2_module is None:
             try:
                 import picamera2 as picamera2_module  # the Pi's libcamera binding; absent elsewhere
@@ -120,12 +124,35 @@ class Imx500Camera(Source):
                                                     controls={"FrameRate": self.fps}, buffer_count=12)
         self.imx.show_network_fw_progress_bar()
         self.cam.start(cfg)
+        self.cfg = cfg
         self.input_wh = tuple(int(v) for v in self.imx.get_input_size())
+        self.retries, self.backoff, self.reconnects, self._closed = retries, backoff, 0, False
+        self.on_event = on_event or (lambda msg: log.warning("%s", msg))
+
+    def _restart(self, why: str) -> bool:
+        # the network stays loaded in the sensor: restarting the stream is enough
+        def reopen() -> bool:
+            try:
+                self.cam.stop()
+            except Exception:  # noqa: BLE001 - a stalled camera may fail to stop as well
+                pass
+            try:
+                self.cam.start(self.cfg)
+            except Exception:  # noqa: BLE001
+                return False
+            return True
+
+        return retry_with_backoff(self, why, "restarting the camera", "restarted", reopen)
 
     def __iter__(self) -> Iterator[Frame]:
         i = 0
-        while True:
-            req = self.cam.capture_request()
+        while not self._closed:
+            try:
+                req = self.cam.capture_request()
+            except Exception as e:  # noqa: BLE001 - libcamera reports a lost camera in several ways
+                if not self._restart(f"capture failed ({type(e).__name__}: {e})"):
+                    return
+                continue
             try:
                 img = np.ascontiguousarray(req.make_array("main")[:, :, :3])
                 md = req.get_metadata()
@@ -143,6 +170,7 @@ class Imx500Camera(Source):
             i += 1
 
     def close(self) -> None:
+        self._closed = True
         self.cam.stop()
 
 
