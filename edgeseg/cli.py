@@ -182,6 +182,8 @@ def run(
             s.close()
         src.close()
         raise
+    import numpy as np
+
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -193,7 +195,8 @@ def run(
             last[0] = now
             sys.stderr.write(f"\rframe {st.frames}  {st.fps:5.1f} FPS  pre {st.median('preprocess', 30):.1f} ms  "
                              f"inf {st.median('inference', 30):.1f} ms  dec {st.median('decode', 30):.1f} ms  "
-                             f"dropped {st.dropped}  objects {len(res.instances)}   ")
+                             f"dropped {st.dropped}  " + (f"objects {len(res.instances)}   " if res.label_map is None
+                                                          else f"classes {np.count_nonzero(np.unique(res.label_map))}   "))
             sys.stderr.flush()
 
     st = run_pipeline(model, src, sinks, annotate=bool(save or show), max_frames=max_frames, on_frame=status)
