@@ -17,6 +17,10 @@ def load(bundle: str, *, conf: float = 0.25, iou: float = 0.7, classes: list[int
     from .runtime.model import Model, Thresholds
 
     model = Model.load(bundle, **backend_options)
-    model.thresholds = Thresholds(conf=conf, iou=iou, classes=model.class_ids(classes) if classes else None,
-                                  max_det=max_det)
+    try:
+        ids = model.class_ids(classes) if classes else None
+    except BaseException:
+        model.close()  # an NPU context or camera-side network is not left open behind the error
+        raise
+    model.thresholds = Thresholds(conf=conf, iou=iou, classes=ids, max_det=max_det)
     return model

@@ -104,6 +104,8 @@ def test_python_api_as_the_readme_shows(fp32_bundle):
     assert len(streamed) == len(list(VAL_IMAGES.iterdir()))
     with pytest.raises(EdgesegError, match="'dog' is not a class of .*choose from circle"):
         edgeseg.load(str(fp32_bundle.path), classes=["dog"])
+    with pytest.raises(EdgesegError, match="'7' is not a class of"):  # 5 classes: ids 0..4
+        edgeseg.load(str(fp32_bundle.path), classes=[7])
 
 
 def test_runtime_options_are_typed_and_checked(fp32_bundle):

@@ -68,7 +68,7 @@ class Model:
         ids = []
         for item in classes:
             for c in ([item] if isinstance(item, int) else [s.strip() for s in str(item).split(",") if s.strip()]):
-                if isinstance(c, int) or c.isdigit():
+                if (isinstance(c, int) or c.isdigit()) and 0 <= int(c) < len(self.names):
                     ids.append(int(c))
                 elif c in self.names:
                     ids.append(self.names.index(c))
