@@ -6,29 +6,26 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import cv2
 
 
 def sample(video: Path, out: Path, every_s: float = 2.0, max_frames: int = 300) -> int:
+    """One frame per ``every_s`` seconds (at most ``max_frames``), spread evenly over the video by
+    the same reader ``edgeseg convert --calib video.mp4`` uses."""
+    from edgeseg.convert.calibration import video_frames
+
     cap = cv2.VideoCapture(str(video))
     if not cap.isOpened():
         raise SystemExit(f"error: {video}: cannot open this video; re-encode it as H.264 MP4")
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    step = max(int(round(every_s * fps)), 1)
-    out.mkdir(parents=True, exist_ok=True)
-    i = n = 0
-    while n < max_frames:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i % step == 0:
-            cv2.imwrite(str(out / f"{video.stem}_{i:07d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            n += 1
-        i += 1
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
-    return n
+    count = min(max_frames, max(math.ceil(total / max(every_s * fps, 1.0)), 1))
+    out.mkdir(parents=True, exist_ok=True)
+    return len(video_frames(video, count, out))
 
 
 def main() -> None:

@@ -126,6 +126,11 @@ def test_calibration_from_a_recording(tmp_path):
     folder = cal.images[0].parent
     del cal
     assert not folder.exists()  # the extracted frames go with the set
+    # calibration/sample_frames.py keeps such frames as a folder, through the same reader
+    import runpy
+
+    sample = runpy.run_path(str(ASSETS.parent.parent / "calibration" / "sample_frames.py"))["sample"]
+    assert sample(video, tmp_path / "kept", every_s=1.0) == 4 == len(list((tmp_path / "kept").glob("*.png")))
     b = convert(MODEL, precision="int8", calib=video, calib_images=32, out=tmp_path / "b", log=lambda m: None)
     c = b.manifest.quantization["calibration"]
     assert c["source"] == str(video) and c["used"] == 32 and c["holdout"] == 8
