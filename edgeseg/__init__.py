@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load"]
 
 
-def load(bundle: str, *, conf: float = 0.25, iou: float = 0.7, classes: list[int | str] | None = None,
+def load(bundle: str | os.PathLike | Bundle, *, conf: float = 0.25, iou: float = 0.7, classes: list[int | str] | None = None,
          max_det: int = 300, **backend_options: object):
     """Load a bundle for inference: ``edgeseg.load("bundle")(frame)`` returns a FrameResult.
 

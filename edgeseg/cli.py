@@ -15,7 +15,7 @@ import typer
 
 from .errors import EdgesegError, ToolchainMissing
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False,
                   help="Take a trained segmentation model to an edge device and run it on a live camera.")
 
 from .defaults import DEFAULT_TARGET
@@ -65,18 +65,22 @@ def _default_bundle() -> Path:
 
 def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Optional[list[str]] = None,
                 threads: Optional[int] = None, runtime_options: Optional[list[str]] = None):
+    from . import load
     from .bundle import Bundle
-    from .runtime.backends import open_backend, parse_options
-    from .runtime.model import Model, Thresholds
+    from .runtime.backends import parse_options
 
+    # the bundle is read first: which KEY=VALUE pairs are valid, and their types, depend on its runtime
     b = Bundle.load(bundle or _default_bundle())
     opts = parse_options(b, runtime_options or [])
     if threads is not None:
         opts["threads"] = threads
-    model = Model(b, open_backend(b, **opts))
-    ids = model.class_ids(classes) if classes else None
-    model.thresholds = Thresholds(conf=conf, iou=iou, classes=ids)
-    return model
+    return load(b, conf=conf, iou=iou, classes=classes, **opts)
+
+
+def _runtime_option_flag():
+    return typer.Option(None, "--runtime-option", "-r",
+                        help="KEY=VALUE for the bundle's runtime, repeatable: openvino device=GPU, "
+                             "rknn core_mask=all, ncnn fp16=true (a wrong key lists the keys).")
 
 
 @app.command()
@@ -141,7 +145,7 @@ def run(
     height: Optional[int] = typer.Option(None, "--height", help="Camera capture height."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Camera frame rate."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's)."),
-    runtime_option: Optional[list[str]] = typer.Option(None, "--runtime-option", "-r", help="KEY=VALUE for the bundle's runtime, repeatable: openvino device=GPU, rknn core_mask=all, ncnn fp16=true (a wrong key lists the keys)."),
+    runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
     """Stream frames through a bundle: camera, video, images or RTSP; show, save or write JSON."""
     from .runtime.pipeline import run_pipeline
@@ -221,7 +225,7 @@ def eval_cmd(
     conf: float = typer.Option(0.001, "--conf", min=0.0, max=1.0, help="Confidence threshold (0.001 as Ultralytics' val)."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
-    runtime_option: Optional[list[str]] = typer.Option(None, "--runtime-option", "-r", help="KEY=VALUE for the bundle's runtime, repeatable: openvino device=GPU, rknn core_mask=all, ncnn fp16=true (a wrong key lists the keys)."),
+    runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
     """Accuracy on a labeled dataset (mask/box mAP, or mIoU) and fidelity to the FP32 source."""
     from .defaults import DEFAULT_DATA
@@ -252,7 +256,7 @@ def bench(
     frames: int = typer.Option(100, "--frames", min=1, help="Timed frames after warm-up."),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
-    runtime_option: Optional[list[str]] = typer.Option(None, "--runtime-option", "-r", help="KEY=VALUE for the bundle's runtime, repeatable: openvino device=GPU, rknn core_mask=all, ncnn fp16=true (a wrong key lists the keys)."),
+    runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
     """Per-stage latency (median, p90) one frame at a time, pipelined FPS and peak memory."""
     from .defaults import DEFAULT_SCENES
@@ -289,8 +293,27 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
             typer.echo(f"{'':12s} optional {tool}: {state}")
 
 
-def main() -> None:
-    app()
+# click's exception base, reached through the one click class typer exports (newer typer
+# releases vendor click, so `import click` would name a different class or nothing at all)
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point. Usage errors (bad flag, value out of range) become the same one line as
+    edgeseg's own errors, instead of a framed box that a log or a script has to parse."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = app(args=argv or ["--help"], prog_name="edgeseg", standalone_mode=False)
+    except _ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        msg = " ".join(e.format_message().split()).rstrip(".")
+        typer.echo(f"error: {msg[:1].lower() + msg[1:]}; see '{ctx.command_path if ctx else 'edgeseg'} --help'",
+                   err=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

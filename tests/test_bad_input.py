@@ -166,5 +166,21 @@ def test_bad_input(name, tmp_path, fp32_bundle):
 def test_out_of_range_values_are_refused_before_anything_runs(args, tmp_path):
     """--conf 25 (meaning 25 %) used to run and find nothing; --max-frames 0 ran forever."""
     r = cli(*args, cwd=tmp_path)
-    assert r.returncode == 2 and f"Invalid value for '{args[-2]}'" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.startswith(f"error: invalid value for '{args[-2]}'"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, phrase", [(["run", "--bogus"], "no such option: --bogus"),
+                                          (["frob"], "no such command 'frob'"),
+                                          (["convert", "--out"], "option '--out' requires an argument")])
+def test_usage_errors_are_one_line_like_edgesegs_own(args, phrase, tmp_path):
+    """typer's framed box was seven lines that a log or a calling script had to untangle."""
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and phrase in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_no_arguments_prints_help_not_an_error(tmp_path):
+    r = cli(cwd=tmp_path)
+    assert r.returncode == 0 and "convert" in r.stdout and "run" in r.stdout, (r.stdout, r.stderr)

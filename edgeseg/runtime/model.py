@@ -58,8 +58,8 @@ class Model:
         self.last_timing = Timing()
 
     @classmethod
-    def load(cls, path: str | Path, thresholds: Thresholds | None = None, **backend_options: Any) -> Model:
-        bundle = Bundle.load(path)
+    def load(cls, path: str | Path | Bundle, thresholds: Thresholds | None = None, **backend_options: Any) -> Model:
+        bundle = path if isinstance(path, Bundle) else Bundle.load(path)
         return cls(bundle, open_backend(bundle, **backend_options), thresholds)
 
     def class_ids(self, classes: Iterable[int | str]) -> list[int]:

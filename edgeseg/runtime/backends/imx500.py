@@ -130,7 +130,8 @@ class Imx500Camera(Source):
         self.on_event = on_event or (lambda msg: log.warning("%s", msg))
 
     def _restart(self, why: str) -> bool:
-        # the network stays loaded in the sensor: restarting the stream is enough
+        # the imx500 driver keeps the network firmware and uploads it again at stream start
+        # (raspberrypi/linux#7323), so restarting the stream is enough; no IMX500() again
         def reopen() -> bool:
             try:
                 self.cam.stop()
