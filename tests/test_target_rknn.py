@@ -3,6 +3,7 @@ accuracy, and the board backend driven against a stand-in at the ``rknnlite`` im
 
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,36 @@ def test_fp16_and_float_tail_options(tmp_path, fp32_bundle):
     assert sorted(q["float_tail"]) == sorted(o["name"] for o in tail.manifest.outputs if o["role"] != "protos")
     assert "hybrid_quantization_step2" in (tail.path / "toolchain.log").read_text()
     assert ref - _score(tail.path)["mask_map50_95"] <= 0.015
+
+
+@pytest.mark.parametrize("platform, masks, all_cores", [("rk3588", {"auto", "0", "1", "2", "0_1", "all"}, "NPU_CORE_0_1_2"),
+                                                        ("rk3576", {"auto", "0", "1", "0_1", "all"}, "NPU_CORE_0_1"),
+                                                        ("rk3566", {"auto"}, None), ("rv1106", {"auto"}, None)])
+def test_core_masks_follow_the_socs_npu_cores(platform, masks, all_cores):
+    """core_mask=all used to mean three cores everywhere, which RK3576 (two) and the one-core
+    SoCs reject at init_runtime on the board."""
+    import tomllib
+
+    from edgeseg.runtime.backends.rknn import core_masks
+
+    profile = tomllib.loads((Path(__file__).parents[1] / "targets" / "rknn.toml").read_text())
+    bundle = types.SimpleNamespace(manifest=types.SimpleNamespace(profile=profile, quantization={"platform": platform}))
+    got = core_masks(bundle)
+    assert set(got) == masks and got.get("all") == all_cores
+
+
+def test_a_core_mask_the_soc_lacks_is_one_clear_error(monkeypatch, tmp_path):
+    import tomllib
+
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.backends.rknn import RknnLiteBackend
+
+    api = types.ModuleType("rknnlite.api")
+    api.RKNNLite = object
+    monkeypatch.setitem(sys.modules, "rknnlite", types.ModuleType("rknnlite"))
+    monkeypatch.setitem(sys.modules, "rknnlite.api", api)
+    profile = tomllib.loads((Path(__file__).parents[1] / "targets" / "rknn.toml").read_text())
+    manifest = types.SimpleNamespace(profile=profile, quantization={"platform": "rk3566"}, outputs=[])
+    bundle = types.SimpleNamespace(manifest=manifest, path=tmp_path)
+    with pytest.raises(EdgesegError, match="core_mask=all does not exist on rk3566; choose one of: auto$"):
+        RknnLiteBackend(bundle, core_mask="all")

@@ -12,12 +12,24 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ToolchainMissing
+from ...errors import EdgesegError, ToolchainMissing
 from . import Backend, ReplayBackend, has_recorded_outputs
 
-CORE_MASKS = {"auto": "NPU_CORE_AUTO", "0": "NPU_CORE_0", "1": "NPU_CORE_1", "2": "NPU_CORE_2",
-              "all": "NPU_CORE_0_1_2", "0_1": "NPU_CORE_0_1"}
-OPTIONS = {"core_mask": (str, "NPU cores: " + ", ".join(CORE_MASKS))}
+OPTIONS = {"core_mask": (str, "NPU cores: auto, 0, 1, 2, 0_1 or all (as many as the SoC has)")}
+
+
+def core_masks(bundle) -> dict[str, str]:
+    """The ``core_mask`` values the bundle's SoC has, as RKNNLite constant names: RK3588 has
+    three NPU cores, RK3576 two, the others one (where only ``auto`` exists)."""
+    prof = bundle.manifest.profile
+    platform = bundle.manifest.quantization.get("platform") or prof.get("platform", "rk3588")
+    cores = int(prof.get("platforms", {}).get(platform, {}).get("npu_cores", 3))
+    masks = {"auto": "NPU_CORE_AUTO"}
+    if cores > 1:
+        masks.update({str(i): f"NPU_CORE_{i}" for i in range(cores)})
+        masks["0_1"] = "NPU_CORE_0_1"
+        masks["all"] = "NPU_CORE_" + "_".join(str(i) for i in range(cores))
+    return masks
 
 
 class RknnLiteBackend(Backend):
@@ -29,12 +41,18 @@ class RknnLiteBackend(Backend):
 
         ro = bundle.manifest.profile.get("runtime_options", {})
         mask = str(core_mask or ro.get("core_mask", "auto"))
-        if mask not in CORE_MASKS:
-            raise ValueError(f"core_mask must be one of {sorted(CORE_MASKS)}")
+        masks = core_masks(bundle)
+        if mask not in masks:
+            raise EdgesegError(f"{bundle.path}: core_mask={mask} does not exist on "
+                               f"{bundle.manifest.quantization.get('platform', 'this SoC')}; choose one of: "
+                               + ", ".join(masks))
         self.rk = RKNNLite(verbose=False)
         if self.rk.load_rknn(str(bundle.file(bundle.manifest.model_files[0]))) != 0:
             raise RuntimeError("load_rknn failed")
-        if self.rk.init_runtime(core_mask=getattr(RKNNLite, CORE_MASKS[mask])) != 0:
+        # single-core SoCs take no core_mask at all (Rockchip's own examples leave it out there)
+        ret = (self.rk.init_runtime(core_mask=getattr(RKNNLite, masks[mask])) if len(masks) > 1
+               else self.rk.init_runtime())
+        if ret != 0:
             raise RuntimeError("init_runtime failed (is librknnrt.so installed on this board?)")
         self.names = [o["name"] for o in bundle.manifest.outputs]
         self.shapes = [o.get("shape") for o in bundle.manifest.outputs]
