@@ -137,6 +137,7 @@ def run(
     show: bool = typer.Option(False, "--show", help="Show a window with the results."),
     save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi), a folder of images, or an image file for a one-image source."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE; - for stdout."),
+    serve: Optional[str] = typer.Option(None, "--serve", help="Stream the annotated frames to a browser (MJPEG over HTTP): PORT or HOST:PORT, e.g. 8080."),
     conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
@@ -147,13 +148,17 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
-    """Stream frames through a bundle: camera, video, images or RTSP; show, save or write JSON."""
+    """Stream frames through a bundle: camera, video, images or RTSP; show, save, serve to a browser or write JSON."""
     from .runtime.pipeline import run_pipeline
     from .runtime.sinks import JsonlSink, WindowSink, make_save_sink
     from .runtime.sources import open_source
 
     if (camera is None) == (source is None):
         raise EdgesegError("pass exactly one of --camera N (or --camera pi) and --source PATH_OR_URL")
+    if serve:
+        from .runtime.mjpeg import parse_address
+
+        parse_address(serve)  # a typo is reported before the model loads
     json_target: Path | TextIO | None = json_out
     if json_out is not None and str(json_out) == "-":
         # JSON lines on stdout for another program; everything else, including what native
@@ -181,6 +186,11 @@ def run(
             sinks.append(JsonlSink(json_target, src.name))
         if show:
             sinks.append(WindowSink())
+        if serve:
+            from .runtime.mjpeg import MjpegSink
+
+            sinks.append(MjpegSink(serve))
+            typer.echo(f"streaming annotated frames at {sinks[-1].url} (/stream for the MJPEG itself)", err=True)
     except BaseException:
         for s in sinks:
             s.close()
@@ -203,7 +213,7 @@ def run(
                                                           else f"classes {np.count_nonzero(np.unique(res.label_map))}   "))
             sys.stderr.flush()
 
-    st = run_pipeline(model, src, sinks, annotate=bool(save or show), max_frames=max_frames, on_frame=status)
+    st = run_pipeline(model, src, sinks, annotate=bool(save or show or serve), max_frames=max_frames, on_frame=status)
     if tty:
         sys.stderr.write("\n")
     s = st.summary()

@@ -375,3 +375,99 @@ def test_pi_camera_that_fails_mid_run_is_restarted(fp32_model, monkeypatch):
     st = run_pipeline(fp32_model, src, [], annotate=False, max_frames=5)
     assert st.frames == 5 and src.reconnects == 1
     assert "capture failed (RuntimeError: Camera frontend has timed out!)" in events[0] and events[-1].endswith("restarted")
+
+
+def _mjpeg_parts(resp, limit: int = 10_000):
+    """JPEG payloads of a multipart/x-mixed-replace response, until the server ends it."""
+    while limit:
+        line = resp.readline()
+        if not line:
+            return
+        if not line.startswith(b"--edgesegframe"):
+            continue
+        headers = {}
+        while (h := resp.readline().strip()):
+            k, _, v = h.decode().partition(":")
+            headers[k.lower()] = v.strip()
+        assert headers["content-type"] == "image/jpeg"
+        yield resp.read(int(headers["content-length"]))
+        limit -= 1
+
+
+def test_mjpeg_sink_serves_the_newest_frame_and_ends_with_the_run():
+    """What a browser on a headless board's network sees (``--serve``): the page, single JPEGs and
+    the multipart stream; a viewer that connects late gets the newest frame, and closing the sink
+    ends every stream instead of leaving the run hanging on a connected viewer."""
+    import urllib.error
+    import urllib.request
+
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.mjpeg import MjpegSink
+
+    sink = MjpegSink("127.0.0.1:0")
+    try:
+        with pytest.raises(EdgesegError, match=r"--serve 127.0.0.1:\d+: .*; choose another port"):
+            MjpegSink(f"127.0.0.1:{sink.address[1]}")
+        assert b"/stream" in urllib.request.urlopen(sink.url, timeout=5).read()
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(sink.url + "nothing", timeout=5)
+
+        def colour(v):
+            return np.full((48, 64, 3), v, np.uint8)
+
+        for v in (10, 120, 240):  # nobody watching yet: nothing is encoded, the newest is kept
+            sink.write(None, None, colour(v))
+        one = cv2.imdecode(np.frombuffer(urllib.request.urlopen(sink.url + "frame.jpg", timeout=5).read(), np.uint8),
+                           cv2.IMREAD_COLOR)
+        assert one.shape == (48, 64, 3) and abs(int(one.mean()) - 240) <= 2
+
+        resp = urllib.request.urlopen(sink.url + "stream", timeout=10)
+        parts = _mjpeg_parts(resp)
+        first = cv2.imdecode(np.frombuffer(next(parts), np.uint8), cv2.IMREAD_COLOR)
+        assert abs(int(first.mean()) - 240) <= 2  # joins with the newest frame, not the first
+        sink.write(None, None, colour(60))
+        nxt = cv2.imdecode(np.frombuffer(next(parts), np.uint8), cv2.IMREAD_COLOR)
+        assert abs(int(nxt.mean()) - 60) <= 2
+    finally:
+        t0 = time.monotonic()
+        sink.close()
+    assert time.monotonic() - t0 < 3
+    assert list(parts) == []  # the stream ended with the sink
+
+
+def test_run_serve_streams_annotated_frames_to_a_viewer(fp32_bundle, tmp_path):
+    """``edgeseg run --serve``: a client reading the stream while the run goes on gets annotated
+    frames at the source's size, and the run still ends by itself with the viewer connected."""
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    video = tmp_path / "long.mp4"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 240))
+    frames = [cv2.resize(cv2.imread(str(f)), (320, 240)) for f in sorted(VAL_IMAGES.iterdir())[:30]]
+    for i in range(300):
+        w.write(frames[i % len(frames)])
+    w.release()
+    p = subprocess.Popen([sys.executable, "-m", "edgeseg", "run", str(fp32_bundle.path), "--source", str(video),
+                          "--serve", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        url = re.search(r"at (http://\S+/) ", line)
+        assert url, line + p.stderr.read()
+        got = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
+               for j in _mjpeg_parts(urllib.request.urlopen(url.group(1) + "stream", timeout=30))]
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "300 frames" in out
+    assert 1 <= len(got) <= 300 and all(g.shape == (240, 320, 3) for g in got)
+    # annotated, not the raw frames: the FPS text is drawn in the top-left corner
+    assert any(np.abs(g[:30, :150].astype(int) - frames[0][:30, :150]).mean() > 5 for g in got)
+
+
+def test_serve_address_errors_are_one_line(tmp_path):
+    r = cli("run", "--source", str(VAL_IMAGES), "--serve", "localhost:http", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "expected PORT or HOST:PORT" in lines[0], r.stderr
