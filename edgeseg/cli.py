@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -26,31 +27,41 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# runtimes a command opened (an NPU context, a network in the camera), released when the command
+# ends, however it ends
+_closing = contextlib.ExitStack()
+
+
 def friendly(fn: Callable) -> Callable:
     """Turn edgeseg's own errors into one line on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except EdgesegError as e:
-            _fail(str(e))
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                # a write through a file object carries no file name: name what the user asked to write
-                where = e.filename or next((str(kw[k]) for k in ("out", "save", "json_out", "report") if kw.get(k)),
-                                           "the output folder")
-                _fail(f"{where}: no space left ({e.strerror}); free space and run again "
-                      "(nothing was left half-written)")
-            fixes = {errno.EISDIR: "pass a file path", errno.EACCES: "choose a path you may write",
-                     errno.EPERM: "choose a path you may write", errno.ENOTDIR: "a part of the path is a file",
-                     errno.EEXIST: "a folder is needed there; move the file or choose another path",
-                     errno.EROFS: "choose a path on a writable file system"}
-            if e.filename and e.errno in fixes:
-                _fail(f"{e.filename}: {e.strerror}; {fixes[e.errno]}")
-            raise
+        with _closing:
+            return _friendly_call(fn, *a, **kw)
 
     return wrapper
+
+
+def _friendly_call(fn: Callable, *a, **kw):
+    try:
+        return fn(*a, **kw)
+    except EdgesegError as e:
+        _fail(str(e))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            # a write through a file object carries no file name: name what the user asked to write
+            where = e.filename or next((str(kw[k]) for k in ("out", "save", "json_out", "report") if kw.get(k)),
+                                       "the output folder")
+            _fail(f"{where}: no space left ({e.strerror}); free space and run again "
+                  "(nothing was left half-written)")
+        fixes = {errno.EISDIR: "pass a file path", errno.EACCES: "choose a path you may write",
+                 errno.EPERM: "choose a path you may write", errno.ENOTDIR: "a part of the path is a file",
+                 errno.EEXIST: "a folder is needed there; move the file or choose another path",
+                 errno.EROFS: "choose a path on a writable file system"}
+        if e.filename and e.errno in fixes:
+            _fail(f"{e.filename}: {e.strerror}; {fixes[e.errno]}")
+        raise
 
 
 def _default_bundle() -> Path:
@@ -74,7 +85,9 @@ def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Option
     opts = parse_options(b, runtime_options or [])
     if threads is not None:
         opts["threads"] = threads
-    return load(b, conf=conf, iou=iou, classes=classes, **opts)
+    model = load(b, conf=conf, iou=iou, classes=classes, **opts)
+    _closing.callback(model.close)
+    return model
 
 
 def _runtime_option_flag():

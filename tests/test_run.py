@@ -106,6 +106,11 @@ def test_python_api_as_the_readme_shows(fp32_bundle):
         edgeseg.load(str(fp32_bundle.path), classes=["dog"])
     with pytest.raises(EdgesegError, match="'7' is not a class of"):  # 5 classes: ids 0..4
         edgeseg.load(str(fp32_bundle.path), classes=[7])
+    closed = []
+    with edgeseg.load(fp32_bundle.path) as m:
+        m.backend.close = lambda: closed.append(True)
+        assert m(frame).instances
+    assert closed == [True]
 
 
 def test_runtime_options_are_typed_and_checked(fp32_bundle):
@@ -471,3 +476,19 @@ def test_serve_address_errors_are_one_line(tmp_path):
     r = cli("run", "--source", str(VAL_IMAGES), "--serve", "localhost:http", cwd=tmp_path)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "expected PORT or HOST:PORT" in lines[0], r.stderr
+
+
+def test_commands_release_the_runtime_however_they_end(fp32_bundle, tmp_path, monkeypatch):
+    """An NPU context or a network loaded into the camera is released when a command ends, by
+    success or by a one-line error after the model was loaded."""
+    from edgeseg.cli import main
+    from edgeseg.runtime.model import Model
+
+    closed = []
+    monkeypatch.setattr(Model, "close", lambda self: closed.append(self.bundle.path))
+    for args, code in ((["bench", str(fp32_bundle.path), "--frames", "2", "--source", str(VAL_IMAGES)], 0),
+                       (["run", str(fp32_bundle.path), "--source", str(tmp_path / "missing.mp4")], 2)):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == code and closed == [fp32_bundle.path], (args, closed)
+        closed.clear()

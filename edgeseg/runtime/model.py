@@ -114,3 +114,9 @@ class Model:
 
     def close(self) -> None:
         self.backend.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
