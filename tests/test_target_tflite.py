@@ -95,7 +95,7 @@ def test_fp16_tflite_matches_fp32(tfl, fp32_bundle):
     assert abs(_score(fp32_bundle.path) - _score(b.path)) <= 0.003
 
 
-def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypatch):
+def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypatch, caplog):
     """This machine has no Coral and no edgetpu_compiler: only ``load_delegate`` (libedgetpu) and
     the compiled file are stood in for (a copy of the int8 model). The backend must load the
     compiled model with the delegate when libedgetpu loads, and the int8 model on CPU when not."""
@@ -128,6 +128,7 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     monkeypatch.setattr(litert, "Interpreter", interpreter)
     tpu = Model.load(b)
     assert tpu.backend.on_edgetpu and seen["lib"] == "libedgetpu.so.1" and seen["delegates"] == ["edgetpu-delegate"]
+    assert not caplog.records
     assert seen["model"].endswith("model_edgetpu.tflite")
     frame = read_image(sorted(VAL_IMAGES.glob("*.jpg"))[0])
     with_tpu = tpu(frame)
@@ -138,5 +139,10 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     monkeypatch.setattr(litert, "load_delegate", no_coral)
     cpu = Model.load(b)
     assert not cpu.backend.on_edgetpu and seen["model"].endswith("model.tflite") and not seen["delegates"]
+    # running ~10x slower on the CPU is never silent
+    assert [r.getMessage() for r in caplog.records if "no Edge TPU found" in r.getMessage()], caplog.text
+    caplog.clear()
+    Model.load(tfl["split"].path).close()  # converted here, where no edgetpu_compiler is installed
+    assert "holds no Edge TPU-compiled model" in caplog.text and "edgetpu_compiler" in caplog.text
     ref = cpu(frame)
     assert [i.class_id for i in with_tpu.instances] == [i.class_id for i in ref.instances] and ref.instances

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 from typing import Any
 
@@ -15,6 +16,8 @@ try:
     from ai_edge_litert.interpreter import Interpreter, load_delegate
 except ImportError:  # the older runtime package
     from tflite_runtime.interpreter import Interpreter, load_delegate  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
 
 EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
@@ -33,8 +36,14 @@ class LiteRtBackend(Backend):
             try:
                 delegates = [load_delegate(EDGETPU_LIB[platform.system()])]
                 model = bundle.file(files[1])
-            except (ValueError, OSError, KeyError):
-                delegates = []  # no Coral attached: the int8 model on CPU threads
+            except (ValueError, OSError, KeyError) as e:
+                # the int8 model on CPU threads still gives right answers, ~10x slower: say so
+                log.warning("%s: no Edge TPU found (%s); running the int8 model on the CPU. Plug in the Coral "
+                            "and install Google's libedgetpu1-std", bundle.path, e)
+        elif want_tpu:
+            log.warning("%s: the bundle holds no Edge TPU-compiled model (edgetpu_compiler was not installed "
+                        "where it was converted); running the int8 model on the CPU. Convert it again with "
+                        "--target edgetpu where edgetpu_compiler is on PATH", bundle.path)
         self.on_edgetpu = bool(delegates)
         ro = m.profile.get("runtime_options", {})
         threads = threads if threads is not None else int(ro.get("threads", 0) or 0) or None
