@@ -329,9 +329,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         code = app(args=argv or ["--help"], prog_name="edgeseg", standalone_mode=False)
     except _ClickException as e:
         ctx = getattr(e, "ctx", None)
+        commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+        # an option missing its value carries no context: the command is the first argument
+        where = ctx.command_path if ctx else "edgeseg" + (f" {argv[0]}" if argv and argv[0] in commands else "")
         msg = " ".join(e.format_message().split()).rstrip(".")
-        typer.echo(f"error: {msg[:1].lower() + msg[1:]}; see '{ctx.command_path if ctx else 'edgeseg'} --help'",
-                   err=True)
+        typer.echo(f"error: {msg[:1].lower() + msg[1:]}; see '{where} --help'", err=True)
         sys.exit(e.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)

@@ -173,7 +173,7 @@ def test_out_of_range_values_are_refused_before_anything_runs(args, tmp_path):
 
 @pytest.mark.parametrize("args, phrase", [(["run", "--bogus"], "no such option: --bogus"),
                                           (["frob"], "no such command 'frob'"),
-                                          (["convert", "--out"], "option '--out' requires an argument")])
+                                          (["convert", "--out"], "option '--out' requires an argument; see 'edgeseg convert --help'")])
 def test_usage_errors_are_one_line_like_edgesegs_own(args, phrase, tmp_path):
     """typer's framed box was seven lines that a log or a calling script had to untangle."""
     r = cli(*args, cwd=tmp_path)
