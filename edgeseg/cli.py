@@ -289,6 +289,7 @@ def bench(
     r = do_bench(model, source or str(DEFAULT_SCENES), frames=frames)
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))
+    typer.echo(f"{r['target']} {r['precision']} on {r['backend']}, {r['frame_size'][0]}x{r['frame_size'][1]} frames")
     for k in ("preprocess_ms", "inference_ms", "decode_ms", "end_to_end_ms"):
         typer.echo(f"{k:15s} median {r[k]['median']:8.2f}  p90 {r[k]['p90']:8.2f}")
     typer.echo(f"pipeline_fps    {r['pipeline_fps']:.1f} ({r['pipeline_vs_inference_bound']:.2f}x of 1000/inference_ms)")

@@ -13,6 +13,8 @@ def test_bench_reports_every_stage(int8_bundle, tmp_path):
         assert 0 < d[k]["median"] <= d[k]["p90"]
     assert d["end_to_end_ms"]["median"] >= d["inference_ms"]["median"]
     assert d["pipeline_fps"] > 0 and d["peak_rss_mb"] > 0 and d["instances_max"] > 0
+    # what ran is named: on a board this is where "litert+edgetpu" or a host replay would show
+    assert d["backend"] == "onnxruntime" and r.stdout.startswith("onnxruntime int8 on onnxruntime, "), r.stdout
 
 
 def test_doctor_lists_targets_with_install_commands():

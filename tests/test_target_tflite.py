@@ -127,7 +127,7 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     monkeypatch.setattr(litert, "load_delegate", fake_load_delegate)
     monkeypatch.setattr(litert, "Interpreter", interpreter)
     tpu = Model.load(b)
-    assert tpu.backend.on_edgetpu and seen["lib"] == "libedgetpu.so.1" and seen["delegates"] == ["edgetpu-delegate"]
+    assert tpu.backend.on_edgetpu and tpu.backend.name == "litert+edgetpu" and seen["lib"] == "libedgetpu.so.1" and seen["delegates"] == ["edgetpu-delegate"]
     assert not caplog.records
     assert seen["model"].endswith("model_edgetpu.tflite")
     frame = read_image(sorted(VAL_IMAGES.glob("*.jpg"))[0])
@@ -138,7 +138,7 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
 
     monkeypatch.setattr(litert, "load_delegate", no_coral)
     cpu = Model.load(b)
-    assert not cpu.backend.on_edgetpu and seen["model"].endswith("model.tflite") and not seen["delegates"]
+    assert not cpu.backend.on_edgetpu and cpu.backend.name == "litert" and seen["model"].endswith("model.tflite") and not seen["delegates"]
     # running ~10x slower on the CPU is never silent
     assert [r.getMessage() for r in caplog.records if "no Edge TPU found" in r.getMessage()], caplog.text
     caplog.clear()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EdgesegError
 from .model import Model
 from .pipeline import run_pipeline
 from .sources import Source, open_source
@@ -47,7 +48,7 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
             if len(images) >= max_images:
                 break
     if not images:
-        raise ValueError(f"{source}: no frames")
+        raise EdgesegError(f"{source}: no frames to time; pass --source with images or a video")
     for i in range(warmup):
         model(images[i % len(images)])
     pre, inf, dec, e2e, ninst = [], [], [], [], []
@@ -65,6 +66,7 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
     inf_s = _stats(inf)
     return {
         "bundle": str(model.bundle.path), "target": model.manifest.target, "precision": model.manifest.precision,
+        "backend": model.backend.name,  # what actually ran: e.g. litert+edgetpu, or a host replay
         "frames": frames, "frame_size": list(images[0].shape[:2][::-1]),
         "preprocess_ms": _stats(pre), "inference_ms": inf_s, "decode_ms": _stats(dec), "end_to_end_ms": _stats(e2e),
         "decode_ms_max": round(float(np.max(dec)), 3), "instances_max": int(np.max(ninst)),

@@ -45,6 +45,7 @@ class LiteRtBackend(Backend):
                         "where it was converted); running the int8 model on the CPU. Convert it again with "
                         "--target edgetpu where edgetpu_compiler is on PATH", bundle.path)
         self.on_edgetpu = bool(delegates)
+        self.name = "litert+edgetpu" if delegates else "litert"
         ro = m.profile.get("runtime_options", {})
         threads = threads if threads is not None else int(ro.get("threads", 0) or 0) or None
         self.it = Interpreter(model_path=str(model), num_threads=threads, experimental_delegates=delegates or None)
