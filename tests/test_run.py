@@ -492,3 +492,48 @@ def test_commands_release_the_runtime_however_they_end(fp32_bundle, tmp_path, mo
             main(args)
         assert e.value.code == code and closed == [fp32_bundle.path], (args, closed)
         closed.clear()
+
+
+def test_a_real_network_stream_that_drops_is_reconnected_and_resumed():
+    """No fake at all: OpenCV's FFmpeg reads an HTTP MJPEG stream (what many IP cameras serve;
+    here edgeseg's own ``--serve`` server) whose server goes away mid-run and comes back on the
+    same port. The source reports it, retries with back-off and resumes with the new server's
+    frames."""
+    from edgeseg.runtime.mjpeg import MjpegSink
+
+    server = {"sink": MjpegSink("127.0.0.1:0"), "value": 50}
+    port = server["sink"].address[1]
+    done = threading.Event()
+
+    def camera():
+        while not done.is_set():
+            server["sink"].write(None, None, np.full((120, 160, 3), server["value"], np.uint8))
+            time.sleep(0.03)
+
+    feeder = threading.Thread(target=camera, daemon=True)
+    feeder.start()
+    events: list[str] = []
+    src = LiveCapture(f"http://127.0.0.1:{port}/stream", retries=8, backoff=0.3, stall_timeout=5,
+                      on_event=events.append)
+    seen = []
+    try:
+        for fr in src:
+            seen.append(int(fr.image.mean()))
+            if len(seen) == 10:  # the camera's server goes away, then is back two seconds later
+                server["sink"].close()
+
+                def back():
+                    time.sleep(2.0)
+                    server["value"] = 200
+                    server["sink"] = MjpegSink(f"127.0.0.1:{port}")
+
+                threading.Thread(target=back, daemon=True).start()
+            if len(seen) >= 10 and abs(seen[-1] - 200) <= 3 and sum(abs(v - 200) <= 3 for v in seen) >= 10:
+                break
+    finally:
+        done.set()
+        src.close()
+        server["sink"].close()
+    assert all(abs(v - 50) <= 3 for v in seen[:10])
+    assert sum(abs(v - 200) <= 3 for v in seen) >= 10, seen  # resumed from the server that came back
+    assert src.reconnects >= 1 and any("reconnecting" in e for e in events) and events[-1].endswith("reconnected"), events

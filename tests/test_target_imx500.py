@@ -209,7 +209,8 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
             self.camera_num = 0
 
         def set_auto_aspect_ratio(self):
-            calls["aspect"] = "preserve"
+            # picamera2's demos set the crop once the camera runs; set before, it may not hold
+            calls["aspect"] = "preserve" if calls.get("started") else "set before start"
 
         def show_network_fw_progress_bar(self):
             pass
@@ -226,7 +227,14 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
                     for o in bundle.manifest.outputs]
 
         def convert_inference_coords(self, coords, md, picam2):
-            return roi_for(md["k"])
+            # picamera2 >= 0.3.2x returns a libcamera Rectangle (attributes, not a tuple)
+            return Rectangle(*roi_for(md["k"]))
+
+    class Rectangle:
+        __slots__ = ("x", "y", "width", "height")
+
+        def __init__(self, x, y, width, height):
+            self.x, self.y, self.width, self.height = x, y, width, height
 
     pc = types.ModuleType("picamera2")
     devices = types.ModuleType("picamera2.devices")

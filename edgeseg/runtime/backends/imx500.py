@@ -57,7 +57,7 @@ def orient(a: np.ndarray, shape: list[int], name: str) -> np.ndarray:
                        "different network than this bundle's; package this bundle's packerOut.zip again")
 
 
-def sensor_mapping(roi: tuple[float, float, float, float], input_wh: tuple[int, int],
+def sensor_mapping(roi: Any, input_wh: tuple[int, int],
                    frame_wh: tuple[int, int]) -> Letterbox:
     """The network input's place in the frame, as the Letterbox the decoder undoes.
 
@@ -65,6 +65,9 @@ def sensor_mapping(roi: tuple[float, float, float, float], input_wh: tuple[int, 
     ``convert_inference_coords((0, 0, 1, 1), ...)``). The sensor crops and scales without padding,
     so the offsets are negative pads; x and y scale separately when the aspect is not preserved.
     """
+    # picamera2 returns a libcamera Rectangle (older releases: an (x, y, w, h) tuple)
+    if hasattr(roi, "width"):
+        roi = (roi.x, roi.y, roi.width, roi.height)
     x, y, w, h = (float(v) for v in roi)
     if w <= 0 or h <= 0:
         raise EdgesegError(f"IMX500 reported an empty inference region {roi}")
@@ -116,18 +119,22 @@ class Imx500Camera(Source):
         self.outputs = bundle.manifest.outputs
         # IMX500() must exist before Picamera2(): it loads the network firmware into the sensor
         self.imx = pc.devices.IMX500(str(network_rpk(bundle)))
-        if aspect == "preserve":
-            self.imx.set_auto_aspect_ratio()
+        self.preserve_aspect = aspect == "preserve"
         self.cam = pc.Picamera2(self.imx.camera_num)
         self.fps = float(fps or 30)
         cfg = self.cam.create_preview_configuration(main={"size": (width or 640, height or 480), "format": "RGB888"},
                                                     controls={"FrameRate": self.fps}, buffer_count=12)
         self.imx.show_network_fw_progress_bar()
-        self.cam.start(cfg)
+        self._start_stream(cfg)
         self.cfg = cfg
         self.input_wh = tuple(int(v) for v in self.imx.get_input_size())
         self.retries, self.backoff, self.reconnects, self._closed = retries, backoff, 0, False
         self.on_event = on_event or (lambda msg: log.warning("%s", msg))
+
+    def _start_stream(self, cfg: Any) -> None:
+        self.cam.start(cfg)
+        if self.preserve_aspect:  # once the camera runs, as picamera2's own IMX500 demos do
+            self.imx.set_auto_aspect_ratio()
 
     def _restart(self, why: str) -> bool:
         # the imx500 driver keeps the network firmware and uploads it again at stream start
@@ -138,7 +145,7 @@ class Imx500Camera(Source):
             except Exception:  # noqa: BLE001 - a stalled camera may fail to stop as well
                 pass
             try:
-                self.cam.start(self.cfg)
+                self._start_stream(self.cfg)
             except Exception:  # noqa: BLE001
                 return False
             return True
