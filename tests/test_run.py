@@ -460,14 +460,19 @@ def test_run_serve_streams_annotated_frames_to_a_viewer(fp32_bundle, tmp_path):
         line = p.stderr.readline()
         url = re.search(r"at (http://\S+/) ", line)
         assert url, line + p.stderr.read()
-        got = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
-               for j in _mjpeg_parts(urllib.request.urlopen(url.group(1) + "stream", timeout=30))]
+        parts = _mjpeg_parts(urllib.request.urlopen(url.group(1) + "stream", timeout=30))
+        first = next(parts)
+        # the newest frame's results, as the --json line has them, for a program that polls
+        rec = json.loads(urllib.request.urlopen(url.group(1) + "frame.json", timeout=30).read())
+        got = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in [first, *parts]]
         out, err = p.communicate(timeout=120)
     finally:
         p.kill()
     assert p.returncode == 0, err
     assert "300 frames" in out
     assert 1 <= len(got) <= 300 and all(g.shape == (240, 320, 3) for g in got)
+    assert rec["width"] == 320 and rec["height"] == 240 and rec["source"] == video.name and 0 <= rec["frame"] < 300
+    assert rec["instances"] and all(set(i) == {"class_id", "class_name", "score", "box", "mask"} for i in rec["instances"])
     # annotated, not the raw frames: the FPS text is drawn in the top-left corner
     assert any(np.abs(g[:30, :150].astype(int) - frames[0][:30, :150]).mean() > 5 for g in got)
 

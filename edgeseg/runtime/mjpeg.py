@@ -1,4 +1,5 @@
-"""``--serve``: the annotated frames as an MJPEG stream over HTTP, for a headless board.
+"""``--serve``: the annotated frames as an MJPEG stream over HTTP, for a headless board, and
+the newest frame's results as JSON for a program that polls.
 
 A browser on the same network opens ``http://<board>:8080/`` and sees the masks live; no window
 system, no video file filling the SD card. Only the standard library's HTTP server: each client
@@ -9,6 +10,7 @@ holding back the pipeline, and nothing is encoded while nobody watches.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +21,7 @@ import numpy as np
 
 from ..errors import EdgesegError
 from .decode import FrameResult
+from .sinks import result_record
 from .sources import Frame
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,8 @@ def parse_address(spec: str) -> tuple[str, int]:
 
 
 class MjpegSink:
-    """Serves the newest annotated frame as ``/stream`` (multipart JPEG), ``/frame.jpg`` and ``/``."""
+    """Serves the newest annotated frame as ``/stream`` (multipart JPEG), ``/frame.jpg`` and ``/``,
+    and its results as ``/frame.json`` (the record ``--json`` writes, masks as COCO RLE)."""
 
     def __init__(self, address: str, quality: int = 80):
         host, port = parse_address(address)
@@ -45,6 +49,7 @@ class MjpegSink:
         self._cond = threading.Condition()
         self._seq = 0
         self._frame: np.ndarray | None = None
+        self._result: tuple[Frame, FrameResult] | None = None
         self._jpeg: tuple[int, bytes] = (0, b"")
         self._closed = False
         sink = self
@@ -60,10 +65,16 @@ class MjpegSink:
                         self._send(503, "text/plain", b"no frame yet\n")
                     else:
                         self._send(200, "image/jpeg", sink.jpeg(seq))
+                elif path == "/frame.json":
+                    seq = sink.wait_frame(0, timeout=5.0)
+                    if seq is None:
+                        self._send(503, "text/plain", b"no frame yet\n")
+                    else:
+                        self._send(200, "application/json", sink.record())
                 elif path == "/stream":
                     self._stream()
                 else:
-                    self._send(404, "text/plain", b"try / or /stream or /frame.jpg\n")
+                    self._send(404, "text/plain", b"try / or /stream or /frame.jpg or /frame.json\n")
 
             def _send(self, code: int, ctype: str, body: bytes) -> None:
                 self.send_response(code)
@@ -129,10 +140,16 @@ class MjpegSink:
                 self._jpeg = (cur, data)
         return data
 
+    def record(self) -> bytes:
+        """The newest frame's results as one JSON object, built only when asked for."""
+        with self._cond:
+            frame, result = self._result  # type: ignore[misc]
+        return json.dumps(result_record(frame, result, frame.name), separators=(",", ":")).encode()
+
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
         assert annotated is not None
         with self._cond:
-            self._frame, self._seq = annotated, self._seq + 1
+            self._frame, self._result, self._seq = annotated, (frame, result), self._seq + 1
             self._cond.notify_all()
 
     def close(self) -> None:
