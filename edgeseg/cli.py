@@ -158,6 +158,7 @@ def run(
     width: Optional[int] = typer.Option(None, "--width", help="Camera capture width."),
     height: Optional[int] = typer.Option(None, "--height", help="Camera capture height."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Camera frame rate."),
+    fourcc: Optional[str] = typer.Option(None, "--fourcc", help="USB camera pixel format, e.g. MJPG (HD at full frame rate over USB 2) or YUYV."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
@@ -189,6 +190,7 @@ def run(
                             aspect=model.manifest.profile.get("runtime_options", {}).get("aspect", "preserve"))
     else:
         src = open_source(spec, width, height, fps, **({"prefer_pi": True} if camera == "0" else {}),
+                          **({"fourcc": fourcc} if fourcc and camera is not None else {}),
                           **({"on_event": lambda m: typer.echo(f"\n{m}", err=True)} if camera is not None or "://" in str(spec) else {}))
     sinks = []
     try:

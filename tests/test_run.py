@@ -542,3 +542,41 @@ def test_a_real_network_stream_that_drops_is_reconnected_and_resumed():
     assert all(abs(v - 50) <= 3 for v in seen[:10])
     assert sum(abs(v - 200) <= 3 for v in seen) >= 10, seen  # resumed from the server that came back
     assert src.reconnects >= 1 and any("reconnecting" in e for e in events) and events[-1].endswith("reconnected"), events
+
+
+class UsbCameraStandIn(CaptureStandIn):
+    """A USB 2 webcam at the V4L2 boundary: 1280x720 arrives at 10 FPS as YUYV (the bus is full)
+    and at 30 FPS once MJPG is asked for, as such cameras behave."""
+
+    def __init__(self, spec):
+        self.props: dict = {}
+        self.order: list = []
+
+    def isOpened(self):
+        return True
+
+    def set(self, prop, value):
+        self.order.append(prop)
+        self.props[prop] = value
+        return True
+
+    def get(self, prop):
+        mjpg = self.props.get(cv2.CAP_PROP_FOURCC) == cv2.VideoWriter_fourcc(*"MJPG")
+        return {cv2.CAP_PROP_FRAME_WIDTH: 1280, cv2.CAP_PROP_FRAME_HEIGHT: 720, cv2.CAP_PROP_FPS: 30.0 if mjpg else 10.0,
+                cv2.CAP_PROP_FOURCC: cv2.VideoWriter_fourcc(*("MJPG" if mjpg else "YUYV"))}.get(prop, 0.0)
+
+
+def test_a_camera_slower_than_asked_is_reported_with_the_format_that_fixes_it():
+    from edgeseg.errors import EdgesegError
+
+    events: list[str] = []
+    LiveCapture(0, 1280, 720, 30, opener=UsbCameraStandIn, on_event=events.append).close()
+    assert events == ["camera 0: delivers 1280x720 at 10 FPS (YUYV), not the 30 FPS asked; USB cameras often "
+                      "need --fourcc MJPG for HD at full rate"], events
+    events.clear()
+    src = LiveCapture(0, 1280, 720, 30, opener=UsbCameraStandIn, on_event=events.append, fourcc="MJPG")
+    assert not events and src.fps == 30.0
+    # the format goes first: which sizes a camera offers depends on it
+    assert src.cap.order.index(cv2.CAP_PROP_FOURCC) < src.cap.order.index(cv2.CAP_PROP_FRAME_WIDTH)
+    with pytest.raises(EdgesegError, match="--fourcc MJPEG: a pixel format is four characters"):
+        LiveCapture(0, fourcc="MJPEG", opener=UsbCameraStandIn)

@@ -146,7 +146,10 @@ class LiveCapture(Source):
     def __init__(self, spec: int | str, width: int | None = None, height: int | None = None,
                  fps: float | None = None, retries: int = 10, backoff: float = 0.5,
                  opener: Callable[[int | str], Any] | None = None, on_event: Callable[[str], None] | None = None,
-                 stall_timeout: float = 10.0):
+                 stall_timeout: float = 10.0, fourcc: str | None = None):
+        if fourcc is not None and len(fourcc) != 4:
+            raise EdgesegError(f"--fourcc {fourcc}: a pixel format is four characters, e.g. MJPG or YUYV")
+        self.fourcc = fourcc
         self.spec = spec
         self.stall_timeout = stall_timeout
         self.stalls = 0
@@ -166,7 +169,26 @@ class LiveCapture(Source):
             raise EdgesegError(f"{spec}: cannot open this stream; check the URL and that the server is reachable")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
         self._closed = False
+        if isinstance(spec, int):
+            self._report_mode()
 
+    def _report_mode(self) -> None:
+        """Say what the camera delivers when it is not what was asked: a USB camera sending
+        uncompressed YUYV falls to a fraction of the asked frame rate at HD sizes (USB 2
+        bandwidth), which then looks like a slow model."""
+        w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        code = int(self.cap.get(cv2.CAP_PROP_FOURCC))
+        fmt = "".join(chr((code >> 8 * k) & 0xFF) for k in range(4)).strip("\x00 ") if code > 0 else "?"
+        want_w, want_h = self.size
+        short = []
+        if (want_w and want_w != w) or (want_h and want_h != h):
+            short.append(f"{want_w or w}x{want_h or h}")
+        if self.fps_req and self.fps < 0.95 * self.fps_req:
+            short.append(f"{self.fps_req:g} FPS")
+        if short:
+            hint = "; USB cameras often need --fourcc MJPG for HD at full rate" if fmt != "MJPG" else ""
+            self.on_event(f"{self.name}: delivers {w}x{h} at {self.fps:g} FPS ({fmt}), not the {' at '.join(short)} "
+                          f"asked{hint}")
     def _default_opener(self, spec: int | str) -> Any:
         if isinstance(spec, str):
             # FFmpeg prints its own lines ("Connection refused", decoder chatter) past OpenCV's log
@@ -186,6 +208,8 @@ class LiveCapture(Source):
         if not cap.isOpened():
             cap.release()
             return None
+        if self.fourcc:  # before the size: the sizes a camera offers depend on the format
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self.fourcc))
         w, h = self.size
         if w:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, w)
