@@ -184,21 +184,27 @@ def run(
     spec = camera if camera is not None else source
     if camera is not None and camera != "pi" and not camera.isdigit():
         raise EdgesegError(f"--camera {camera}: expected a camera index (0, 1, ...) or 'pi'")
+
+    def event(msg: str) -> None:
+        typer.echo(f"\n{msg}", err=True)  # on its own line, past the live status line
+
     sensor_camera = getattr(model.backend, "camera", None)  # a camera that runs the network itself (IMX500)
     if sensor_camera is not None and camera is not None:
         src = sensor_camera(model.bundle, width, height, fps,
-                            aspect=model.manifest.profile.get("runtime_options", {}).get("aspect", "preserve"))
+                            aspect=model.manifest.profile.get("runtime_options", {}).get("aspect", "preserve"),
+                            on_event=event)
     else:
         src = open_source(spec, width, height, fps, **({"prefer_pi": True} if camera == "0" else {}),
                           **({"fourcc": fourcc} if fourcc and camera is not None else {}),
-                          **({"on_event": lambda m: typer.echo(f"\n{m}", err=True)} if camera is not None or "://" in str(spec) else {}))
+                          **({"on_event": event} if camera is not None or "://" in str(spec) else {}))
     sinks = []
     try:
         if save:
             files = getattr(src, "files", None)
-            sinks.append(make_save_sink(save, getattr(src, "fps", 30.0), len(files) if files is not None else None))
+            sinks.append(make_save_sink(save, getattr(src, "fps", 30.0), len(files) if files is not None else None,
+                                        on_event=event))
         if json_out:
-            sinks.append(JsonlSink(json_target, src.name))
+            sinks.append(JsonlSink(json_target, src.name, on_event=event))
         if show:
             sinks.append(WindowSink())
         if serve:

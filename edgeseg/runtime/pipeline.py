@@ -150,6 +150,8 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
                 on_frame(stats, fr, res)
             if (max_frames and stats.frames >= max_frames) or any(getattr(s, "quit", False) for s in sinks):
                 break
+            if sinks and all(getattr(s, "stopped", False) for s in sinks):  # e.g. the disk filled up
+                break
     except KeyboardInterrupt:
         stats.error = "interrupted"
     finally:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -18,6 +22,39 @@ from .sources import VIDEO_SUFFIXES, Frame
 class Sink(Protocol):
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None: ...
     def close(self) -> None: ...
+
+
+log = logging.getLogger(__name__)
+
+MIN_FREE_MB = 100  # what a file sink leaves free on its disk
+SPACE_CHECK_S = 2.0  # how often it looks (one statvfs call)
+
+
+class FreeSpace:
+    """Whether the disk under ``path`` still has ``MIN_FREE_MB`` free, looked at every few seconds.
+
+    A week-long run must not fill a board's SD card, which the OS needs too, and OpenCV's video
+    writer fails silently on a full disk. Once short, a sink stops for good (no flapping) and
+    says so once.
+    """
+
+    def __init__(self, path: Path, on_event: Callable[[str], None] | None = None):
+        self.path = path
+        self.on_event = on_event or (lambda msg: log.warning("%s", msg))
+        self.last = -float("inf")
+        self.short = False
+
+    def ok(self, frame_index: int) -> bool:
+        now = time.monotonic()
+        if self.short or now - self.last < SPACE_CHECK_S:
+            return not self.short
+        self.last = now
+        free = shutil.disk_usage(self.path if self.path.is_dir() else self.path.parent).free
+        if free < MIN_FREE_MB * 2**20:
+            self.short = True
+            self.on_event(f"{self.path}: only {free / 2**20:.0f} MB left on its disk; stopped writing it at frame "
+                          f"{frame_index} (what was written stays valid); free space or write elsewhere")
+        return not self.short
 
 
 def rle(mask: np.ndarray) -> dict:
@@ -50,16 +87,22 @@ def result_record(frame: Frame, result: FrameResult, source: str) -> dict:
 class JsonlSink:
     """One JSON object per line, written and flushed whole, so a killed run leaves valid lines."""
 
-    def __init__(self, path: str | Path | TextIO, source: str):
+    def __init__(self, path: str | Path | TextIO, source: str, on_event: Callable[[str], None] | None = None):
+        self.space = None
         if hasattr(path, "write"):  # an open stream (`--json -`: another program reads the lines)
             self.path, self.f, self.owned = None, path, False
         else:
             self.path = Path(path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.f, self.owned = open(self.path, "w", encoding="utf-8"), True
+            self.space = FreeSpace(self.path, on_event)
         self.source = source
+        self.stopped = False
 
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
+        if self.stopped or (self.space is not None and not self.space.ok(frame.index)):
+            self.stopped = True
+            return
         self.f.write(json.dumps(result_record(frame, result, self.source), separators=(",", ":")) + "\n")
         self.f.flush()
 
@@ -77,15 +120,22 @@ WRITABLE_VIDEO = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".ts"}
 class VideoSink:
     """An annotated MP4 (or AVI); frames of another size are resized to the first frame's size."""
 
-    def __init__(self, path: str | Path, fps: float = 30.0):
+    def __init__(self, path: str | Path, fps: float = 30.0, on_event: Callable[[str], None] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps = fps
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
+        self.space = FreeSpace(self.path, on_event)
+        self.stopped = False
 
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
         assert annotated is not None
+        if self.stopped or not self.space.ok(frame.index):
+            if not self.stopped:
+                self.stopped = True
+                self.close()  # finish the file now, so what was recorded plays
+            return
         if self.writer is None:
             h, w = annotated.shape[:2]
             self.size = (w, h)
@@ -100,14 +150,20 @@ class VideoSink:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
+            self.writer = None
 
 
 class ImageFolderSink:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, on_event: Callable[[str], None] | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.space = FreeSpace(self.path, on_event)
+        self.stopped = False
 
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
+        if self.stopped or not self.space.ok(frame.index):
+            self.stopped = True
+            return
         stem = Path(frame.name).stem if frame.name and "." in frame.name else f"frame{frame.index:06d}"
         cv2.imwrite(str(self.path / f"{frame.index:06d}_{stem}.jpg"), annotated)
 
@@ -152,14 +208,16 @@ class ImageFileSink:
         pass
 
 
-def make_save_sink(path: str | Path, fps: float, frames: int | None = None) -> Sink:
-    """``frames``: how many frames the source holds when known (1 for a single image)."""
+def make_save_sink(path: str | Path, fps: float, frames: int | None = None,
+                   on_event: Callable[[str], None] | None = None) -> Sink:
+    """``frames``: how many frames the source holds when known (1 for a single image);
+    ``on_event``: where a sink that stops for lack of disk space says so."""
     p = Path(path)
     if p.suffix.lower() in VIDEO_SUFFIXES:
         if p.suffix.lower() not in WRITABLE_VIDEO:  # known before the first frame, not after
             raise EdgesegError(f"{p}: OpenCV's writer here takes {', '.join(sorted(WRITABLE_VIDEO))}; "
                                "save as .mp4, or to a folder for images")
-        return VideoSink(p, fps)
+        return VideoSink(p, fps, on_event)
     if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir():
         if frames != 1:
             raise EdgesegError(f"{p}: one picture is saved only from a single image; this source has "
@@ -168,5 +226,5 @@ def make_save_sink(path: str | Path, fps: float, frames: int | None = None) -> S
     if p.suffix and not p.is_dir():
         raise EdgesegError(f"{p}: --save takes a video path (.mp4, .avi), a folder for annotated images, "
                            "or an image path when the source is one image")
-    return ImageFolderSink(p)
+    return ImageFolderSink(p, on_event)
 

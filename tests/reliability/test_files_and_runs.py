@@ -181,3 +181,41 @@ def test_toolchain_failing_mid_way_leaves_no_bundle_and_keeps_its_log(tmp_path):
     log = Path(last.split("error: ", 1)[1].split(":", 1)[0])
     assert log.is_file() and "Traceback" in log.read_text()
     assert not out.exists() and [p for p in out.parent.iterdir()] == [log]
+
+
+def test_a_disk_filling_up_during_a_run_stops_the_files_cleanly(tmp_path, fp32_bundle, monkeypatch):
+    """A week-long `run --save --json` on a board: when the disk's free space falls under the
+    margin, each file sink stops (once, said once), what was written stays playable and valid, and
+    the run ends since nothing is left to write. statvfs is the only stand-in: this machine's
+    disk is not full."""
+    from collections import namedtuple
+
+    from edgeseg.runtime import sinks
+    from edgeseg.runtime.model import Model
+    from edgeseg.runtime.pipeline import run_pipeline
+    from edgeseg.runtime.sources import open_source
+
+    usage = namedtuple("usage", "total used free")
+    calls = {"n": 0}
+
+    def disk_usage(path):
+        calls["n"] += 1
+        return usage(2**34, 2**34, 2**30 if calls["n"] <= 20 else 40 * 2**20)  # 1 GB free, then 40 MB
+
+    monkeypatch.setattr(sinks.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(sinks, "SPACE_CHECK_S", 0.0)
+    events: list[str] = []
+    video, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    outs = [sinks.make_save_sink(video, 10, on_event=events.append), sinks.JsonlSink(js, "scenes", events.append)]
+    model = Model.load(fp32_bundle.path)
+    st = run_pipeline(model, open_source(str(VAL_IMAGES)), outs, annotate=True)
+    n_images = len(list(VAL_IMAGES.iterdir()))
+    assert 5 < st.frames < n_images  # the run ended when both files had stopped
+    assert len(events) == 2 and all("MB left on its disk; stopped writing it at frame" in e for e in events), events
+    lines = js.read_text().splitlines()
+    assert 5 < len(lines) < n_images and all(json.loads(ln) for ln in lines)
+    cap = cv2.VideoCapture(str(video))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert 5 < n < n_images  # finished when it stopped: the frames recorded until then play
