@@ -37,3 +37,21 @@ def test_documented_flags_exist(where, command, rest):
         words = rest.split()
     used = {w.split("=")[0] for w in words if re.fullmatch(r"--?[a-z][a-z0-9-]*(=.*)?", w)}
     assert used <= flags, f"{where}: `edgeseg {command}` has no {sorted(used - flags)}"
+
+
+def test_the_embedding_example_runs_as_written(fp32_bundle, tmp_path):
+    """examples/onnxruntime-camera is the Python API as an application uses it; run it for real
+    (on the sample scenes in place of a camera) so that it cannot drift from the API."""
+    import subprocess
+    import sys
+
+    from conftest import VAL_IMAGES
+
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "onnxruntime-camera" / "run_on_camera.py"),
+                        str(fp32_bundle.path), "--camera", str(VAL_IMAGES), "--frames", "3"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["frame 0", "frame 1", "frame 2"], r.stdout
+    assert all("of the picture covered" in ln for ln in lines)
+    assert any(f"'{n}': " in r.stdout for n in fp32_bundle.manifest.names), r.stdout  # objects counted
