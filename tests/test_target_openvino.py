@@ -72,3 +72,19 @@ def test_device_is_chosen_on_the_command_line(ov_bundles):
     absent = next(d for d in ("NPU", "GPU", "CPU") if d not in ov.Core().available_devices)
     r = cli("run", b, "--source", str(VAL_IMAGES), "--max-frames", "3", "-r", f"device={absent}")
     assert r.returncode == 2 and f"OpenVINO finds no {absent} device here" in r.stderr, r.stderr
+
+
+def test_the_x86_example_runs_as_written(ov_bundles, tmp_path):
+    """examples/x86-openvino/run_openvino.py on the INT8 bundle, the CPU device and the sample
+    scenes in place of a camera: it writes one JSON line per frame."""
+    import json
+
+    from conftest import ROOT, VAL_IMAGES
+
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "x86-openvino" / "run_openvino.py"),
+                        str(ov_bundles["int8"].path), "--device", "CPU", "--camera", str(VAL_IMAGES), "--frames", "5"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "detections.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(ln)["instances"] for ln in lines)
+    assert "'frames': 5" in r.stdout

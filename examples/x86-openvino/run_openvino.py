@@ -20,9 +20,9 @@ def main() -> None:
     ap.add_argument("--camera", default="0")
     ap.add_argument("--frames", type=int, default=600)
     a = ap.parse_args()
-    model = Model.load(a.bundle, device=a.device)
-    st = run_pipeline(model, open_source(a.camera), [JsonlSink("detections.jsonl", f"camera {a.camera}")],
-                      annotate=False, max_frames=a.frames)
+    with Model.load(a.bundle, device=a.device) as model:
+        st = run_pipeline(model, open_source(a.camera), [JsonlSink("detections.jsonl", f"camera {a.camera}")],
+                          annotate=False, max_frames=a.frames)
     print(st.summary())
 
 
