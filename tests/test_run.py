@@ -313,7 +313,7 @@ class Picamera2StandIn:
         if not Picamera2StandIn.cameras:
             raise IndexError("list index out of range")  # what picamera2 raises with no camera attached
         self.scenes = [cv2.imread(str(f)) for f in sorted(VAL_IMAGES.iterdir())[:6]]
-        self.k, self.started, self.config = 0, False, None
+        self.k, self.started, self.config, self.closed = 0, False, None, False
         Picamera2StandIn.instances.append(self)
 
     def create_video_configuration(self, main, controls):
@@ -329,7 +329,7 @@ class Picamera2StandIn:
         self.started = False
 
     def close(self):
-        pass
+        self.closed = True
 
     fail_at: int | None = None  # the capture that raises, as libcamera does when the camera is lost
 
@@ -357,7 +357,8 @@ def test_pi_camera_through_picamera2(fp32_model, monkeypatch):
                       on_frame=lambda s, fr, res: seen.append((fr.image.copy(), res)))
     cam = Picamera2StandIn.instances[-1]
     assert cam.config == {"main": {"size": (640, 480), "format": "RGB888"}, "controls": {"FrameRate": 15}}
-    assert st.frames == 4 and not cam.started  # stopped when the run ends
+    # stopped and closed when the run ends: another process (or stream) can open the camera again
+    assert st.frames == 4 and not cam.started and cam.closed
     for img, res in seen:  # the model saw the scenes in BGR, pad channel gone (a live source may skip some)
         assert any(np.array_equal(img, scene) for scene in cam.scenes)
         assert [i.class_id for i in res.instances] == [i.class_id for i in fp32_model(img).instances]

@@ -203,6 +203,9 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
         def stop(self):
             calls["stopped"] = True
 
+        def close(self):
+            calls["closed"] = True
+
     class IMX500:
         def __init__(self, path):
             calls["rpk"] = path
@@ -274,6 +277,7 @@ def test_pi_runtime_decodes_sensor_tensors_with_the_real_decoder(imx, tmp_path, 
     st = run_pipeline(board, src, [], annotate=False, max_frames=len(frames) - 1,
                       on_frame=lambda s, fr, res: seen.append((fr.image, res)))
     assert st.frames == len(frames) - 1 and calls["released"] >= len(frames) and calls.get("stopped")
+    assert calls.get("closed")  # the camera is free for the next open
     # the stalled capture restarted the stream (same configuration), reported, and the run went on
     assert calls["started"] == 2 and src.reconnects == 1 and "timed out" in events[0], events
     n = 0

@@ -316,7 +316,8 @@ class PiCamera(Source):
         self._closed = True
         try:
             self.cam.stop()
-        except Exception:  # noqa: BLE001
+            self.cam.close()  # libcamera holds the camera until then: a second open would fail
+        except Exception:  # noqa: BLE001 - a lost camera may fail to stop as well
             pass
 
 

@@ -179,7 +179,11 @@ class Imx500Camera(Source):
 
     def close(self) -> None:
         self._closed = True
-        self.cam.stop()
+        try:
+            self.cam.stop()
+            self.cam.close()  # libcamera holds the camera until then: a second open would fail
+        except Exception:  # noqa: BLE001 - a lost camera may fail to stop as well
+            pass
 
 
 class Imx500Backend(Backend):
