@@ -581,3 +581,27 @@ def test_a_camera_slower_than_asked_is_reported_with_the_format_that_fixes_it():
     assert src.cap.order.index(cv2.CAP_PROP_FOURCC) < src.cap.order.index(cv2.CAP_PROP_FRAME_WIDTH)
     with pytest.raises(EdgesegError, match="--fourcc MJPEG: a pixel format is four characters"):
         LiveCapture(0, fourcc="MJPEG", opener=UsbCameraStandIn)
+
+
+def test_camera_0_on_a_pi_with_only_a_usb_webcam_opens_the_webcam(monkeypatch):
+    """On a Raspberry Pi `--camera 0` prefers the Pi camera; a Pi with only a USB webcam used to
+    get "no Raspberry Pi camera found ... use --camera 0", which it had typed. picamera2 and V4L2
+    are stood in for (no camera here)."""
+    import sys
+    import types
+
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime import sources
+
+    monkeypatch.setattr(sources, "on_raspberry_pi", lambda: True)
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=Picamera2StandIn))
+    monkeypatch.setattr(Picamera2StandIn, "cameras", 1)
+    with sources.open_source("0", prefer_pi=True) as src:
+        assert isinstance(src, sources.PiCamera)
+    monkeypatch.setattr(Picamera2StandIn, "cameras", 0)
+    events: list[str] = []
+    with sources.open_source("0", prefer_pi=True, opener=UsbCameraStandIn, on_event=events.append) as src:
+        assert isinstance(src, LiveCapture) and src.spec == 0
+    assert events == ["camera 0: no Raspberry Pi camera through picamera2; opening the USB camera /dev/video0 instead"]
+    with pytest.raises(EdgesegError, match="no Raspberry Pi camera found"):  # asked for by name: no fallback
+        sources.open_source("pi")

@@ -334,8 +334,17 @@ def open_source(spec: int | str, width: int | None = None, height: int | None = 
     """Open ``spec``: camera index (int or digits), 'pi', URL, video file, image folder or glob."""
     if isinstance(spec, str) and spec.isdigit():
         spec = int(spec)
-    if spec == "pi" or (isinstance(spec, int) and spec == 0 and kw.pop("prefer_pi", False) and on_raspberry_pi()):
-        return PiCamera(width, height, fps, **{k: v for k, v in kw.items() if k == "on_event"})
+    prefer_pi = kw.pop("prefer_pi", False)
+    pi_kw = {k: v for k, v in kw.items() if k == "on_event"}
+    if spec == "pi":
+        return PiCamera(width, height, fps, **pi_kw)
+    if spec == 0 and prefer_pi and on_raspberry_pi():
+        try:
+            return PiCamera(width, height, fps, **pi_kw)
+        except EdgesegError:
+            # a Pi with only a USB webcam: camera 0 is that webcam, through V4L2
+            (kw.get("on_event") or log.warning)("camera 0: no Raspberry Pi camera through picamera2; "
+                                                "opening the USB camera /dev/video0 instead")
     if isinstance(spec, int):
         return LiveCapture(spec, width, height, fps, **kw)
     s = str(spec)
