@@ -122,7 +122,9 @@ def convert(
     try:
         from .convert import convert as do_convert
     except ImportError as e:
-        raise ToolchainMissing(f"convert runs on the host and needs {e.name}: pip install \"edgeseg[host]\"") from None
+        from .install import pip_extra
+
+        raise ToolchainMissing(f"convert runs on the host and needs {e.name}: {pip_extra('host')}") from None
 
     sets = {}
     for kv in option or []:

@@ -184,3 +184,22 @@ def test_usage_errors_are_one_line_like_edgesegs_own(args, phrase, tmp_path):
 def test_no_arguments_prints_help_not_an_error(tmp_path):
     r = cli(cwd=tmp_path)
     assert r.returncode == 0 and "convert" in r.stdout and "run" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_install_hints_name_the_source_this_edgeseg_came_from(tmp_path):
+    """`pip install "edgeseg[ncnn]"` fails for an edgeseg installed from a clone (the name is not
+    on an index), so a missing-toolchain message names the clone, or the copied folder."""
+    import json
+
+    from conftest import ROOT
+
+    from edgeseg.install import pip_extra, source_of
+
+    assert pip_extra("ncnn") == f'pip install -e "{ROOT}[ncnn]"'  # the tests run from a checkout
+    site = tmp_path / "site-packages"
+    (site / "edgeseg").mkdir(parents=True)
+    copied = json.dumps({"url": "file:///home/pi/edgeseg%20src", "dir_info": {}})
+    assert source_of(site, copied) == ("/home/pi/edgeseg src", False)
+    assert source_of(site, json.dumps({"url": "file:///w/edgeseg", "dir_info": {"editable": True}})) == ("/w/edgeseg", True)
+    assert source_of(site, None) is None  # from an index
+    assert source_of(site, json.dumps({"url": "https://example.org/edgeseg-0.1.0.tar.gz", "archive_info": {}})) is None

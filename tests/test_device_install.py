@@ -34,5 +34,7 @@ def test_run_bench_and_api_without_host_packages(int8_bundle, tmp_path):
 
 
 def test_convert_on_a_device_says_what_to_install():
+    from edgeseg.install import pip_extra
+
     r = _device_cli("convert")
-    assert r.returncode == 2 and 'pip install "edgeseg[host]"' in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and pip_extra("host") in r.stderr and "Traceback" not in r.stderr

@@ -55,3 +55,18 @@ def test_the_embedding_example_runs_as_written(fp32_bundle, tmp_path):
     assert [ln.split(":")[0] for ln in lines] == ["frame 0", "frame 1", "frame 2"], r.stdout
     assert all("of the picture covered" in ln for ln in lines)
     assert any(f"'{n}': " in r.stdout for n in fp32_bundle.manifest.names), r.stdout  # objects counted
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "examples").rglob("*.sh")), ids=lambda p: p.parent.name)
+def test_board_scripts_install_edgeseg_from_their_clone(script):
+    """edgeseg is not on a package index: `pip install edgeseg` on a board fails, or installs
+    whatever else has taken the name. Each script installs the clone it sits in."""
+    import subprocess
+
+    text = script.read_text()
+    pips = [ln for ln in text.splitlines() if "pip install" in ln]
+    assert pips and all('"$SRC' in ln and not re.search(r"install[^#]*\bedgeseg\b", ln) for ln in pips), pips
+    line = next(ln for ln in text.splitlines() if ln.startswith("SRC="))
+    r = subprocess.run(["bash", "-c", f"{line}\necho \"$SRC\"", str(script)], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.stdout.strip() == str(ROOT), (r.stdout, r.stderr)

@@ -2,7 +2,8 @@
 # On the board: install the runtime, then stream the camera through the bundle copied from the host.
 set -euo pipefail
 BUNDLE=${1:?usage: run_mnn.sh BUNDLE [camera-index]}
+SRC=${EDGESEG_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}   # this clone, copied to the board (edgeseg is not on a package index)
 python3 -m venv ~/edgeseg-venv --system-site-packages
-~/edgeseg-venv/bin/pip install "edgeseg[mnn]"
+~/edgeseg-venv/bin/pip install "$SRC[mnn]"
 ~/edgeseg-venv/bin/edgeseg bench "$BUNDLE" --threads 4
 exec ~/edgeseg-venv/bin/edgeseg run "$BUNDLE" --camera "${2:-0}" --json detections.jsonl --save annotated.mp4

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 set -euo pipefail
 BUNDLE=${1:?usage: run_on_pi.sh BUNDLE [camera: 0|pi]}
+SRC=${EDGESEG_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}   # this clone, copied to the board (edgeseg is not on a package index)
 python3 -m venv ~/edgeseg-venv --system-site-packages
-~/edgeseg-venv/bin/pip install "edgeseg[ncnn]"
+~/edgeseg-venv/bin/pip install "$SRC[ncnn]"
 ~/edgeseg-venv/bin/edgeseg bench "$BUNDLE" --threads 4
 exec ~/edgeseg-venv/bin/edgeseg run "$BUNDLE" --camera "${2:-0}" --threads 4 --json detections.jsonl --save annotated.mp4

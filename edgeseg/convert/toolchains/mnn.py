@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 
 from ...errors import EdgesegError
+from ...install import pip_extra
 from ..envs import run_json
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 MODEL_FILE = "model.mnn"
-INSTALL = 'pip install "edgeseg[mnn]"'
+INSTALL = pip_extra("mnn")
 
 
 def run_guarded(spec: dict, workdir: Path, log: Path) -> dict:

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from ...errors import EdgesegError
+from ...install import pip_extra
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 PARAM, BIN = "model.ncnn.param", "model.ncnn.bin"
-INSTALL = 'pip install "edgeseg[ncnn-host]"  (install torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)'
+INSTALL = pip_extra("ncnn-host") + '  (install torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)'
 
 
 def _pnnx() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ...install import pip_extra
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 MODEL_FILE = "model.onnx"
@@ -41,7 +42,7 @@ class OnnxRuntimeToolchain(Toolchain):
 
     @classmethod
     def availability(cls) -> Availability:
-        return probe('pip install "edgeseg[host]"', onnxruntime="onnxruntime", onnx="onnx")
+        return probe(pip_extra("host"), onnxruntime="onnxruntime", onnx="onnx")
 
     def convert(self, job: ConvertJob) -> ConvertResult:
         import onnx

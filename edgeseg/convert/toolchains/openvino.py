@@ -9,11 +9,12 @@ from __future__ import annotations
 import shutil
 import sys
 
+from ...install import pip_extra
 from ..envs import run_json
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 XML, BIN = "model.xml", "model.bin"
-INSTALL = 'pip install "edgeseg[openvino-host]"'
+INSTALL = pip_extra("openvino-host")
 
 
 class OpenVinoToolchain(Toolchain):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import EdgesegError
+from ...install import pip_extra
 from ..envs import EnvSpec, run_worker
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
@@ -32,7 +33,7 @@ class TfliteToolchain(Toolchain):
 
     @classmethod
     def availability(cls) -> Availability:
-        av = probe('pip install "edgeseg[tflite]"', ai_edge_litert="ai-edge-litert")
+        av = probe(pip_extra("tflite"), ai_edge_litert="ai-edge-litert")
         if av.installed:
             av.versions["tensorflow"] = "2.19.0 (isolated env" + (")" if ENV.ready() else ", created on first use)")
         return av

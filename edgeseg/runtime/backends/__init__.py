@@ -15,14 +15,15 @@ import numpy as np
 
 from ...bundle import Bundle
 from ...errors import EdgesegError, ToolchainMissing
+from ...install import pip_extra
 
 # runtime name (manifest ``runtime``) -> (backend module, runtime import name, distribution, install command)
 REGISTRY: dict[str, tuple[str, str, str, str]] = {
-    "onnxruntime": ("onnxruntime", "onnxruntime", "onnxruntime", 'pip install "edgeseg[onnxruntime]"'),
-    "openvino": ("openvino", "openvino", "openvino", 'pip install "edgeseg[openvino]"'),
-    "mnn": ("mnn", "MNN", "MNN", 'pip install "edgeseg[mnn]"'),
-    "ncnn": ("ncnn", "ncnn", "ncnn", 'pip install "edgeseg[ncnn]"'),
-    "litert": ("litert", "ai_edge_litert", "ai-edge-litert", 'pip install "edgeseg[tflite]"'),
+    "onnxruntime": ("onnxruntime", "onnxruntime", "onnxruntime", pip_extra("onnxruntime")),
+    "openvino": ("openvino", "openvino", "openvino", pip_extra("openvino")),
+    "mnn": ("mnn", "MNN", "MNN", pip_extra("mnn")),
+    "ncnn": ("ncnn", "ncnn", "ncnn", pip_extra("ncnn")),
+    "litert": ("litert", "ai_edge_litert", "ai-edge-litert", pip_extra("tflite")),
     "rknn": ("rknn", "rknnlite", "rknn-toolkit-lite2",
              "pip install rknn-toolkit-lite2 (aarch64 board, with Rockchip's librknnrt.so)"),
     "imx500": ("imx500", "picamera2", "picamera2",
