@@ -33,11 +33,23 @@ demo: $(VENV)/.host
 	$(BIN)/edgeseg run --source edgeseg/assets/shapes/val/images --save demo/annotated.mp4 --json demo/results.jsonl
 	$(BIN)/edgeseg eval --json demo/eval.json
 
-test: $(VENV)/.test
+# The device side again with the oldest numpy edgeseg allows (1.24, Raspberry Pi OS Bookworm's,
+# which picamera2 needs) and the OpenCV 4.x pip picks next to it.
+OLDEST ?= .venv-oldest
+$(OLDEST)/.test: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install -q --upgrade pip
+	$(OLDEST)/bin/pip install -q -e ".[host]" "numpy==1.24.4" pytest hypothesis pillow
+	touch $@
+
+test: $(VENV)/.test $(OLDEST)/.test
 	$(BIN)/python -m pytest -q --durations=12
+	$(OLDEST)/bin/python -c "import numpy, cv2; print('device side with numpy', numpy.__version__, 'and OpenCV', cv2.__version__)"
+	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider tests/test_run.py tests/test_decode_reference.py \
+	  tests/test_nms.py tests/test_preprocess.py tests/test_device_install.py tests/reliability/test_fuzz.py
 
 bench: $(VENV)/.host
 	$(BIN)/python bench/compare_runtimes.py
 
 clean:
-	rm -rf $(VENV) bundles demo
+	rm -rf $(VENV) $(OLDEST) bundles demo

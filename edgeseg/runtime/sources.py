@@ -45,16 +45,19 @@ class Frame:
 @contextmanager
 def quiet_opencv() -> Iterator[None]:
     """Silence OpenCV's own warnings while probing a device; edgeseg reports the outcome itself."""
-    try:
-        prev = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except AttributeError:  # pragma: no cover - very old OpenCV
+    # OpenCV 5 has cv2.utils.logging; the 4.x wheels (the ones pip picks next to numpy 1.x, as on
+    # Raspberry Pi OS) have cv2.getLogLevel/setLogLevel; 0 is "silent" in both
+    api = getattr(getattr(cv2, "utils", None), "logging", None) or cv2
+    get, set_ = getattr(api, "getLogLevel", None), getattr(api, "setLogLevel", None)
+    if get is None or set_ is None:  # pragma: no cover - a build without either
         yield
         return
+    prev = get()
+    set_(0)
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(prev)
+        set_(prev)
 
 
 def read_image(path: Path) -> np.ndarray:

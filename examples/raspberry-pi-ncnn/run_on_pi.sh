@@ -3,6 +3,9 @@ set -euo pipefail
 BUNDLE=${1:?usage: run_on_pi.sh BUNDLE [camera: 0|pi]}
 SRC=${EDGESEG_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}   # this clone, copied to the board (edgeseg is not on a package index)
 python3 -m venv ~/edgeseg-venv --system-site-packages
-~/edgeseg-venv/bin/pip install "$SRC[ncnn]"
+# picamera2 from the OS is built against the system numpy (1.24 on Bookworm); a numpy 2 in the
+# venv would break `import picamera2`, so the venv keeps the system's version
+NUMPY=$(python3 -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)
+~/edgeseg-venv/bin/pip install "$SRC[ncnn]" ${NUMPY:+"numpy==$NUMPY"}
 ~/edgeseg-venv/bin/edgeseg bench "$BUNDLE" --threads 4
 exec ~/edgeseg-venv/bin/edgeseg run "$BUNDLE" --camera "${2:-0}" --threads 4 --json detections.jsonl --save annotated.mp4
