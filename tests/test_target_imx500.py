@@ -319,3 +319,27 @@ def test_gptq_option_runs_mct_gradient_ptq(tmp_path):
                 options={"set": {"gptq": "true", "gptq_epochs": "1"}})
     q = b.manifest.quantization
     assert q["gptq"] is True and q["gptq_epochs"] == 1 and q["memory"]["Fit In Chip"]
+
+
+def test_a_failing_imx500_package_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """imx500-package (Raspberry Pi OS) is stood in for by a script that fails as a bad archive
+    would; the message quotes its last line (it printed a Python list before) and no half-made
+    network.rpk or work folder stays in the bundle."""
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.backends.imx500 import network_rpk
+
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    (bundle_dir / "packerOut.zip").write_bytes(b"not a zip")
+    bundle = types.SimpleNamespace(file=lambda name: bundle_dir / name,
+                                   manifest=types.SimpleNamespace(model_files=["packerOut.zip"]))
+    tool = tmp_path / "bin" / "imx500-package"
+    tool.parent.mkdir()
+    tool.write_text('#!/bin/sh\necho "reading packerOut.zip" >&2\necho "error: not a packer archive" >&2\nexit 3\n')
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(EdgesegError) as e:
+        network_rpk(bundle)
+    msg = str(e.value)
+    assert "imx500-package failed (exit 3: error: not a packer archive); run it by hand" in msg and "[" not in msg
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["packerOut.zip"]
