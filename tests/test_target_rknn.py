@@ -167,3 +167,39 @@ def test_a_core_mask_the_soc_lacks_is_one_clear_error(monkeypatch, tmp_path):
     bundle = types.SimpleNamespace(manifest=manifest, path=tmp_path)
     with pytest.raises(EdgesegError, match="core_mask=all does not exist on rk3566; choose one of: auto$"):
         RknnLiteBackend(bundle, core_mask="all")
+
+
+def test_an_npu_inference_failure_is_one_clear_error(monkeypatch, tmp_path):
+    """RKNNLite logs a failed inference and returns None; that used to surface as a TypeError
+    from deep in the backend. The stand-in is at the ``rknnlite`` import only."""
+    import tomllib
+
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.backends.rknn import RknnLiteBackend
+
+    class FailingRKNNLite:
+        NPU_CORE_AUTO = 0
+
+        def __init__(self, verbose=False):
+            pass
+
+        def load_rknn(self, path):
+            return 0
+
+        def init_runtime(self, **kw):
+            return 0
+
+        def inference(self, inputs, data_format=None):
+            return None
+
+    api = types.ModuleType("rknnlite.api")
+    api.RKNNLite = FailingRKNNLite
+    monkeypatch.setitem(sys.modules, "rknnlite", types.ModuleType("rknnlite"))
+    monkeypatch.setitem(sys.modules, "rknnlite.api", api)
+    profile = tomllib.loads((Path(__file__).parents[1] / "targets" / "rknn.toml").read_text())
+    manifest = types.SimpleNamespace(profile=profile, quantization={"platform": "rk3566"}, model_files=["model.rknn"],
+                                     outputs=[{"name": "boxes", "shape": [1, 4, 10]}])
+    bundle = types.SimpleNamespace(manifest=manifest, path=tmp_path, file=lambda name: tmp_path / name)
+    backend = RknnLiteBackend(bundle)
+    with pytest.raises(EdgesegError, match="the NPU returned nothing; see rknnlite's log above"):
+        backend.run(np.zeros((1, 320, 320, 3), np.uint8))
