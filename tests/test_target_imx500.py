@@ -343,3 +343,25 @@ def test_a_failing_imx500_package_is_one_line_and_leaves_nothing(tmp_path, monke
     msg = str(e.value)
     assert "imx500-package failed (exit 3: error: not a packer archive); run it by hand" in msg and "[" not in msg
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["packerOut.zip"]
+
+
+def test_no_ai_camera_attached_is_one_line(tmp_path):
+    """picamera2's IMX500() raises RuntimeError when no IMX500 sensor node exists (a Pi without
+    the AI Camera, or a loose cable); the stand-in is that picamera2 call alone."""
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.backends.imx500 import Imx500Camera
+
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    (bundle_dir / "packerOut.zip").write_bytes(b"zip")
+    (bundle_dir / "network.rpk").write_bytes(b"rpk")  # packaged already: no imx500-package call
+    manifest = types.SimpleNamespace(model_files=["packerOut.zip"], outputs=[])
+    bundle = types.SimpleNamespace(path=bundle_dir, manifest=manifest, file=lambda name: bundle_dir / name)
+
+    def no_sensor(path):
+        raise RuntimeError("IMX500: Requested camera dev-node not found")
+
+    pc = types.SimpleNamespace(devices=types.SimpleNamespace(IMX500=no_sensor), Picamera2=None)
+    with pytest.raises(EdgesegError, match=r"no Raspberry Pi AI Camera \(IMX500\) found \(IMX500: Requested camera "
+                                           r"dev-node not found\); check the ribbon cable"):
+        Imx500Camera(bundle, picamera2_module=pc)

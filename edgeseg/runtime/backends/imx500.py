@@ -118,10 +118,16 @@ class Imx500Camera(Source):
         pc = picamera2_module
         self.name = "imx500"
         self.outputs = bundle.manifest.outputs
-        # IMX500() must exist before Picamera2(): it loads the network firmware into the sensor
-        self.imx = pc.devices.IMX500(str(network_rpk(bundle)))
+        rpk = network_rpk(bundle)
+        try:
+            # IMX500() must exist before Picamera2(): it loads the network firmware into the sensor
+            self.imx = pc.devices.IMX500(str(rpk))
+            self.cam = pc.Picamera2(self.imx.camera_num)
+        except (RuntimeError, IndexError, OSError) as e:  # no sensor node, no camera, firmware refused
+            raise EdgesegError(f"--camera: no Raspberry Pi AI Camera (IMX500) found ({e}); check the ribbon cable "
+                               "and `rpicam-hello --list-cameras`; a bundle for another camera needs another "
+                               "target") from None
         self.preserve_aspect = aspect == "preserve"
-        self.cam = pc.Picamera2(self.imx.camera_num)
         self.fps = float(fps or 30)
         cfg = self.cam.create_preview_configuration(main={"size": (width or 640, height or 480), "format": "RGB888"},
                                                     controls={"FrameRate": self.fps}, buffer_count=12)
