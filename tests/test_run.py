@@ -605,3 +605,28 @@ def test_camera_0_on_a_pi_with_only_a_usb_webcam_opens_the_webcam(monkeypatch):
     assert events == ["camera 0: no Raspberry Pi camera through picamera2; opening the USB camera /dev/video0 instead"]
     with pytest.raises(EdgesegError, match="no Raspberry Pi camera found"):  # asked for by name: no fallback
         sources.open_source("pi")
+
+
+def test_picamera2_broken_by_the_venvs_numpy_is_one_line(monkeypatch):
+    """picamera2 from Raspberry Pi OS is built against the system numpy; in a venv with numpy 2 its
+    import raises ValueError (simplejpeg), which was a traceback. The import itself is stood in
+    for: this machine has no picamera2."""
+    import importlib.abc
+    import sys
+
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.sources import open_source
+
+    class BrokenByNumpy(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "picamera2":
+                raise ValueError("numpy.dtype size changed, may indicate binary incompatibility. "
+                                 "Expected 96 from C header, got 88 from PyObject")
+
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [BrokenByNumpy(), *sys.meta_path])
+    with pytest.raises(EdgesegError) as e:
+        open_source("pi")
+    msg = str(e.value)
+    assert msg.startswith("picamera2 does not import with this venv's numpy") and "numpy.dtype size changed" in msg
+    assert 'pip install "numpy==$(/usr/bin/python3 -c' in msg and "\n" not in msg

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ..data import IMAGE_SUFFIXES
-from ..errors import EdgesegError
+from ..errors import EdgesegError, ToolchainMissing
 from .preprocess import Letterbox
 
 log = logging.getLogger("edgeseg.sources")
@@ -254,6 +254,25 @@ class LiveCapture(Source):
         self.cap.release()
 
 
+def import_picamera2(devices: bool = False) -> Any:
+    """picamera2, or a one-line error saying why not. Raspberry Pi OS ships it (apt) built against
+    the system numpy; in a venv holding another numpy its import fails with a ValueError
+    ("numpy.dtype size changed"), which would otherwise surface as a traceback."""
+    try:
+        import picamera2
+
+        if devices:
+            import picamera2.devices  # noqa: F401 - the IMX500 helper
+    except ImportError:
+        raise ToolchainMissing("picamera2 is not installed: sudo apt install python3-picamera2 (Raspberry Pi OS), "
+                               "and create the venv with --system-site-packages") from None
+    except ValueError as e:
+        raise EdgesegError(f"picamera2 does not import with this venv's numpy {np.__version__} ({e}); it was built "
+                           "against the system's: pip install \"numpy==$(/usr/bin/python3 -c 'import numpy; "
+                           "print(numpy.__version__)')\"") from None
+    return picamera2
+
+
 class PiCamera(Source):
     """The Raspberry Pi camera through picamera2 (libcamera), delivering BGR frames; restarted with
     back-off when a capture fails (a libcamera frontend timeout, a loose ribbon cable)."""
@@ -262,11 +281,7 @@ class PiCamera(Source):
 
     def __init__(self, width: int | None = None, height: int | None = None, fps: float | None = None,
                  retries: int = 10, backoff: float = 0.5, on_event: Callable[[str], None] | None = None):
-        try:
-            from picamera2 import Picamera2
-        except ImportError:
-            raise EdgesegError("--camera pi needs picamera2: sudo apt install python3-picamera2 "
-                               "(and create the venv with --system-site-packages)") from None
+        Picamera2 = import_picamera2().Picamera2  # noqa: N806 - picamera2's class name
         self.name = "picamera2"
         self.size, self.fps = (width or 1280, height or 720), fps or 30.0
         self.retries, self.backoff = retries, backoff

@@ -26,7 +26,7 @@ import numpy as np
 
 from ...errors import EdgesegError, ToolchainMissing
 from ..preprocess import Letterbox
-from ..sources import Frame, Source, retry_with_backoff
+from ..sources import Frame, Source, import_picamera2, retry_with_backoff
 from . import Backend, ReplayBackend, has_recorded_outputs
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,8 @@ class Imx500Camera(Source):
                  on_event: Callable[[str], None] | None = None):
         if picamera2_module is None:
             try:
-                import picamera2 as picamera2_module  # the Pi's libcamera binding; absent elsewhere
-                import picamera2.devices  # noqa: F401
-            except ImportError:
+                picamera2_module = import_picamera2(devices=True)  # the Pi's libcamera binding
+            except ToolchainMissing:
                 raise ToolchainMissing(f"{bundle.path}: the IMX500 runs on a Raspberry Pi with the AI Camera; "
                                        f"install {INSTALL}") from None
         pc = picamera2_module
@@ -211,12 +210,10 @@ class ReplayImx500Backend(ReplayBackend):
 
 
 def BACKEND(bundle, **options: Any) -> Backend:  # noqa: N802 - the registry's factory name
-    import importlib
-
     try:
-        importlib.import_module("picamera2")  # present on Raspberry Pi OS only
+        import_picamera2()  # present on Raspberry Pi OS only; a numpy mismatch is reported, not skipped
         return Imx500Backend(bundle, **options)
-    except ImportError:
+    except ToolchainMissing:
         pass
     if has_recorded_outputs(bundle):
         return ReplayImx500Backend(bundle, **options)
