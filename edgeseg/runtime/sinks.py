@@ -57,6 +57,17 @@ class FreeSpace:
         return not self.short
 
 
+class _FileSink:
+    """What file sinks share: ``stopped`` once their disk ran short (the pipeline ends the run
+    when every sink has stopped)."""
+
+    space: FreeSpace | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.space is not None and self.space.short
+
+
 def rle(mask: np.ndarray) -> dict:
     """COCO run-length encoding of a bool mask (pycocotools' own encoder, string counts)."""
     import pycocotools.mask as mu
@@ -84,7 +95,7 @@ def result_record(frame: Frame, result: FrameResult, source: str) -> dict:
             "instances": inst}
 
 
-class JsonlSink:
+class JsonlSink(_FileSink):
     """One JSON object per line, written and flushed whole, so a killed run leaves valid lines."""
 
     def __init__(self, path: str | Path | TextIO, source: str, on_event: Callable[[str], None] | None = None):
@@ -97,11 +108,9 @@ class JsonlSink:
             self.f, self.owned = open(self.path, "w", encoding="utf-8"), True
             self.space = FreeSpace(self.path, on_event)
         self.source = source
-        self.stopped = False
 
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
-        if self.stopped or (self.space is not None and not self.space.ok(frame.index)):
-            self.stopped = True
+        if self.space is not None and not self.space.ok(frame.index):
             return
         self.f.write(json.dumps(result_record(frame, result, self.source), separators=(",", ":")) + "\n")
         self.f.flush()
@@ -117,7 +126,7 @@ class JsonlSink:
 WRITABLE_VIDEO = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".ts"}
 
 
-class VideoSink:
+class VideoSink(_FileSink):
     """An annotated MP4 (or AVI); frames of another size are resized to the first frame's size."""
 
     def __init__(self, path: str | Path, fps: float = 30.0, on_event: Callable[[str], None] | None = None):
@@ -127,14 +136,11 @@ class VideoSink:
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
         self.space = FreeSpace(self.path, on_event)
-        self.stopped = False
 
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
         assert annotated is not None
-        if self.stopped or not self.space.ok(frame.index):
-            if not self.stopped:
-                self.stopped = True
-                self.close()  # finish the file now, so what was recorded plays
+        if not self.space.ok(frame.index):
+            self.close()  # finish the file now, so what was recorded plays (closing twice is harmless)
             return
         if self.writer is None:
             h, w = annotated.shape[:2]
@@ -153,16 +159,14 @@ class VideoSink:
             self.writer = None
 
 
-class ImageFolderSink:
+class ImageFolderSink(_FileSink):
     def __init__(self, path: str | Path, on_event: Callable[[str], None] | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.space = FreeSpace(self.path, on_event)
-        self.stopped = False
 
     def write(self, frame: Frame, result: FrameResult, annotated: np.ndarray | None) -> None:
-        if self.stopped or not self.space.ok(frame.index):
-            self.stopped = True
+        if not self.space.ok(frame.index):
             return
         stem = Path(frame.name).stem if frame.name and "." in frame.name else f"frame{frame.index:06d}"
         cv2.imwrite(str(self.path / f"{frame.index:06d}_{stem}.jpg"), annotated)
