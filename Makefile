@@ -42,7 +42,10 @@ $(OLDEST)/.test: pyproject.toml
 	$(OLDEST)/bin/pip install -q -e ".[host]" "numpy==1.24.4" pytest hypothesis pillow
 	touch $@
 
+# An emulated Raspberry Pi 5 (arm64 Debian Bookworm under qemu-user) for the tests that run
+# bundles on ARM kernels; cached in ~/.cache/edgeseg/aarch64, so this is quick after the first time.
 test: $(VENV)/.test $(OLDEST)/.test
+	./scripts/aarch64-env.sh $(BIN)/python
 	$(BIN)/python -m pytest -q --durations=12
 	$(OLDEST)/bin/python -c "import numpy, cv2; print('device side with numpy', numpy.__version__, 'and OpenCV', cv2.__version__)"
 	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider tests/test_run.py tests/test_decode_reference.py \

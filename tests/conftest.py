@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,3 +67,59 @@ def fp32_model(fp32_bundle):
     from edgeseg.runtime.model import Model
 
     return Model.load(fp32_bundle.path)
+
+
+@pytest.fixture(scope="session")
+def aarch64(tmp_path_factory):
+    """``aarch64("-m", "edgeseg", ...)`` runs Python on an emulated Raspberry Pi 5 (Debian Bookworm's
+    arm64 Python 3.11 under qemu-user as a Cortex-A76, with the aarch64 wheels of the device
+    install; scripts/aarch64-env.sh builds it and ``make test`` runs that). ARM runtimes take other
+    kernels than x86 (int8 dot products, fp16 arithmetic), so a bundle can decode differently on
+    a board; emulation checks the arithmetic and the code path, not the speed."""
+    python = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "aarch64" / "python"
+    if not (shutil.which("qemu-aarch64") and python.is_file()):
+        pytest.skip("no emulated aarch64 board: run scripts/aarch64-env.sh (make test does)")
+    # a board has none of this machine's cached toolchain environments
+    cache = tmp_path_factory.mktemp("aarch64-cache")
+
+    def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONIOENCODING": "utf-8",
+               "PYTHONPATH": str(ROOT), "EDGESEG_CACHE": str(cache)}
+        return subprocess.run([str(python), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+    return run
+
+
+def agreement(a: Path, b: Path) -> dict:
+    """How far two ``--json`` files of the same frames agree: instances matched one to one (same
+    class, mask IoU >= 0.5, greedy by IoU), their mean mask IoU and largest box difference."""
+    from pycocotools import mask as rle
+
+    fa, fb = ([json.loads(line) for line in p.read_text().splitlines()] for p in (a, b))
+    assert [f["source"] for f in fa] == [f["source"] for f in fb], "the runs saw different frames"
+    n_a = n_b = 0
+    ious, box_err = [], [0.0]
+    for ra, rb in zip(fa, fb):
+        ia, ib = ra["instances"], rb["instances"]
+        n_a, n_b = n_a + len(ia), n_b + len(ib)
+        if not ia or not ib:
+            continue
+        iou = rle.iou([i["mask"] for i in ia], [i["mask"] for i in ib], [0] * len(ib))
+        iou *= np.array([[x["class_id"] == y["class_id"] for y in ib] for x in ia])
+        while iou.size and iou.max() >= 0.5:
+            i, j = np.unravel_index(iou.argmax(), iou.shape)
+            ious.append(float(iou[i, j]))
+            box_err.append(float(np.abs(np.subtract(ia[i]["box"], ib[j]["box"])).max()))
+            iou[i, :], iou[:, j] = 0, 0
+    return {"a": n_a, "b": n_b, "matched": len(ious), "mean_iou": float(np.mean(ious)) if ious else 0.0,
+            "max_box_px": max(box_err)}
+
+
+def agreement_on_aarch64(aarch64, bundle: Path, tmp_path: Path, *options: str, frames: int = 10) -> dict:
+    """``edgeseg run BUNDLE`` on the emulated board and on this machine, over the same frames."""
+    args = ["run", str(bundle), "--source", str(VAL_IMAGES), "--max-frames", str(frames), *options]
+    r = aarch64("-m", "edgeseg", *args, "--json", str(tmp_path / "aarch64.jsonl"))
+    assert r.returncode == 0, r.stderr
+    r = cli(*args, "--json", str(tmp_path / "x86_64.jsonl"))
+    assert r.returncode == 0, r.stderr
+    return agreement(tmp_path / "aarch64.jsonl", tmp_path / "x86_64.jsonl")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import DATA_YAML, MODEL, MODEL_V8
+from conftest import DATA_YAML, MODEL, MODEL_V8, agreement_on_aarch64
 
 pytest.importorskip("ncnn", reason='the NCNN target needs: pip install "edgeseg[ncnn-host]"')
 
@@ -103,3 +103,11 @@ def test_asking_for_ncnn_tools_that_are_absent_is_one_line(tmp_path, monkeypatch
     r = cli("convert", "--target", "ncnn", "--option", "int8_tools=ncnn", "--out", str(tmp_path / "b"))
     assert r.returncode == 2 and "ncnn2table and ncnn2int8 are not on PATH" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("precision,options", [("int8", ()), ("fp16", ("-r", "fp16=true"))])
+def test_bundle_on_a_pi5_cpu_decodes_as_here(nc, aarch64, tmp_path, precision, options):
+    """On ARMv8.2 ncnn runs int8 layers on its dot-product kernels and, asked, fp16 arithmetic:
+    code that x86 never reaches, fed the int8 model edgeseg wrote (emulated Cortex-A76)."""
+    a = agreement_on_aarch64(aarch64, nc[precision].path, tmp_path, *options)
+    assert a["b"] > 20 and a["matched"] >= 0.9 * max(a["a"], a["b"]) and a["mean_iou"] > 0.95, a

@@ -1,5 +1,6 @@
 """Rockchip RKNN: the real rknn-toolkit2 in the isolated env edgeseg creates, its simulator for
-accuracy, and the board backend driven against a stand-in at the ``rknnlite`` import only."""
+accuracy, and the board backend driven against a stand-in at the ``rknnlite`` import only, and
+against the real rknnlite on an emulated aarch64 board up to the missing NPU."""
 
 import sys
 import types
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA_YAML, MODEL, VAL_IMAGES
+from conftest import DATA_YAML, MODEL, ROOT, VAL_IMAGES
 
 PLATFORMS = ["rk3588", "rk3576", "rk3566", "rk3568", "rk3562", "rv1106", "rv1103"]
 
@@ -120,6 +121,22 @@ def test_board_backend_against_an_rknnlite_stand_in(rk, monkeypatch):
         assert all(np.abs(a.box - b.box).max() < 1e-3 for a, b in zip(res.instances, ref.instances))
     board.close()
     assert calls.get("released")
+
+
+def test_board_backend_with_the_real_rknnlite_on_aarch64(rk, aarch64):
+    """The real rknn-toolkit-lite2 (its aarch64 wheel) on the emulated board: every core_mask edgeseg
+    offers is one of RKNNLite's constants, RKNNLite reads the bundle's model, and with no NPU there
+    (none is emulated) the run ends on edgeseg's one line saying what the board needs."""
+    from edgeseg.runtime.backends.rknn import core_masks
+
+    r = aarch64("-c", "from rknnlite.api import RKNNLite; print(*[n for n in dir(RKNNLite) if n.startswith('NPU_')])")
+    assert r.returncode == 0, r.stderr
+    assert set(core_masks(rk["split"]).values()) <= set(r.stdout.split()), r.stdout
+    r = aarch64("-m", "edgeseg", "run", str(rk["split"].path), "--source", str(VAL_IMAGES), "--max-frames", "1",
+                "-r", "core_mask=all")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: ") and "the NPU runtime did not start" in last, r.stderr
+    assert "could not read the model" not in r.stderr and str(ROOT / "edgeseg") not in r.stderr  # none of our frames
 
 
 def test_fp16_and_float_tail_options(tmp_path, fp32_bundle):

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import DATA_YAML, MODEL, MODEL_V8, VAL_IMAGES
+from conftest import DATA_YAML, MODEL, MODEL_V8, VAL_IMAGES, agreement_on_aarch64
 
 pytest.importorskip("ai_edge_litert", reason='the TFLite target needs: pip install "edgeseg[tflite]"')
 
@@ -146,3 +146,10 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     assert "holds no Edge TPU-compiled model" in caplog.text and "edgetpu_compiler" in caplog.text
     ref = cpu(frame)
     assert [i.class_id for i in with_tpu.instances] == [i.class_id for i in ref.instances] and ref.instances
+
+
+def test_full_integer_bundle_on_a_pi_cpu_decodes_as_here(tfl, aarch64, tmp_path):
+    """A Coral host without its stick (or before it is plugged in) runs the int8 model on LiteRT's
+    ARM kernels (emulated Cortex-A76)."""
+    a = agreement_on_aarch64(aarch64, tfl["split"].path, tmp_path)
+    assert a["b"] > 20 and a["matched"] >= 0.9 * max(a["a"], a["b"]) and a["mean_iou"] > 0.95, a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ class MnnBackend(Backend):
         self.names = [o["name"] for o in m.outputs]
         threads = threads if threads is not None else int(ro.get("threads", 0) or 0)
         config = {"precision": precision or ro.get("precision", "normal"), "backend": ro.get("backend", "CPU"),
-                  "numThread": threads or 4}
+                  "numThread": threads or os.cpu_count() or 1}
         rt = nn.create_runtime_manager((config,))
         self.module = nn.load_module_from_file(str(bundle.file(m.model_files[0])), [m.input["name"]], self.names,
                                                runtime_manager=rt)

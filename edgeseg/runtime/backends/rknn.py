@@ -46,14 +46,20 @@ class RknnLiteBackend(Backend):
             raise EdgesegError(f"{bundle.path}: core_mask={mask} does not exist on "
                                f"{bundle.manifest.quantization.get('platform', 'this SoC')}; choose one of: "
                                + ", ".join(masks))
+        soc = bundle.manifest.quantization.get("platform", "Rockchip")
         self.rk = RKNNLite(verbose=False)
         if self.rk.load_rknn(str(bundle.file(bundle.manifest.model_files[0]))) != 0:
-            raise RuntimeError("load_rknn failed")
+            raise EdgesegError(f"{bundle.path}: rknn-toolkit-lite2 could not read the model (see its log above); "
+                               "convert it again with this board's rknn-toolkit2 version")
         # single-core SoCs take no core_mask at all (Rockchip's own examples leave it out there)
         ret = (self.rk.init_runtime(core_mask=getattr(RKNNLite, masks[mask])) if len(masks) > 1
                else self.rk.init_runtime())
-        if ret != 0:
-            raise RuntimeError("init_runtime failed (is librknnrt.so installed on this board?)")
+        if ret != 0:  # RKNNLite logs why (no driver, no librknnrt.so, a container) and returns -1
+            self.rk.release()
+            raise EdgesegError(f"{bundle.path}: the NPU runtime did not start (see rknnlite's log above); it needs "
+                               f"an {soc} board with the rknpu driver (`ls /dev/dri/renderD*`, `dmesg | grep -i "
+                               "rknpu`) and Rockchip's librknnrt.so in /usr/lib; in a container, pass the NPU's "
+                               "/dev/dri device and /proc/device-tree/compatible through (examples/rk3588)")
         self.names = [o["name"] for o in bundle.manifest.outputs]
         self.shapes = [o.get("shape") for o in bundle.manifest.outputs]
 
