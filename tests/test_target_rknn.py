@@ -129,7 +129,12 @@ def test_board_backend_with_the_real_rknnlite_on_aarch64(rk, aarch64):
     (none is emulated) the run ends on edgeseg's one line saying what the board needs."""
     from edgeseg.runtime.backends.rknn import core_masks
 
-    r = aarch64("-c", "from rknnlite.api import RKNNLite; print(*[n for n in dir(RKNNLite) if n.startswith('NPU_')])")
+    # the calls RknnLiteBackend makes (and the stand-in above answers) fit the real signatures
+    r = aarch64("-c", "import inspect\nfrom rknnlite.api import RKNNLite as R\n"
+                "def call(m, *a, **k): inspect.signature(getattr(R, m)).bind(None, *a, **k)\n"
+                "call('__init__', verbose=False); call('load_rknn', 'model.rknn'); call('init_runtime')\n"
+                "call('init_runtime', core_mask=R.NPU_CORE_0_1_2); call('inference', inputs=[0], data_format='nhwc')\n"
+                "call('release')\nprint(*[n for n in dir(R) if n.startswith('NPU_')])")
     assert r.returncode == 0, r.stderr
     assert set(core_masks(rk["split"]).values()) <= set(r.stdout.split()), r.stdout
     r = aarch64("-m", "edgeseg", "run", str(rk["split"].path), "--source", str(VAL_IMAGES), "--max-frames", "1",
