@@ -4,7 +4,7 @@
 # qemu-user as a Cortex-A76, with the aarch64 wheels pip installs on a board for edgeseg's device
 # extras and rknn-toolkit-lite2. `make test` runs this; it is cached under
 # ${EDGESEG_CACHE:-~/.cache/edgeseg}/aarch64 and only the wheels are redone when pyproject.toml
-# changes. Usage: scripts/aarch64-env.sh [HOST_PYTHON_WITH_PIP]; then, from the clone:
+# or this script changes. Usage: scripts/aarch64-env.sh [HOST_PYTHON_WITH_PIP]; then, from the clone:
 #   PYTHONPATH=. ~/.cache/edgeseg/aarch64/python -m edgeseg run BUNDLE --source FOLDER
 set -euo pipefail
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,17 +28,21 @@ if [ ! -f "$SYSROOT/.ready" ]; then
     bookworm "$SYSROOT" http://deb.debian.org/debian >"$ROOT/debootstrap.log"
   for deb in "$SYSROOT"/var/cache/apt/archives/*.deb; do as_root dpkg -x "$deb" "$SYSROOT"; done
   as_root rm -rf "$SYSROOT"/var/cache/apt/archives/*.deb
-  # qemu-user passes the host's x86 /proc/cpuinfo through, which cpuinfo-based runtimes (ONNX
-  # Runtime) cannot parse and crash on; a Pi 5's (BCM2712: 2 of its 4 Cortex-A76 cores, as this
-  # machine has 2) stands in its place under the prefix
-  as_root mkdir -p "$SYSROOT/proc"
-  for i in 0 1; do printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n' "$i"; done \
-    | as_root tee "$SYSROOT/proc/cpuinfo" >/dev/null
-  printf 'Revision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n' | as_root tee -a "$SYSROOT/proc/cpuinfo" >/dev/null
   as_root touch "$SYSROOT/.ready"
 fi
+# qemu-user shows the program the host's x86 /proc/cpuinfo, which cpuinfo-based runtimes (ONNX
+# Runtime) cannot parse and crash on, and no CPU id in sysfs (oneDNN complains): a Pi 5's files
+# (BCM2712: two of its four Cortex-A76 cores, as this machine has two) stand in under the prefix
+CPUINFO="$(for i in 0 1; do printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n' "$i"; done
+printf 'Revision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0')"
+as_root mkdir -p "$SYSROOT/proc"
+printf '%s\n' "$CPUINFO" | as_root tee "$SYSROOT/proc/cpuinfo" >/dev/null
+for i in 0 1; do
+  as_root mkdir -p "$SYSROOT/sys/devices/system/cpu/cpu$i/regs/identification"
+  echo 0x00000000414fd0b1 | as_root tee "$SYSROOT/sys/devices/system/cpu/cpu$i/regs/identification/midr_el1" >/dev/null
+done
 
-KEY="$(sha256sum "$SRC/pyproject.toml" | cut -c1-12)"
+KEY="$(cat "$SRC/pyproject.toml" "$0" | sha256sum | cut -c1-12)"  # the extras and this list
 SITE="$ROOT/site-$KEY"
 if [ ! -f "$SITE/.ready" ]; then
   echo "installing the aarch64 wheels of the device install into $SITE"
@@ -47,7 +51,7 @@ if [ ! -f "$SITE/.ready" ]; then
   for v in $(seq 17 36); do platforms+=(--platform "manylinux_2_${v}_aarch64"); done  # Bookworm: glibc 2.36
   "$PY" -m pip wheel -q --no-deps -w "$ROOT/wheel" "$SRC"
   "$PY" -m pip install -q --target "$SITE" "${platforms[@]}" --python-version 3.11 --implementation cp \
-    --abi cp311 --only-binary=:all: "$(ls "$ROOT"/wheel/edgeseg-*.whl)[onnxruntime,ncnn,mnn,tflite]" \
+    --abi cp311 --only-binary=:all: "$(ls "$ROOT"/wheel/edgeseg-*.whl)[onnxruntime,openvino,ncnn,mnn,tflite]" \
     rknn-toolkit-lite2 pyyaml
   # the tests run the working tree's edgeseg; only its dependencies come from here
   rm -rf "$SITE"/edgeseg "$SITE"/edgeseg-*.dist-info "$ROOT/wheel"

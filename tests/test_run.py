@@ -630,3 +630,29 @@ def test_picamera2_broken_by_the_venvs_numpy_is_one_line(monkeypatch):
     msg = str(e.value)
     assert msg.startswith("picamera2 does not import with this venv's numpy") and "numpy.dtype size changed" in msg
     assert 'pip install "numpy==$(/usr/bin/python3 -c' in msg and "\n" not in msg
+
+
+def test_a_run_returns_only_once_the_inference_in_flight_has_finished(monkeypatch):
+    """The caller closes the runtime as soon as the run returns; ncnn freed under a running
+    inference crashed the process at the end of an fp16 run on an (emulated) Pi 5, whose frames
+    took longer than the end of a run used to wait for them."""
+    import edgeseg.runtime.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "CAPTURE_JOIN_S", 0.05)
+
+    class Busy(FakeModel):
+        running = False
+
+        def infer(self, x):
+            self.running = True
+            try:
+                return super().infer(x)
+            finally:
+                self.running = False
+
+    class File(FastLiveSource):
+        live = False
+
+    model = Busy(infer_s=0.5)
+    st = run_pipeline(model, File(10, 0.0), [], annotate=False, max_frames=1)
+    assert st.frames == 1 and not model.running

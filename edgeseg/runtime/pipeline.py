@@ -24,6 +24,7 @@ from .sinks import Sink
 from .sources import Frame, Source
 
 _END = object()
+CAPTURE_JOIN_S = 5.0  # how long the end of a run waits for a capture thread stuck in a read
 
 
 @dataclass
@@ -97,8 +98,11 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
 
     def infer() -> None:
         try:
-            while True:
-                fr = q_in.get()
+            while not stop.is_set():
+                try:
+                    fr = q_in.get(timeout=0.1)  # not forever: a stuck camera read never sends _END
+                except queue.Empty:
+                    continue
                 if fr is _END or stop.is_set():
                     break
                 t0 = time.perf_counter()
@@ -121,8 +125,9 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
         finally:
             _put_end(q_out, stop)
 
-    threads = [threading.Thread(target=capture, name="edgeseg-capture", daemon=True),
-               threading.Thread(target=infer, name="edgeseg-infer", daemon=True)]
+    capturing = threading.Thread(target=capture, name="edgeseg-capture", daemon=True)
+    inferring = threading.Thread(target=infer, name="edgeseg-infer", daemon=True)
+    threads = [capturing, inferring]
     t_start = time.perf_counter()
     for t in threads:
         t.start()
@@ -159,8 +164,11 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
         source.close()
         _drain(q_in)
         _drain(q_out)
-        for t in threads:
-            t.join(timeout=5)
+        capturing.join(timeout=CAPTURE_JOIN_S)  # a camera read can block; that thread is left behind
+        # the inference in flight always finishes first: the caller closes the runtime next, and
+        # ncnn (or an NPU driver) freed under a running inference crashes the process (a slow
+        # frame, e.g. fp16 ncnn on a small board, outlasted a timed wait here)
+        inferring.join()
         stats.elapsed_s = time.perf_counter() - t_start
         for s in sinks:
             s.close()
