@@ -19,8 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgeseg.runtime.replay import cache_root
+
 ROOT = Path(__file__).resolve().parent.parent
-BOARD = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "aarch64" / "python"
+BOARD = cache_root() / "aarch64" / "python"  # written by scripts/aarch64-env.sh
 KEYS = ("mask_map50_95_full_res", "mask_map50_95", "box_map50_95")
 
 

@@ -76,7 +76,9 @@ def aarch64(tmp_path_factory):
     install; scripts/aarch64-env.sh builds it and ``make test`` runs that). ARM runtimes take other
     kernels than x86 (int8 dot products, fp16 arithmetic), so a bundle can decode differently on
     a board; emulation checks the arithmetic and the code path, not the speed."""
-    python = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "aarch64" / "python"
+    from edgeseg.runtime.replay import cache_root
+
+    python = cache_root() / "aarch64" / "python"
     if not (shutil.which("qemu-aarch64") and python.is_file()):
         pytest.skip("no emulated aarch64 board: run scripts/aarch64-env.sh (make test does)")
     # a board has none of this machine's cached toolchain environments

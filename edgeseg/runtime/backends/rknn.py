@@ -42,11 +42,10 @@ class RknnLiteBackend(Backend):
         ro = bundle.manifest.profile.get("runtime_options", {})
         mask = str(core_mask or ro.get("core_mask", "auto"))
         masks = core_masks(bundle)
-        if mask not in masks:
-            raise EdgesegError(f"{bundle.path}: core_mask={mask} does not exist on "
-                               f"{bundle.manifest.quantization.get('platform', 'this SoC')}; choose one of: "
-                               + ", ".join(masks))
         soc = bundle.manifest.quantization.get("platform", "Rockchip")
+        if mask not in masks:
+            raise EdgesegError(f"{bundle.path}: core_mask={mask} does not exist on {soc}; choose one of: "
+                               + ", ".join(masks))
         self.rk = RKNNLite(verbose=False)
         if self.rk.load_rknn(str(bundle.file(bundle.manifest.model_files[0]))) != 0:
             raise EdgesegError(f"{bundle.path}: rknn-toolkit-lite2 could not read the model (see its log above); "
