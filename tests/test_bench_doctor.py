@@ -48,3 +48,16 @@ def test_doctor_reports_optional_tools_found_or_what_happens_without(tmp_path):
         (tmp_path / tool).chmod(0o755)
     found = doctor(f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     assert found["ncnn"]["ncnn2table + ncnn2int8"] == f"{tmp_path / 'ncnn2table'} {tmp_path / 'ncnn2int8'}"
+
+
+def test_a_toolchain_env_is_not_shared_across_cpu_architectures(monkeypatch):
+    """A home folder mounted on an x86 host and an ARM board must not hand one the other's wheels."""
+    import platform
+
+    from edgeseg.convert.envs import EnvSpec
+
+    spec = EnvSpec("rknn", (("rknn-toolkit2==2.3.2",),))
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    x86 = spec.path
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert spec.path != x86 and spec.path.parent == x86.parent

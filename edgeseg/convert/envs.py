@@ -9,9 +9,11 @@ is written only after every install step succeeded: a half-built env is rebuilt,
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -32,7 +34,10 @@ class EnvSpec:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps([self.name, self.steps, sys.version_info[:2]]).encode()).hexdigest()[:12]
+        # The CPU architecture too: a home folder shared by an x86 host and an ARM board (NFS) must
+        # not hand one machine the other's compiled wheels.
+        key = [self.name, self.steps, sys.version_info[:2], platform.machine()]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
     @property
     def path(self) -> Path:
@@ -52,6 +57,20 @@ class EnvSpec:
         """Build the env (a few minutes the first time); reuse it afterwards."""
         if self.ready():
             return self.python
+        # Two conversions starting at once on a new machine would each wipe the other's half-built
+        # env: the second waits for the first and then finds the env ready.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another edgeseg to finish creating the {self.name} environment in {self.path}")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.ready():
+                return self.python
+            return self._build(log)
+
+    def _build(self, log) -> Path:
         log(f"creating the {self.name} toolchain environment in {self.path} (once; cached afterwards)")
         # Built in place (console scripts hard-code their interpreter's path, so a venv cannot be
         # renamed afterwards); the marker written last is what makes it usable.

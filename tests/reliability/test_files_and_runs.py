@@ -88,6 +88,24 @@ def test_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
     assert r.returncode == 0, r.stderr and not (tmp_path / ".b.lock").exists()
 
 
+def test_two_conversions_creating_one_toolchain_env_at_once(tmp_path):
+    """On a new machine two conversions may start together and both need the same toolchain env:
+    one builds it, the other waits and uses it (no wiping of a half-built env)."""
+    script = ("import sys; from edgeseg.convert.envs import EnvSpec; "
+              "print(EnvSpec('probe', (('pip',),)).create(log=lambda m: print(m, flush=True)))")
+    env = dict(os.environ, EDGESEG_CACHE=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert [c for c, _, _ in outs] == [0, 0], outs
+    pythons = {o.strip().splitlines()[-1] for _, o, _ in outs}
+    assert len(pythons) == 1 and Path(pythons.pop()).exists()
+    said = " ".join(o for _, o, _ in outs)
+    assert said.count("creating the probe toolchain environment") == 1 and "waiting for another edgeseg" in said
+    (envdir,) = [p for p in (tmp_path / "cache" / "envs").iterdir() if p.is_dir()]
+    assert (envdir / "install.log").read_text().count("$ pip install pip\n") == 1
+
+
 def test_jsonl_stays_valid_after_kill(tmp_path, fp32_bundle):
     vid = tmp_path / "long.mp4"
     w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 320))
