@@ -12,6 +12,7 @@ runs it and keeps its log instead of predicting.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from ..errors import EdgesegError
 
 # coral.ai/docs/edgetpu/models-intro "Supported operations" (TFLite builtin names)
 EDGETPU_OPS = {
@@ -238,13 +241,15 @@ def summary_lines(rep: dict) -> list[str]:
     for op, reasons in refused.items():
         lines.append(f"  runs on the CPU: {op} x{len(reasons)}: " + " | ".join(dict.fromkeys(reasons)))
     lines += [f"  advice: {a}" for a in rep["advice"]]
+    lines += compiler_lines(rep)
     if refused:
         lines.append("  every op with its verdict: edgetpu_report.json in the bundle")
     return lines
 
 
-def compile_if_available(model_path: Path, out_dir: Path) -> dict:
-    """Run edgetpu_compiler when it is installed; otherwise say exactly how to compile elsewhere."""
+def compile_if_available(model_path: Path, out_dir: Path, failure_log: Path) -> dict:
+    """Run edgetpu_compiler when it is installed; otherwise say exactly how to compile elsewhere.
+    A compiler that fails stops the conversion, its output kept in ``failure_log``."""
     exe = shutil.which("edgetpu_compiler")
     if not exe:
         return {"compiled": False,
@@ -254,10 +259,76 @@ def compile_if_available(model_path: Path, out_dir: Path) -> dict:
                        f"{model_path.name} is the int8 model the compiler takes."}
     r = subprocess.run([exe, "-s", "-o", str(out_dir), str(model_path)], capture_output=True, text=True, timeout=1800)
     log = r.stdout + r.stderr
-    (out_dir / "edgetpu_compiler.log").write_text(log)
+    # the compiler also writes its own per-op log next to the model; the -s table says the same
+    (out_dir / f"{model_path.stem}_edgetpu.log").unlink(missing_ok=True)
     compiled = out_dir / f"{model_path.stem}_edgetpu.tflite"
-    ok = r.returncode == 0 and compiled.is_file()
-    if ok:
-        compiled.rename(out_dir / "model_edgetpu.tflite")
-    return {"compiled": ok, "log": "edgetpu_compiler.log", "exit": r.returncode,
-            "file": "model_edgetpu.tflite" if ok else None}
+    if r.returncode != 0 or not compiled.is_file():
+        failure_log.write_text(log)
+        raise EdgesegError(f"{failure_log}: edgetpu_compiler failed (exit {r.returncode}); see this log, which is "
+                           "kept (--target tflite makes the same int8 model without the compiler step)")
+    (out_dir / "edgetpu_compiler.log").write_text(log)
+    compiled.rename(out_dir / "model_edgetpu.tflite")
+    return {"compiled": True, "log": "edgetpu_compiler.log", "exit": 0, "file": "model_edgetpu.tflite",
+            **parse_compiler_log(log)}
+
+
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_FIGURES = {  # what edgetpu_compiler prints (with -s), as published in Coral's docs and issue threads
+    "version": r"Edge TPU Compiler version (\S+)",
+    "on_chip_used": r"On-chip memory used for caching model parameters: ([\d.]+)(B|KiB|MiB|GiB)",
+    "on_chip_remaining": r"On-chip memory remaining for caching model parameters: ([\d.]+)(B|KiB|MiB|GiB)",
+    "off_chip_used": r"Off-chip memory used for streaming uncached model parameters: ([\d.]+)(B|KiB|MiB|GiB)",
+    "subgraphs": r"Number of Edge TPU subgraphs: (\d+)",
+    "op_count": r"Total number of operations: (\d+)",
+    "ops_on_edgetpu": r"Number of operations that will run on Edge TPU: (\d+)",
+    "ops_on_cpu": r"Number of operations that will run on CPU: (\d+)",
+}
+
+
+def parse_compiler_log(text: str) -> dict:
+    """The compiler's figures (memory in bytes) and its per-op table, from the text it prints.
+    Figures it did not print are absent; it prints the two op counts only when some ops fall
+    back to the CPU, so otherwise every op it counted runs on the Edge TPU."""
+    out: dict = {}
+    for key, pattern in _FIGURES.items():
+        if (m := re.search(pattern, text)):
+            out[key] = round(float(m.group(1)) * _UNITS[m.group(2)]) if m.lastindex == 2 else \
+                (m.group(1) if key == "version" else int(m.group(1)))
+    header = re.search(r"^Operator\s+Count\s+Status", text, re.M)
+    table = text[header.end():] if header else ""
+    rows = [{"op": m.group(1), "count": int(m.group(2)), "status": m.group(3).strip()}
+            for m in re.finditer(r"^([A-Z][A-Z0-9_]*)\s+(\d+)\s+(\S.*)$", table, re.M)]
+    if rows:
+        out["op_table"] = rows
+    if "op_count" in out and "ops_on_edgetpu" not in out and "ops_on_cpu" not in out and \
+            all(r["status"] == "Mapped to Edge TPU" for r in rows):
+        out["ops_on_edgetpu"], out["ops_on_cpu"] = out["op_count"], 0
+    return out
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.2f} MiB"
+
+
+def compiler_lines(rep: dict) -> list[str]:
+    """What the compiler reported, and where it differs from edgeseg's prediction by op type."""
+    c = rep.get("compiler", {})
+    if "op_count" not in c:
+        return []
+    lines = [f"edgetpu_compiler {c.get('version', '?')}: {c.get('ops_on_edgetpu', '?')}/{c['op_count']} ops on the "
+             f"Edge TPU in {c.get('subgraphs', '?')} subgraph(s); on-chip memory {_mib(c.get('on_chip_used', 0))} used, "
+             f"{_mib(c.get('on_chip_remaining', 0))} free; off-chip {_mib(c.get('off_chip_used', 0))} "
+             f"(predicted: {rep['mapped_to_edgetpu']}/{rep['op_count']})"]
+    predicted: dict[str, int] = {}
+    for r in rep["ops"]:
+        predicted[r["op"]] = predicted.get(r["op"], 0) + int(r["edgetpu"])
+    compiled: dict[str, int] = {}
+    for r in c.get("op_table", []):
+        compiled[r["op"]] = compiled.get(r["op"], 0) + (r["count"] if r["status"] == "Mapped to Edge TPU" else 0)
+    for op in sorted(set(predicted) | set(compiled)):
+        if c.get("op_table") and predicted.get(op, 0) != compiled.get(op, 0):
+            why = "; ".join(sorted({r["status"] for r in c["op_table"] if r["op"] == op and
+                                    r["status"] != "Mapped to Edge TPU"})) or "mapped"
+            lines.append(f"  the compiler differs on {op}: {compiled.get(op, 0)} on the Edge TPU, predicted "
+                         f"{predicted.get(op, 0)} ({why})")
+    return lines

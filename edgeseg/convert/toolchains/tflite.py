@@ -73,8 +73,8 @@ class TfliteToolchain(Toolchain):
             from ..edgetpu import compatibility, compile_if_available, summary_lines
 
             rep = compatibility(job.workdir / MODEL_FILE)
-            rep["compiler"] = compile_if_available(job.workdir / MODEL_FILE, job.workdir) \
-                if job.profile.name == "edgetpu" else {"compiled": False, "how": "use --target edgetpu"}
+            rep["compiler"] = {"compiled": False, "how": "use --target edgetpu"} if job.profile.name != "edgetpu" \
+                else compile_if_available(job.workdir / MODEL_FILE, job.workdir, job.log_path("edgetpu_compiler"))
             (job.workdir / "edgetpu_report.json").write_text(json.dumps(rep, indent=1))
             q.update(scheme="full-integer TFLite (TFLITE_BUILTINS_INT8), int8 in and out",
                      edgetpu={k: rep[k] for k in ("op_count", "mapped_to_edgetpu", "mapped_fraction", "split_at",
