@@ -3,6 +3,7 @@ edgeseg itself (:mod:`..ncnn_int8`) and verified in the real ncnn runtime."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -105,8 +106,8 @@ class NcnnToolchain(Toolchain):
         table = work / "model.table"
         log = job.log_path("ncnn2int8")
         steps = [[tools[0], str(param), str(binf), str(work / "images.txt"), str(table), "mean=[0,0,0]",
-                  "norm=[0.003921569,0.003921569,0.003921569]", f"shape=[{w},{h},3]", "pixel=RGB", "thread=2",
-                  f"method={method}"],
+                  "norm=[0.003921569,0.003921569,0.003921569]", f"shape=[{w},{h},3]", "pixel=RGB",
+                  f"thread={os.cpu_count() or 1}", f"method={method}"],
                  [tools[1], str(param), str(binf), str(work / "int8.param"), str(work / "int8.bin"), str(table)]]
         with open(log, "w") as out:
             for argv in steps:
