@@ -7,7 +7,7 @@ than 1 (the innermost), an op from the supported-operations table, and that tabl
 limits (a softmax over one axis only, unit strides, nothing across the batch dimension...). The
 compiler maps ops in order until the first one it cannot run; that op and everything after it
 fall back to the CPU (it splits the graph once). When ``edgetpu_compiler`` is on PATH edgeseg
-runs it and keeps its log instead of predicting.
+also runs it, keeps its log and puts its figures beside the prediction, naming where they differ.
 """
 
 from __future__ import annotations
