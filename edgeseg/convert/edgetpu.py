@@ -273,16 +273,18 @@ def compile_if_available(model_path: Path, out_dir: Path, failure_log: Path) -> 
 
 
 _UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_SIZE = r"([\d.]+)(B|KiB|MiB|GiB)"
 _FIGURES = {  # what edgetpu_compiler prints (with -s), as published in Coral's docs and issue threads
-    "version": r"Edge TPU Compiler version (\S+)",
-    "on_chip_used": r"On-chip memory used for caching model parameters: ([\d.]+)(B|KiB|MiB|GiB)",
-    "on_chip_remaining": r"On-chip memory remaining for caching model parameters: ([\d.]+)(B|KiB|MiB|GiB)",
-    "off_chip_used": r"Off-chip memory used for streaming uncached model parameters: ([\d.]+)(B|KiB|MiB|GiB)",
-    "subgraphs": r"Number of Edge TPU subgraphs: (\d+)",
-    "op_count": r"Total number of operations: (\d+)",
-    "ops_on_edgetpu": r"Number of operations that will run on Edge TPU: (\d+)",
-    "ops_on_cpu": r"Number of operations that will run on CPU: (\d+)",
+    "version": (r"Edge TPU Compiler version (\S+)", str),
+    "on_chip_used": (rf"On-chip memory used for caching model parameters: {_SIZE}", "bytes"),
+    "on_chip_remaining": (rf"On-chip memory remaining for caching model parameters: {_SIZE}", "bytes"),
+    "off_chip_used": (rf"Off-chip memory used for streaming uncached model parameters: {_SIZE}", "bytes"),
+    "subgraphs": (r"Number of Edge TPU subgraphs: (\d+)", int),
+    "op_count": (r"Total number of operations: (\d+)", int),
+    "ops_on_edgetpu": (r"Number of operations that will run on Edge TPU: (\d+)", int),
+    "ops_on_cpu": (r"Number of operations that will run on CPU: (\d+)", int),
 }
+MAPPED = "Mapped to Edge TPU"
 
 
 def parse_compiler_log(text: str) -> dict:
@@ -290,18 +292,16 @@ def parse_compiler_log(text: str) -> dict:
     Figures it did not print are absent; it prints the two op counts only when some ops fall
     back to the CPU, so otherwise every op it counted runs on the Edge TPU."""
     out: dict = {}
-    for key, pattern in _FIGURES.items():
+    for key, (pattern, kind) in _FIGURES.items():
         if (m := re.search(pattern, text)):
-            out[key] = round(float(m.group(1)) * _UNITS[m.group(2)]) if m.lastindex == 2 else \
-                (m.group(1) if key == "version" else int(m.group(1)))
+            out[key] = round(float(m[1]) * _UNITS[m[2]]) if kind == "bytes" else kind(m[1])
     header = re.search(r"^Operator\s+Count\s+Status", text, re.M)
     table = text[header.end():] if header else ""
-    rows = [{"op": m.group(1), "count": int(m.group(2)), "status": m.group(3).strip()}
+    rows = [{"op": m[1], "count": int(m[2]), "status": m[3].strip()}
             for m in re.finditer(r"^([A-Z][A-Z0-9_]*)\s+(\d+)\s+(\S.*)$", table, re.M)]
     if rows:
         out["op_table"] = rows
-    if "op_count" in out and "ops_on_edgetpu" not in out and "ops_on_cpu" not in out and \
-            all(r["status"] == "Mapped to Edge TPU" for r in rows):
+    if "op_count" in out and "ops_on_cpu" not in out and all(r["status"] == MAPPED for r in rows):
         out["ops_on_edgetpu"], out["ops_on_cpu"] = out["op_count"], 0
     return out
 
@@ -316,19 +316,22 @@ def compiler_lines(rep: dict) -> list[str]:
     if "op_count" not in c:
         return []
     lines = [f"edgetpu_compiler {c.get('version', '?')}: {c.get('ops_on_edgetpu', '?')}/{c['op_count']} ops on the "
-             f"Edge TPU in {c.get('subgraphs', '?')} subgraph(s); on-chip memory {_mib(c.get('on_chip_used', 0))} used, "
-             f"{_mib(c.get('on_chip_remaining', 0))} free; off-chip {_mib(c.get('off_chip_used', 0))} "
-             f"(predicted: {rep['mapped_to_edgetpu']}/{rep['op_count']})"]
+             f"Edge TPU in {c.get('subgraphs', '?')} subgraph(s); on-chip memory "
+             f"{_mib(c.get('on_chip_used', 0))} used, {_mib(c.get('on_chip_remaining', 0))} free; off-chip "
+             f"{_mib(c.get('off_chip_used', 0))} (predicted: {rep['mapped_to_edgetpu']}/{rep['op_count']})"]
     predicted: dict[str, int] = {}
     for r in rep["ops"]:
         predicted[r["op"]] = predicted.get(r["op"], 0) + int(r["edgetpu"])
     compiled: dict[str, int] = {}
+    why: dict[str, set] = {}
     for r in c.get("op_table", []):
-        compiled[r["op"]] = compiled.get(r["op"], 0) + (r["count"] if r["status"] == "Mapped to Edge TPU" else 0)
-    for op in sorted(set(predicted) | set(compiled)):
-        if c.get("op_table") and predicted.get(op, 0) != compiled.get(op, 0):
-            why = "; ".join(sorted({r["status"] for r in c["op_table"] if r["op"] == op and
-                                    r["status"] != "Mapped to Edge TPU"})) or "mapped"
+        compiled[r["op"]] = compiled.get(r["op"], 0) + (r["count"] if r["status"] == MAPPED else 0)
+        if r["status"] != MAPPED:
+            why.setdefault(r["op"], set()).add(r["status"])
+    if not compiled:  # no per-op table printed: nothing to compare
+        return lines
+    for op in sorted(set(compiled) | set(predicted)):
+        if predicted.get(op, 0) != compiled.get(op, 0):
             lines.append(f"  the compiler differs on {op}: {compiled.get(op, 0)} on the Edge TPU, predicted "
-                         f"{predicted.get(op, 0)} ({why})")
+                         f"{predicted.get(op, 0)} ({'; '.join(sorted(why.get(op, ()))) or 'mapped'})")
     return lines
