@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import functools
 import json
@@ -332,6 +333,17 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+def _usage_message(e: Exception) -> str:
+    # click offers any option within difflib's loose 0.6 ratio, so "--bogus" got "--iou" as a
+    # hint; a hint that points at an unrelated flag is worse than none
+    near = getattr(e, "possibilities", None)
+    name = getattr(e, "option_name", None)
+    if near is None or not name:
+        return e.format_message()
+    near = difflib.get_close_matches(name, near, n=3, cutoff=0.8)
+    return f"no such option: {name}" + (f" (did you mean {' or '.join(near)}?)" if near else "")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point. Usage errors (bad flag, value out of range) become the same one line as
     edgeseg's own errors, instead of a framed box that a log or a script has to parse."""
@@ -343,7 +355,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         commands = {c.name or c.callback.__name__ for c in app.registered_commands}
         # an option missing its value carries no context: the command is the first argument
         where = ctx.command_path if ctx else "edgeseg" + (f" {argv[0]}" if argv and argv[0] in commands else "")
-        msg = " ".join(e.format_message().split()).rstrip(".")
+        msg = " ".join(_usage_message(e).split()).rstrip(".")
         typer.echo(f"error: {msg[:1].lower() + msg[1:]}; see '{where} --help'", err=True)
         sys.exit(e.exit_code)
     except typer.Abort:

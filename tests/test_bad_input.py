@@ -181,6 +181,17 @@ def test_usage_errors_are_one_line_like_edgesegs_own(args, phrase, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.parametrize("flag, hint", [("--bogus", None), ("--max-frame", "--max-frames"), ("--camra", "--camera")])
+def test_a_mistyped_flag_is_hinted_only_with_a_near_miss(flag, hint, tmp_path):
+    """click's own hint for --bogus was --iou."""
+    r = cli("run", flag, cwd=tmp_path)
+    assert r.returncode == 2 and f"no such option: {flag}" in r.stderr, r.stderr
+    if hint:
+        assert f"did you mean {hint}?" in r.stderr, r.stderr
+    else:
+        assert "mean" not in r.stderr and "--iou" not in r.stderr, r.stderr
+
+
 def test_no_arguments_prints_help_not_an_error(tmp_path):
     r = cli(cwd=tmp_path)
     assert r.returncode == 0 and "convert" in r.stdout and "run" in r.stdout, (r.stdout, r.stderr)
