@@ -3,8 +3,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,12 @@ def fp32_model(fp32_bundle):
     return Model.load(fp32_bundle.path)
 
 
+def _no_core_dump() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # an aborted emulated process leaves no core file behind
+
+
 @pytest.fixture(scope="session")
 def aarch64(tmp_path_factory):
     """``aarch64("-m", "edgeseg", ...)`` runs Python on an emulated Raspberry Pi 5 (Debian Bookworm's
@@ -86,8 +94,28 @@ def aarch64(tmp_path_factory):
 
     def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONIOENCODING": "utf-8",
-               "PYTHONPATH": str(ROOT), "EDGESEG_CACHE": str(cache)}
-        return subprocess.run([str(python), *args], capture_output=True, text=True, env=env, timeout=timeout)
+               "PYTHONPATH": str(ROOT), "EDGESEG_CACHE": str(cache), "PYTHONFAULTHANDLER": "1"}
+        for attempt in (1, 2):
+            p = subprocess.Popen([str(python), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                 preexec_fn=_no_core_dump)
+            try:
+                out, err = p.communicate(timeout=timeout)
+                return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                # once in about twenty CI runs a process under qemu-user never returned (`doctor`,
+                # 3 s otherwise, after printing everything); SIGABRT makes faulthandler print
+                # where each thread stood, so the log says whether it was edgeseg or the emulator
+                p.send_signal(signal.SIGABRT)
+                try:
+                    out, err = p.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    out, err = p.communicate()
+                if attempt == 2:
+                    raise AssertionError(f"{args} hung twice under emulation:\n{err[-4000:]}") from None
+                warnings.warn(f"{args} hung under emulation after {timeout} s; run again. Its threads:\n{err[-4000:]}",
+                              stacklevel=2)
+        raise AssertionError("unreachable")
 
     return run
 
