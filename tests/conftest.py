@@ -71,6 +71,13 @@ def fp32_model(fp32_bundle):
     return Model.load(fp32_bundle.path)
 
 
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _no_core_dump() -> None:
     import resource
 
@@ -96,21 +103,24 @@ def aarch64(tmp_path_factory):
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONIOENCODING": "utf-8",
                "PYTHONPATH": str(ROOT), "EDGESEG_CACHE": str(cache), "PYTHONFAULTHANDLER": "1"}
         for attempt in (1, 2):
+            # a session of its own: a forked child left behind holds the pipes, so the whole
+            # group is signalled, never just the process started here
             p = subprocess.Popen([str(python), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                 preexec_fn=_no_core_dump)
+                                 preexec_fn=_no_core_dump, start_new_session=True)
             try:
                 out, err = p.communicate(timeout=timeout)
                 return subprocess.CompletedProcess(p.args, p.returncode, out, err)
             except subprocess.TimeoutExpired:
-                # once in about twenty CI runs a process under qemu-user never returned (`doctor`,
-                # 3 s otherwise, after printing everything); SIGABRT makes faulthandler print
-                # where each thread stood, so the log says whether it was edgeseg or the emulator
-                p.send_signal(signal.SIGABRT)
+                # under qemu-user a child forked by a multi-threaded guest (ctypes' find_library
+                # running ldconfig, say) was twice found stuck before its exec, in about twenty
+                # CI runs, holding the pipes. SIGABRT makes faulthandler print where each thread
+                # of the guest stood, so the log says which fork it was
+                _signal_group(p, signal.SIGABRT)
                 try:
                     out, err = p.communicate(timeout=30)
                 except subprocess.TimeoutExpired:
-                    p.kill()
-                    out, err = p.communicate()
+                    _signal_group(p, signal.SIGKILL)
+                    out, err = p.communicate(timeout=30)
                 if attempt == 2:
                     raise AssertionError(f"{args} hung twice under emulation:\n{err[-4000:]}") from None
                 warnings.warn(f"{args} hung under emulation after {timeout} s; run again. Its threads:\n{err[-4000:]}",
