@@ -10,6 +10,12 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+# ONNX Runtime >= 1.29 on Linux keeps a device id and uploads usage events unless told not to
+# before it initialises (microsoft/onnxruntime#27379); an unattended camera, a conversion and the
+# toolchain environments edgeseg starts (they inherit this) send nothing. ORT_DISABLE_TELEMETRY=0
+# in the caller's environment keeps Microsoft's default.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 __all__ = ["__version__", "load"]
 
 
