@@ -660,7 +660,8 @@ def test_a_run_returns_only_once_the_inference_in_flight_has_finished(monkeypatc
 
 def test_onnx_runtime_keeps_no_device_id_and_sends_no_telemetry(int8_bundle, tmp_path):
     """ONNX Runtime >= 1.29 writes a device id and an event cache under ~/.cache/Microsoft and
-    uploads them unless ORT_DISABLE_TELEMETRY is set before it starts; edgeseg sets it."""
+    uploads them unless ORT_DISABLE_TELEMETRY is set before it starts; edgeseg sets it, and a user
+    who sets it to 0 keeps Microsoft's default."""
     import os
     import subprocess
     import sys
@@ -668,19 +669,16 @@ def test_onnx_runtime_keeps_no_device_id_and_sends_no_telemetry(int8_bundle, tmp
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
-    code = ("import sys, numpy as np, edgeseg; m = edgeseg.load(sys.argv[1]); "
-            "m(np.zeros((240, 320, 3), np.uint8)); m.close()")
+    code = ("import os, sys, numpy as np, edgeseg; print(os.environ.get('ORT_DISABLE_TELEMETRY')); "
+            "m = edgeseg.load(sys.argv[1]); m(np.zeros((240, 320, 3), np.uint8)); m.close()")
     r = subprocess.run([sys.executable, "-c", code, str(int8_bundle.path)], env=dict(env, HOME=str(home)),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1"]
     assert not (home / ".cache" / "Microsoft").exists(), sorted(p.name for p in home.rglob("*"))
-    # the opt-out is what keeps it away: onnxruntime alone creates it in this same home
-    r = subprocess.run([sys.executable, "-c", "import sys, onnxruntime as o; "
-                        "o.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])",
-                        str(int8_bundle.path / "model.onnx")], env=dict(env, HOME=str(home)), capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", "import os, edgeseg; print(os.environ['ORT_DISABLE_TELEMETRY'])"],
+                       env=dict(env, HOME=str(home), ORT_DISABLE_TELEMETRY="0"), capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0, r.stderr
-    from importlib.metadata import version
-
-    if tuple(int(v) for v in version("onnxruntime").split(".")[:2]) >= (1, 29):  # where telemetry came to Linux
-        assert (home / ".cache" / "Microsoft" / "DeveloperTools" / ".onnxruntime").is_dir()
+    assert r.stdout.split() == ["0"], r.stderr
+    # Whether onnxruntime alone writes there depends on the machine (it looks for CI and container
+    # variables), so that control is not asserted: the opt-out above is what edgeseg controls.
