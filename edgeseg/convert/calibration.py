@@ -84,9 +84,10 @@ class CalibrationSet:
             yield x
 
     def save_arrays(self, folder: Path, input_hw: tuple[int, int], layout: str = "nchw",
-                    dtype: str = "float32") -> Path:
-        """Calibration inputs as .npy files for a toolchain in another process; returns the list file."""
-        files = [f for f, _ in save_inputs(self.images, folder, input_hw, layout, dtype, "cal")]
+                    dtype: str = "float32", batch: bool = True) -> Path:
+        """Calibration inputs as .npy files for a toolchain in another process; returns the list file.
+        ``batch=False`` drops the leading batch axis, for tools that read one [C,H,W] image per file."""
+        files = [f for f, _ in save_inputs(self.images, folder, input_hw, layout, dtype, "cal", batch)]
         listing = folder / "calibration.txt"
         listing.write_text("\n".join(str(f) for f in files) + "\n")
         return listing
@@ -113,7 +114,7 @@ class CalibrationSet:
 
 
 def save_inputs(paths: Sequence[Path], folder: Path, input_hw: tuple[int, int], layout: str = "nchw",
-                dtype: str = "float32", tag: str = "in") -> list[tuple[Path, str]]:
+                dtype: str = "float32", tag: str = "in", batch: bool = True) -> list[tuple[Path, str]]:
     """Preprocess each image as the runtime does and save it as .npy; returns (file, input digest),
     the digest keying outputs a simulator records for that exact input."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def save_inputs(paths: Sequence[Path], folder: Path, input_hw: tuple[int, int], 
     for i, p in enumerate(paths):
         x, _ = preprocess(read_image(p), input_hw, layout, dtype)
         f = folder / f"{tag}{i:05d}.npy"
-        np.save(f, x)
+        np.save(f, x if batch else np.ascontiguousarray(x[0]))
         out.append((f, input_digest(x)))
     return out
 

@@ -97,22 +97,15 @@ class NcnnToolchain(Toolchain):
     def _int8_ncnn_tools(self, job: ConvertJob, param: Path, binf: Path, work: Path, tools: list[str]) -> dict:
         """ncnn's own ncnn2table + ncnn2int8, fed the model inputs edgeseg's preprocessing makes (its
         .npy mode: ncnn2table's own image reading would normalise a second time, in another place)."""
-        import numpy as np
-
         assert job.calib is not None
         h, w = job.imported.input_hw
-        (work / "calib").mkdir()
-        files = []
-        for i, x in enumerate(job.calib.arrays((h, w), progress=False)):
-            files.append(work / "calib" / f"{i:05d}.npy")
-            np.save(files[-1], np.ascontiguousarray(x[0]))  # [3, h, w]: ncnn2table's shape=[w,h,3]
-        (work / "inputs.txt").write_text("\n".join(str(f) for f in files) + "\n")
+        inputs = job.calib.save_arrays(work / "calib", (h, w), batch=False)  # [3,h,w]: its shape=[w,h,3]
         method = str(job.settings.get("activation_method", "auto"))
         if method in ("auto", "max"):  # ncnn2table's methods are kl, aciq and eq: its default for ours
             method = "kl"
         table = work / "model.table"
         log = job.log_path("ncnn2int8")
-        steps = [[tools[0], str(param), str(binf), str(work / "inputs.txt"), str(table), f"shape=[{w},{h},3]",
+        steps = [[tools[0], str(param), str(binf), str(inputs), str(table), f"shape=[{w},{h},3]",
                   "type=1", f"thread={os.cpu_count() or 1}", f"method={method}"],
                  [tools[1], str(param), str(binf), str(work / "int8.param"), str(work / "int8.bin"), str(table)]]
         with open(log, "w") as out:
