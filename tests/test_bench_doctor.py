@@ -50,6 +50,29 @@ def test_doctor_reports_optional_tools_found_or_what_happens_without(tmp_path):
     assert found["ncnn"]["ncnn2table + ncnn2int8"] == f"{tmp_path / 'ncnn2table'} {tmp_path / 'ncnn2int8'}"
 
 
+def test_doctor_finds_libedgetpu_where_the_delegate_would_load_it(tmp_path):
+    """No Coral runtime here: a stand-in libedgetpu.so.1 (a copy of another shared library, only
+    dlopen-ed) on LD_LIBRARY_PATH is found by its soname, as LiteRT's load_delegate finds it."""
+    import _ctypes
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("ai_edge_litert", reason='the tflite target needs: pip install "edgeseg[tflite]"')
+
+    def libedgetpu(env: dict) -> str:
+        r = subprocess.run([sys.executable, "-m", "edgeseg", "doctor", "--json"], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return {t["target"]: t for t in json.loads(r.stdout)["targets"]}["edgetpu"]["optional_tools"]["libedgetpu"]
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    assert libedgetpu(env).startswith("not found: edgetpu bundles run on the CPU here")
+    shutil.copyfile(_ctypes.__file__, tmp_path / "libedgetpu.so.1")
+    assert libedgetpu(dict(env, LD_LIBRARY_PATH=str(tmp_path))) == "libedgetpu.so.1"
+
+
 def test_a_toolchain_env_is_not_shared_across_cpu_architectures(monkeypatch):
     """A home folder mounted on an x86 host and an ARM board must not hand one the other's wheels."""
     import platform

@@ -42,10 +42,17 @@ class TfliteToolchain(Toolchain):
     def optional_tools(cls, target: str) -> dict[str, str]:
         if target != "edgetpu":
             return {}
-        import ctypes.util
+        import ctypes
+        import platform
+
+        from ...runtime.backends.litert import EDGETPU_LIB
 
         exe = shutil.which("edgetpu_compiler")
-        lib = ctypes.util.find_library("edgetpu")
+        lib = EDGETPU_LIB.get(platform.system())
+        try:  # dlopen by soname, as the delegate will: no ldconfig/gcc/ld child processes as find_library starts
+            ctypes.CDLL(lib)
+        except (OSError, TypeError):
+            lib = None
         return {"edgetpu_compiler": exe or "not on PATH: bundles hold the int8 model and an Edge TPU report "
                                            "predicted from Coral's op table; compile where Google's Coral apt "
                                            "repository is",
