@@ -220,7 +220,6 @@ def run(
             s.close()
         src.close()
         raise
-    import numpy as np
 
     tty = sys.stderr.isatty()
     last = [0.0]
@@ -234,7 +233,7 @@ def run(
             sys.stderr.write(f"\rframe {st.frames}  {st.fps:5.1f} FPS  pre {st.median('preprocess', 30):.1f} ms  "
                              f"inf {st.median('inference', 30):.1f} ms  dec {st.median('decode', 30):.1f} ms  "
                              f"dropped {st.dropped}  " + (f"objects {len(res.instances)}   " if res.label_map is None
-                                                          else f"classes {np.count_nonzero(np.unique(res.label_map))}   "))
+                                                          else f"classes {len(res.classes_present())}   "))
             sys.stderr.flush()
 
     st = run_pipeline(model, src, sinks, annotate=bool(save or show or serve), max_frames=max_frames, on_frame=status)

@@ -682,3 +682,26 @@ def test_onnx_runtime_keeps_no_device_id_and_sends_no_telemetry(int8_bundle, tmp
     assert r.stdout.split() == ["0"], r.stderr
     # Whether onnxruntime alone writes there depends on the machine (it looks for CI and container
     # variables), so that control is not asserted: the opt-out above is what edgeseg controls.
+
+
+def test_semantic_classes_left_out_are_not_reported_or_drawn_as_class_0():
+    """--classes on a semantic bundle: the pixels left out are NOT_ASKED, so a model whose class 0 is
+    real (Cityscapes' road) neither reports them as road nor leaves real road undrawn; a class named
+    background is reported (it is present) but not drawn."""
+    from edgeseg.runtime.decode import NOT_ASKED, FrameResult
+    from edgeseg.runtime.draw import draw
+    from edgeseg.runtime.sinks import result_record
+
+    lm = np.array([[0, 0, 1, 1], [NOT_ASKED, NOT_ASKED, 2, 2]], dtype=np.uint8)
+    frame = np.full((2, 4, 3), 100, dtype=np.uint8)
+    road = FrameResult(4, 2, label_map=lm, names=["road", "car", "person"])
+    rec = result_record(Frame(0, frame, 0.0, "x.jpg"), road, "x")
+    assert [(i["class_id"], i["class_name"], i["box"]) for i in rec["instances"]] == \
+        [(0, "road", [0, 0, 2, 1]), (1, "car", [2, 0, 4, 1]), (2, "person", [2, 1, 4, 2])]
+    out = draw(frame, road)
+    assert (out[0] != 100).any(axis=1).all() and (out[1, :2] == 100).all() and (out[1, 2:] != 100).any(axis=1).all()
+    bg = FrameResult(4, 2, label_map=lm, names=["background", "car", "person"])
+    assert [i["class_name"] for i in result_record(Frame(0, frame, 0.0, "x.jpg"), bg, "x")["instances"]] == \
+        ["background", "car", "person"]
+    out = draw(frame, bg)
+    assert (out[0, :2] == 100).all() and (out[0, 2:] != 100).any(axis=1).all() and (out[1, :2] == 100).all()

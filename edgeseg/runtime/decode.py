@@ -52,6 +52,11 @@ class Instance:
         return int(self.mask.sum()) if self.mask is not None else 0
 
 
+# Semantic label maps: pixels of a class that --classes left out. Not 0, which is a real class
+# in many models (Cityscapes' road): those pixels must not be reported or drawn as it.
+NOT_ASKED = 255
+
+
 @dataclass
 class FrameResult:
     """What a bundle found in one frame."""
@@ -59,8 +64,14 @@ class FrameResult:
     width: int
     height: int
     instances: list[Instance] = field(default_factory=list)
-    label_map: np.ndarray | None = None  # semantic heads: [H, W] class ids
+    label_map: np.ndarray | None = None  # semantic heads: [H, W] class ids, NOT_ASKED where filtered out
     names: list[str] = field(default_factory=list)
+
+    def classes_present(self) -> list[int]:
+        """Semantic heads: the class ids in the label map, without the filtered-out pixels."""
+        if self.label_map is None:
+            return []
+        return [int(k) for k in np.unique(self.label_map) if k != NOT_ASKED]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -259,10 +270,10 @@ class SemanticDecoder:
             if up.ndim == 2:
                 up = up[:, :, None]
             full = (up[:, :, 0] > self.threshold).astype(np.uint8) if up.shape[2] == 1 else up.argmax(2).astype(np.uint8)
-        if classes is not None:  # the classes not asked for become background (0), as in the drawing
+        if classes is not None:
             keep = np.zeros(256, dtype=bool)
-            keep[[c for c in classes if 0 <= c < 256]] = True
-            full[~keep[full]] = 0
+            keep[[c for c in classes if 0 <= c < NOT_ASKED]] = True
+            full[~keep[full]] = NOT_ASKED
         return FrameResult(lb.src_w, lb.src_h, label_map=full, names=self.names)
 
 

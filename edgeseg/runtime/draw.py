@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .decode import FrameResult
+from .decode import NOT_ASKED, FrameResult
 
 # Ultralytics-like palette (BGR), so pictures look familiar next to the reference tool.
 _PALETTE = np.array([(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207),
@@ -26,10 +26,13 @@ def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str 
     out = frame if inplace else frame.copy()
     if result.label_map is not None:
         lut = np.zeros((256, 3), dtype=np.uint8)
-        for k in range(1, 256):
+        shown = np.ones(256, dtype=bool)
+        for k in range(256):
             lut[k] = color(k)
+        # a class named background is left as the camera saw it, like the pixels --classes left out
+        shown[[k for k, n in enumerate(result.names[:256]) if n.lower() == "background"] + [NOT_ASKED]] = False
         over = lut[result.label_map]
-        fg = result.label_map > 0
+        fg = shown[result.label_map]
         out[fg] = (out[fg] * (1 - alpha) + over[fg] * alpha).astype(np.uint8)
     for inst in result.instances:
         c = color(inst.class_id)

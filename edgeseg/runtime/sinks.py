@@ -81,7 +81,7 @@ def result_record(frame: Frame, result: FrameResult, source: str) -> dict:
     h, w = result.height, result.width
     inst = []
     if result.label_map is not None:
-        for k in np.unique(result.label_map):
+        for k in result.classes_present():
             m = result.label_map == k
             ys, xs = np.nonzero(m)
             inst.append({"class_id": int(k), "class_name": result.names[k] if k < len(result.names) else str(k),

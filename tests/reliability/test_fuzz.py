@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from edgeseg.bundle import Manifest
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.decode import SemanticDecoder, YoloSegDecoder
+from edgeseg.runtime.decode import NOT_ASKED, SemanticDecoder, YoloSegDecoder
 from edgeseg.runtime.preprocess import letterbox_params
 
 NC, NM = 3, 8
@@ -68,9 +68,10 @@ def test_semantic_decoder_fills_the_frame(h, w, c, seed):
     y = rng.normal(0, 1, (1, c, 8, 8)).astype(np.float32)
     res = dec({"y": y}, letterbox_params(h, w, 32, 32))
     assert res.label_map.shape == (h, w) and res.label_map.max() < max(c, 2)
-    # --classes: the others become background, the kept ones stay where they were
+    # --classes: the others become NOT_ASKED (never class 0, a real class), the kept ones stay
     kept = dec({"y": y}, letterbox_params(h, w, 32, 32), classes=[1])
-    assert np.array_equal(kept.label_map, np.where(res.label_map == 1, 1, 0))
+    assert np.array_equal(kept.label_map, np.where(res.label_map == 1, 1, NOT_ASKED))
+    assert kept.classes_present() == ([1] if (res.label_map == 1).any() else [])
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
