@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,6 +18,26 @@ __version__ = "0.1.0"
 # toolchain environments edgeseg starts (they inherit this) send nothing. ORT_DISABLE_TELEMETRY=0
 # in the caller's environment keeps Microsoft's default.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+class _NoOpenVinoTelemetryWithoutConsent(importlib.abc.MetaPathFinder):
+    """``import openvino`` sends a Google Analytics event (from a forked process) and writes a client
+    id under ~/intel when no consent file exists: OpenVINO counts a missing answer as yes. Until
+    the user answers (``opt_in_out --opt_in`` writes ~/intel/openvino_telemetry), its telemetry
+    package is not importable here and OpenVINO and NNCF use their own no-op stubs."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] == "openvino_telemetry":
+            try:
+                answered = (Path.home() / "intel" / "openvino_telemetry").exists()
+            except RuntimeError:  # no home folder: nobody could have answered
+                answered = False
+            if not answered:
+                raise ImportError("edgeseg: no OpenVINO telemetry without a recorded consent", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoOpenVinoTelemetryWithoutConsent())
 
 __all__ = ["__version__", "load"]
 

@@ -63,6 +63,33 @@ def test_openvino_and_nncf_fall_back_to_their_telemetry_stubs():
     assert r.stdout.split() == ["True", "openvino.tools.ovc.telemetry_stub", "False", "[]"]
 
 
+def test_running_a_bundle_sends_nothing_until_the_user_answers_openvinos_consent(ov_bundles, tmp_path):
+    """``import openvino`` sends a Google Analytics event and writes a client id under ~/intel when
+    no consent file exists; in an edgeseg process (doctor's probe, a run) its telemetry package is
+    refused until ~/intel/openvino_telemetry records the user's answer, which is then OpenVINO's."""
+    import os
+
+    code = ("import sys, numpy as np, edgeseg\n"
+            "from edgeseg.convert.toolchains.openvino import OpenVinoToolchain\n"
+            "assert OpenVinoToolchain.availability().installed\n"
+            "m = edgeseg.load(sys.argv[1]); m(np.zeros((240, 320, 3), np.uint8)); m.close()\n"
+            "print('openvino_telemetry' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "HOME"}
+    home = tmp_path / "home"
+    home.mkdir()
+    r = subprocess.run([sys.executable, "-c", code, str(ov_bundles["int8"].path)], env=dict(env, HOME=str(home)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False"] and not any(home.iterdir()), sorted(home.rglob("*"))
+    # an answer on record (here: no) is OpenVINO's to read, and nothing else is refused
+    (home / "intel").mkdir()
+    (home / "intel" / "openvino_telemetry").write_text("0")
+    r = subprocess.run([sys.executable, "-c", code, str(ov_bundles["int8"].path)], env=dict(env, HOME=str(home)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True"] and sorted(p.name for p in (home / "intel").iterdir()) == ["openvino_telemetry"]
+
+
 def test_device_is_chosen_on_the_command_line(ov_bundles):
     """--runtime-option device=...: AUTO runs here; a device this machine lacks is one line."""
     import openvino as ov

@@ -9,8 +9,8 @@ so this wrapper installs an audit hook before anything vendor-made is imported: 
 connection, subprocess, ``os.system`` and import of a known logger raises, and is recorded in
 the JSON report the parent reads. With ``openvino_telemetry`` unimportable, OpenVINO and NNCF
 fall back to their own no-op telemetry stubs. The tool itself runs in this separate process
-because native converters can abort the interpreter (SIGABRT) on bad input, and because
-``import openvino`` in the parent (the runtime backend) has already loaded the telemetry package.
+because native converters can abort the interpreter (SIGABRT) on bad input, and because a parent
+that imported openvino may already hold the telemetry package (a user who opted in: edgeseg/__init__.py).
 """
 
 from __future__ import annotations
