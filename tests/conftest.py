@@ -112,9 +112,9 @@ def aarch64(tmp_path_factory):
                 return subprocess.CompletedProcess(p.args, p.returncode, out, err)
             except subprocess.TimeoutExpired:
                 # under qemu-user a child forked by a multi-threaded guest (ctypes' find_library
-                # running ldconfig, say) was twice found stuck before its exec, in about twenty
-                # CI runs, holding the pipes. SIGABRT makes faulthandler print where each thread
-                # of the guest stood, so the log says which fork it was
+                # running ldconfig; OpenVINO's telemetry sender, now refused) was found stuck a few
+                # times in some twenty CI runs, holding the pipes. SIGABRT makes faulthandler print
+                # where each thread of the guest stood, so the log says which fork it was
                 _signal_group(p, signal.SIGABRT)
                 try:
                     out, err = p.communicate(timeout=30)

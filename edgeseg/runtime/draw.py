@@ -15,6 +15,9 @@ _PALETTE = np.array([(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 2
                     dtype=np.uint8)
 
 
+_LUT = _PALETTE[np.arange(256) % len(_PALETTE)]  # semantic label id -> colour, the same as color()
+
+
 def color(class_id: int) -> tuple[int, int, int]:
     c = _PALETTE[class_id % len(_PALETTE)]
     return int(c[0]), int(c[1]), int(c[2])
@@ -25,13 +28,10 @@ def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str 
     """Return ``frame`` with the result drawn on it (a copy unless ``inplace``)."""
     out = frame if inplace else frame.copy()
     if result.label_map is not None:
-        lut = np.zeros((256, 3), dtype=np.uint8)
         shown = np.ones(256, dtype=bool)
-        for k in range(256):
-            lut[k] = color(k)
         # a class named background is left as the camera saw it, like the pixels --classes left out
         shown[[k for k, n in enumerate(result.names[:256]) if n.lower() == "background"] + [NOT_ASKED]] = False
-        over = lut[result.label_map]
+        over = _LUT[result.label_map]
         fg = shown[result.label_map]
         out[fg] = (out[fg] * (1 - alpha) + over[fg] * alpha).astype(np.uint8)
     for inst in result.instances:
