@@ -117,9 +117,18 @@ def convert(
     keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
     platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
-    option: Optional[list[str]] = typer.Option(None, "--option", help="KEY=VALUE overriding the target profile's [quantization], e.g. imx500: mixed_precision=true; repeatable."),
+    option: Optional[list[str]] = typer.Option(None, "--option", help="KEY=VALUE for the target's toolchain, e.g. imx500: mixed_precision=true; repeatable (--help-options lists them)."),
+    help_options: bool = typer.Option(False, "--help-options", help="List the --option keys of --target, with types and defaults, and exit."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
+    if help_options:
+        from .convert.toolchains import describe_toolchain_options, load_toolchain
+        from .profiles import load_profile
+
+        prof = load_profile(target)
+        for line in describe_toolchain_options(load_toolchain(prof.toolchain), prof):
+            typer.echo(line)
+        return
     try:
         from .convert import convert as do_convert
     except ImportError as e:
@@ -127,19 +136,13 @@ def convert(
 
         raise ToolchainMissing(f"convert runs on the host and needs {e.name}: {pip_extra('host')}") from None
 
-    sets = {}
-    for kv in option or []:
-        k, eq, v = kv.partition("=")
-        if not eq or not k:
-            raise EdgesegError(f"--option {kv}: expected KEY=VALUE, e.g. --option mixed_precision=true")
-        sets[k.strip()] = v.strip()
     chosen = [p for p, on in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if on] + ([precision] if precision else [])
     if len(chosen) > 1:
         raise EdgesegError("pass only one of --int8, --fp16, --fp32, --precision")
     b = do_convert(model, target=target, precision=chosen[0] if chosen else None, calib=calib,
                    calib_images=calib_images, imgsz=imgsz, out=out, head=head, names=names, split=not no_split,
                    trust_model=trust_model, platform=platform, verify_data=verify_data,
-                   options={"keep_float": keep_float or [], "set": sets},
+                   options=option or [], keep_float=keep_float,
                    log=lambda m: typer.echo(m, err=True))
     typer.echo(str(b.path))
 

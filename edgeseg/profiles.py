@@ -2,7 +2,8 @@
 
 A profile says which toolchain converts for the target, which runtime backend runs the bundle,
 what input the target accepts and which quantization scheme it uses. Later targets add a file
-here and a toolchain/backend module; nothing else needs to know about them.
+here, a toolchain package and a backend module (or all three in a plugin folder, see
+:mod:`edgeseg.plugins`); nothing else needs to know about them.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ else:  # pragma: no cover
 
 
 def profile_dirs() -> list[Path]:
+    from .plugins import plugin_dirs
+
     here = Path(__file__).resolve().parent
-    # wheel installs carry them as package data; a source checkout reads the top-level folder
-    return [d for d in (here / "_targets", here.parent / "targets") if d.is_dir()]
+    # wheel installs carry them as package data; a source checkout reads the top-level folder;
+    # then the plugin folders (EDGESEG_PLUGIN_PATH), which add targets but cannot shadow edgeseg's
+    dirs = [here / "_targets", here.parent / "targets", *(d / "targets" for d in plugin_dirs())]
+    return [d for d in dirs if d.is_dir()]
 
 
 @dataclass(frozen=True)

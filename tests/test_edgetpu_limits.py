@@ -6,7 +6,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
-from edgeseg.convert.edgetpu import LIMITS
+from edgeseg.convert.toolchains.tflite.edgetpu import LIMITS
 
 
 def view(inputs, consts=None, outputs=None, **options):

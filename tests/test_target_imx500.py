@@ -301,7 +301,7 @@ def test_mixed_precision_fits_a_weights_budget(imx, tmp_path):
     from edgeseg.convert import convert
 
     mp = convert(MODEL, target="imx500", out=tmp_path / "mp", calib_images=16, fidelity=False, log=lambda m: None,
-                 options={"set": {"mixed_precision": "true"}})
+                 options={"mixed_precision": "true"})
     q = mp.manifest.quantization
     assert q["mixed_precision"] is True and q["weights_memory"] == pytest.approx(
         0.75 * q["memory_estimate"]["weights_bytes"])
@@ -316,7 +316,7 @@ def test_gptq_option_runs_mct_gradient_ptq(tmp_path):
     if not Imx500Toolchain.availability().installed:
         pytest.skip(Imx500Toolchain.availability().detail)
     b = convert(MODEL, target="imx500", out=tmp_path / "gptq", calib_images=16, fidelity=False, log=lambda m: None,
-                options={"set": {"gptq": "true", "gptq_epochs": "1"}})
+                options={"gptq": "true", "gptq_epochs": "1"})
     q = b.manifest.quantization
     assert q["gptq"] is True and q["gptq_epochs"] == 1 and q["memory"]["Fit In Chip"]
 

@@ -111,7 +111,7 @@ def test_yolov8_int8_loads_alike_in_every_process_and_meets_the_goal(tmp_path):
 def test_shared_ranges_join_tensors_through_concat_and_resize():
     from onnx import TensorProto, helper
 
-    from edgeseg.convert.mnn_int8 import shared_ranges
+    from edgeseg.convert.toolchains.mnn.int8 import shared_ranges
 
     # p feeds conv A through Resize -> Concat(up, q) and conv B through Concat(r, p); s is separate
     g = helper.make_graph(
@@ -131,7 +131,7 @@ def test_mnnquant_remains_an_option(tmp_path, fp32_bundle):
     from edgeseg.convert import convert
 
     b = convert(MODEL, target="mnn", precision="int8", out=tmp_path / "q", calib_images=16,
-                options={"set": {"int8_tool": "mnnquant"}}, log=lambda m: None)
+                options={"int8_tool": "mnnquant"}, log=lambda m: None)
     assert b.manifest.quantization["feature_quantize_method"] == "EMA"
     assert b.manifest.fidelity["cosine"]["cls"] > 0.9 and b.manifest.fidelity["detections_kept"] > 0.8
 
@@ -140,7 +140,7 @@ def test_compression_params_cover_each_range_and_keep_outputs_float():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgeseg.convert.mnn_int8 import compression_params, conv_layers
+    from edgeseg.convert.toolchains.mnn.int8 import compression_params, conv_layers
 
     rng = np.random.default_rng(0)
     w1, w2 = rng.normal(size=(8, 3, 3, 3)).astype("float32"), rng.normal(size=(4, 8, 1, 1)).astype("float32")

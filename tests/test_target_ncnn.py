@@ -41,13 +41,13 @@ def test_yolov8_int8_picks_the_table_that_follows_fp32(tmp_path):
     fp32 = convert(MODEL_V8, target="onnxruntime", precision="fp32", out=tmp_path / "fp32", log=lambda m: None)
     assert _score(fp32.path) - _score(b.path) <= 0.010
     kl = convert(MODEL_V8, target="ncnn", out=tmp_path / "kl", log=lambda m: None,
-                 options={"set": {"activation_method": "kl"}})
+                 options={"activation_method": "kl"})
     assert kl.manifest.quantization["activation_method"] == "kl"
     assert kl.manifest.fidelity["cosine"]["cls"] < b.manifest.fidelity["cosine"]["cls"] - 0.1  # what auto avoided
 
 
 def test_int8_model_is_really_int8(nc):
-    from edgeseg.convert.ncnn_int8 import read_param
+    from edgeseg.convert.toolchains.ncnn.int8 import read_param
 
     b = nc["int8"]
     layers, _ = read_param(b.path / "model.ncnn.param")
@@ -62,7 +62,7 @@ def test_int8_writer_round_trips_weights(tmp_path, nc):
     """Reading back the int8 file gives the FP32 weights within half a quantization step."""
     import struct
 
-    from edgeseg.convert.ncnn_int8 import TAG_I8, read_param
+    from edgeseg.convert.toolchains.ncnn.int8 import TAG_I8, read_param
 
     fp, q = nc["fp32"].path, nc["int8"].path
     layers, _ = read_param(fp / "model.ncnn.param")
@@ -92,10 +92,10 @@ def test_ncnn_own_tools_give_the_same_accuracy(tmp_path):
     if missing:
         pytest.skip(f"{', '.join(missing)} not on PATH: no package provides them; build ncnn's tools/quantize")
     tools = convert(MODEL, target="ncnn", out=tmp_path / "tools", log=lambda m: None,
-                    options={"set": {"int8_tools": "ncnn"}})
+                    options={"int8_tools": "ncnn"})
     # ncnn2table's default thresholds are KL; edgeseg computes the same kind here
     ours = convert(MODEL, target="ncnn", out=tmp_path / "ours", log=lambda m: None,
-                   options={"set": {"int8_tools": "edgeseg", "activation_method": "kl"}})
+                   options={"int8_tools": "edgeseg", "activation_method": "kl"})
     assert "ncnn2int8" in tools.manifest.quantization["scheme"]
     assert tools.manifest.quantization["activation_method"] == "kl"
     scores = {"ncnn2table + ncnn2int8": _score(tools.path), "edgeseg": _score(ours.path)}

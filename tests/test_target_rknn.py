@@ -150,7 +150,7 @@ def test_fp16_and_float_tail_options(tmp_path, fp32_bundle):
     ref = _score(fp32_bundle.path)["mask_map50_95"]
     fp16 = _convert(tmp_path / "fp16", precision="fp16", verify_data=DATA_YAML)
     assert abs(_score(fp16.path)["mask_map50_95"] - ref) <= 0.003
-    tail = _convert(tmp_path / "tail", verify_data=DATA_YAML, options={"set": {"float_tail": "true"}})
+    tail = _convert(tmp_path / "tail", verify_data=DATA_YAML, options={"float_tail": "true"})
     q = tail.manifest.quantization
     # the head convolutions end in a Conv; the prototypes end in an activation and stay INT8
     assert sorted(q["float_tail"]) == sorted(o["name"] for o in tail.manifest.outputs if o["role"] != "protos")

@@ -61,7 +61,7 @@ def test_edgetpu_report_lists_every_op(tfl):
     softmax = next(r for r in rep["ops"] if r["op"] == "SOFTMAX")
     assert "[1, 2, 100, 100]" in softmax["reason"] and "16,000" in softmax["reason"]
     assert 0.1 < rep["mapped_fraction"] < 0.6 and "YOLOv8" in rep["advice"][0]
-    from edgeseg.convert.edgetpu import summary_lines
+    from edgeseg.convert.toolchains.tflite.edgetpu import summary_lines
 
     screen = "\n".join(summary_lines(rep))
     assert "(BATCH_MATMUL at #" in screen and "SOFTMAX x1" in screen and "advice: YOLO11" in screen
@@ -118,7 +118,7 @@ def test_the_compilers_figures_go_in_the_report_beside_the_prediction(tfl, tmp_p
     compiler is a stand-in (see above); the run, parse and comparison are edgeseg's own."""
     import shutil
 
-    from edgeseg.convert.edgetpu import compatibility, compile_if_available, summary_lines
+    from edgeseg.convert.toolchains.tflite.edgetpu import compatibility, compile_if_available, summary_lines
 
     work = tmp_path / "bundle"
     work.mkdir()
@@ -150,7 +150,7 @@ def test_the_compilers_figures_go_in_the_report_beside_the_prediction(tfl, tmp_p
 def test_a_failing_compiler_stops_the_conversion_and_keeps_its_log(tfl, tmp_path, monkeypatch):
     import shutil
 
-    from edgeseg.convert.edgetpu import compile_if_available
+    from edgeseg.convert.toolchains.tflite.edgetpu import compile_if_available
     from edgeseg.errors import EdgesegError
 
     work = tmp_path / "bundle"

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import onnx
@@ -19,27 +20,26 @@ from ..runtime.sources import read_image
 from .calibration import DEFAULT_IMAGES, CalibrationSet
 from .importer import import_model
 from .split import split_yolo_seg
-from .toolchains import ConvertJob, get_toolchain
+from .toolchains import ConvertJob, get_toolchain, load_toolchain, resolve_options
 
 
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
             calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | None = None,
             out: str | Path | None = None, head: str | None = None, names: str | None = None,
             split: bool = True, trust_model: bool = False, fidelity: bool = True, platform: str | None = None,
-            verify_data: str | Path | None = None, options: dict[str, Any] | None = None, log=print) -> Bundle:
-    """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``."""
+            verify_data: str | Path | None = None, options: Mapping[str, Any] | Iterable[str] | None = None,
+            keep_float: Iterable[str] | None = None, log: Callable[[str], None] = print) -> Bundle:
+    """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``.
+
+    ``options``: the target toolchain's ``OPTIONS`` to change, as ``KEY=VALUE`` strings or a mapping
+    (``edgeseg convert --target X --help-options`` lists them); ``keep_float``: node names left in float.
+    """
     profile = load_profile(target)
     precision = precision or profile.default_precision
     if precision not in profile.precisions:
         raise EdgesegError(f"target '{target}' does not offer {precision}; choose one of: {', '.join(profile.precisions)}")
+    settings = resolve_options(load_toolchain(profile.toolchain), profile, options or ())
     toolchain = get_toolchain(profile.toolchain)
-    sets = (options or {}).get("set") or {}
-    if sets:
-        settable = sorted(k for k in profile.quantization if toolchain.settable)
-        bad = [k for k in sets if k not in settable]
-        if bad:
-            raise EdgesegError(f"--option {bad[0]}: not an option of target '{target}'; "
-                               + (f"options: {', '.join(settable)}" if settable else "it takes none"))
     # Absolute from here on: toolchains run in their own working folders and child processes, where
     # a path relative to the user's shell no longer points anywhere.
     model_path = Path(model).absolute() if model else DEFAULT_MODEL
@@ -79,17 +79,16 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                                "move the file or choose another --out")
         log(f"converting {model_path} -> {out_dir} ({target}, {precision}"
             f"{', outputs split' if do_split else ''})")
-        opts = dict(options or {})
-        opts.update(log=log, platform=platform)
         # toolchains that can only simulate while building (RKNN) need every image up front
-        opts["simulate_images"] = list(cset.holdout if cset is not None and fidelity else [])
+        simulate = list(cset.holdout if cset is not None and fidelity else [])
         if verify_data:
             from ..data import load_dataset
 
-            opts["simulate_images"] += load_dataset(verify_data, split="val").images
+            simulate += load_dataset(verify_data, split="val").images
         with atomic_bundle_dir(out_dir) as tmp:
             job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
-                             tmp, opts)
+                             tmp, settings=settings, keep_float=list(keep_float or []), platform=platform,
+                             simulate_images=simulate, log=log)
             res = toolchain.convert(job)
             spec.update(res.head)
             h, w = imported.input_hw

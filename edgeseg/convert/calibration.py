@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +111,18 @@ class CalibrationSet:
         return {"source": self.source, "available": self.available, "used": len(self.images),
                 "holdout": len(self.holdout), "sampling": f"seeded permutation (seed {SEED})",
                 "preprocess": "edgeseg.runtime.preprocess.preprocess (letterbox 114, RGB, /255)"}
+
+
+class ArrayReader:
+    """onnxruntime's CalibrationDataReader protocol over calibration arrays (ORT's INT8, MNN's ranges)."""
+
+    def __init__(self, input_name: str, arrays: Iterable[np.ndarray]):
+        self._it = iter(arrays)
+        self._name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {self._name: x}
 
 
 def save_inputs(paths: Sequence[Path], folder: Path, input_hw: tuple[int, int], layout: str = "nchw",

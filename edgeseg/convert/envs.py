@@ -50,9 +50,6 @@ class EnvSpec:
     def ready(self) -> bool:
         return (self.path / MARKER).is_file() and self.python.exists()
 
-    def install_command(self) -> str:
-        return "edgeseg doctor --create " + self.name
-
     def create(self, log=print) -> Path:
         """Build the env (a few minutes the first time); reuse it afterwards."""
         if self.ready():

@@ -4,7 +4,7 @@ MNN keeps a tensor's int8 parameters on the tensor; when a model gives one tenso
 quantized convolutions reaching it through concats with different ranges), each load picks one
 by memory address and runs without an error, detecting less (measured: class-score cosine 0.63
 instead of 0.995 for one YOLOv8n-seg file, depending only on the loading process's arguments).
-edgeseg's own MNN calibration gives such tensors one range (``convert.mnn_int8.shared_ranges``),
+edgeseg's own MNN calibration gives such tensors one range (``convert.toolchains.mnn.int8.shared_ranges``),
 but bundles made by MNN's own tool cannot be fixed that way, so bundles of such runtimes carry a
 probe (a letterboxed frame from the held-back calibration images and the FP32 model's outputs for
 it). A load that does not reproduce it is reported and reopened; after ``ATTEMPTS`` the last one

@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -199,13 +198,3 @@ def _drain(q: queue.Queue) -> None:
         except queue.Empty:
             return
 
-
-class FpsMeter:
-    """Frames per second over a sliding window, for the live status line."""
-
-    def __init__(self, window: int = 30):
-        self.t: deque[float] = deque(maxlen=window)
-
-    def tick(self) -> float:
-        self.t.append(time.perf_counter())
-        return (len(self.t) - 1) / (self.t[-1] - self.t[0]) if len(self.t) > 1 and self.t[-1] > self.t[0] else 0.0

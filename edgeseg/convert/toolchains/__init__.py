@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import EdgesegError
+from ...options import Option, coerce, parse
+from ...plugins import module_names
 from ...profiles import Profile
 from ...quiet import native_stdout_silenced
 
@@ -24,9 +26,10 @@ if TYPE_CHECKING:  # the host-only modules are not needed to ask whether a toolc
     from ..calibration import CalibrationSet
     from ..importer import ImportedModel
 
-# toolchain name (profiles' ``toolchain`` key) -> module under this package
-REGISTRY = {"onnxruntime": "onnxruntime", "openvino": "openvino", "mnn": "mnn", "rknn": "rknn", "ncnn": "ncnn", "tflite": "tflite",
-            "imx500": "imx500"}
+
+
+# scripts run inside the isolated environments (:mod:`..envs`): they import nothing from edgeseg
+WORKERS = Path(__file__).resolve().parent.parent / "workers"
 
 
 @dataclass
@@ -43,15 +46,22 @@ class ConvertJob:
     fp32_path: Path  # canonical FP32 ONNX (outputs already split when the head allows)
     outputs: list[dict]  # output descriptions of fp32_path, in decoder order
     profile: Profile
-    precision: str  # int8 | fp16 | fp32
-    calib: CalibrationSet | None
+    precision: str  # int8 | fp16 | fp32 | a precision the profile lists
+    calibration: CalibrationSet | None  # given when the precision needs one (int8)
     workdir: Path  # the bundle's temporary folder: write model files here
-    options: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # the toolchain's OPTIONS, typed (see resolve_options)
+    keep_float: list[str] = field(default_factory=list)  # node names to leave in float (--keep-float)
+    platform: str | None = None  # --platform, for targets with several SoCs
+    simulate_images: list[Path] = field(default_factory=list)  # for toolchains that can only simulate while building
+    log: Callable[[str], None] = print
 
     @property
-    def settings(self) -> dict[str, Any]:
-        """The profile's [quantization] with ``--option KEY=VALUE`` applied."""
-        return {**self.profile.quantization, **(self.options.get("set") or {})}
+    def calib(self) -> CalibrationSet:
+        """The calibration set; an error naming the target when this conversion has none."""
+        if self.calibration is None:
+            raise EdgesegError(f"target '{self.profile.name}' needs calibration images for {self.precision}; "
+                               "pass --calib FOLDER (or convert with --fp16/--fp32)")
+        return self.calibration
 
     def scratch(self, tag: str) -> Path:
         """An empty working folder beside the bundle's temporary folder; the toolchain removes it."""
@@ -64,7 +74,7 @@ class ConvertJob:
 
     def log_path(self, tag: str) -> Path:
         """Where a vendor tool's output goes: deleted on success, kept and named in the error otherwise."""
-        return Path(self.options.get("log_dir") or self.workdir.parent) / f"{self.workdir.name.strip('.')}.{tag}.log"
+        return self.workdir.parent / f"{self.workdir.name.strip('.')}.{tag}.log"
 
 
 @dataclass
@@ -103,8 +113,14 @@ def probe(install: str, **modules: str) -> Availability:
 
 class Toolchain(ABC):
     name: str = ""
-    settable: bool = False  # whether `--option KEY=VALUE` may override the profile's [quantization]
+    # what `convert --option KEY=VALUE` accepts; a key of the same name in the profile's
+    # [quantization] replaces the default, so two targets can share a toolchain (tflite, edgetpu)
+    OPTIONS: dict[str, Option] = {}
     load_check: bool = False  # bundles carry a probe that each load must reproduce (runtime/loadcheck.py)
+    # modules of the vendor that the guarded child process (_guarded.py) refuses to import: an error,
+    # or (fallback) a refusal the vendor handles with its own no-op stub
+    guard_blocked: frozenset[str] = frozenset()
+    guard_fallback: frozenset[str] = frozenset()
 
     @classmethod
     @abstractmethod
@@ -119,6 +135,11 @@ class Toolchain(ABC):
     @abstractmethod
     def convert(self, job: ConvertJob) -> ConvertResult: ...
 
+    def guarded_call(self, spec: dict) -> object:
+        """The vendor call run inside ``python -m edgeseg.convert.toolchains._guarded`` (no network,
+        no subprocesses, no installs); ``spec`` is the JSON the parent wrote."""
+        raise NotImplementedError(f"the {self.name} toolchain has no guarded call")
+
     def host_runner(self, bundle_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
         """A function running the converted model on this host, to measure fidelity before a device.
 
@@ -131,11 +152,18 @@ class Toolchain(ABC):
         return open_backend(Bundle.load(bundle_dir, verify=False)).run
 
 
+def toolchain_names() -> list[str]:
+    """Every toolchain: the modules and packages of this package (a profile's ``toolchain`` key names
+    one), including those of the folders on EDGESEG_PLUGIN_PATH (see :mod:`edgeseg.plugins`)."""
+    return module_names(__path__, "toolchains")
+
+
 def load_toolchain(name: str) -> Toolchain:
     """The toolchain object for a profile's ``toolchain`` name, installed or not."""
-    if name not in REGISTRY:
-        raise EdgesegError(f"no toolchain '{name}' in this edgeseg; known: {', '.join(sorted(REGISTRY))}")
-    return importlib.import_module(f"{__name__}.{REGISTRY[name]}").TOOLCHAIN
+    known = toolchain_names()
+    if name not in known:
+        raise EdgesegError(f"no toolchain '{name}' in this edgeseg; known: {', '.join(known)}")
+    return importlib.import_module(f"{__name__}.{name}").TOOLCHAIN
 
 
 def get_toolchain(name: str) -> Toolchain:
@@ -146,3 +174,30 @@ def get_toolchain(name: str) -> Toolchain:
         from ...errors import ToolchainMissing
         raise ToolchainMissing(f"the {name} toolchain is not installed ({av.detail}); install it with: {av.install}")
     return tc
+
+
+def resolve_options(toolchain: Toolchain, profile: Profile, overrides: Mapping[str, Any] | Iterable[str] = ()) -> dict:
+    """The toolchain's settings for one conversion: its defaults, then the profile's [quantization]
+    values for the same keys, then ``--option KEY=VALUE`` (strings) or a mapping from the API.
+    A key the toolchain does not declare is refused with the list of valid ones."""
+    out: dict[str, Any] = {k: o.default for k, o in toolchain.OPTIONS.items()}
+    for k, v in profile.quantization.items():
+        if k in toolchain.OPTIONS:
+            try:
+                out[k] = coerce(v, toolchain.OPTIONS[k])
+            except (TypeError, ValueError):
+                raise EdgesegError(f"target '{profile.name}': [quantization] {k} = {v!r} is not a "
+                                   f"{toolchain.OPTIONS[k].type.__name__}; fix the profile file") from None
+    out.update(parse(overrides, toolchain.OPTIONS, flag="--option", owner=f"target '{profile.name}'"))
+    return out
+
+
+def describe_toolchain_options(toolchain: Toolchain, profile: Profile) -> list[str]:
+    """One line per option, with this target's default: ``edgeseg convert --target X --help-options``."""
+    current = resolve_options(toolchain, profile)
+    lines = []
+    for k, o in toolchain.OPTIONS.items():
+        kind = "|".join(o.choices) if o.choices else o.type.__name__
+        value = ",".join(current[k]) if isinstance(current[k], list) else current[k]
+        lines.append(f"{k}={kind}  (default: {value})  {o.help}")
+    return lines or [f"target '{profile.name}' takes no --option"]

@@ -2,6 +2,9 @@
 
     python -m edgeseg.convert.toolchains._guarded SPEC.json
 
+``SPEC["tool"]`` names the toolchain whose ``guarded_call(spec)`` runs here; each toolchain lists
+the modules of its vendor that must never load (``guard_blocked``, ``guard_fallback``).
+
 Some toolchains phone home or pip-install packages as a side effect (importing ``MNN.tools``
 runs ``pip install aliyun-log-python-sdk`` and sends usage logs; OpenVINO's converter and NNCF
 send usage events unless a consent file in the user's home says no). A conversion must do neither,
@@ -19,9 +22,10 @@ import importlib.abc
 import json
 import sys
 
-BLOCKED_MODULES = {"aliyun", "MNN.tools", "openvino_telemetry"}
+# filled by install_guard from every toolchain's ``guard_blocked`` / ``guard_fallback``
+BLOCKED_MODULES: set[str] = set()
 # imports the vendor wraps in try/except ImportError with a no-op fallback: refused, not an error
-FALLBACK_MODULES = {"openvino_telemetry"}
+FALLBACK_MODULES: set[str] = set()
 BLOCKED_EVENTS = {"socket.connect", "socket.getaddrinfo", "subprocess.Popen", "os.system", "os.exec",
                   "os.posix_spawn", "os.spawn", "os.fork", "urllib.Request"}
 
@@ -57,44 +61,27 @@ class _BlockImports(importlib.abc.MetaPathFinder):
 
 
 def install_guard() -> None:
+    """Block every toolchain's phone-home modules, then network, subprocesses and installs."""
+    from . import load_toolchain, toolchain_names
+
+    for name in toolchain_names():
+        tc = load_toolchain(name)
+        BLOCKED_MODULES.update(tc.guard_blocked | tc.guard_fallback)
+        FALLBACK_MODULES.update(tc.guard_fallback)
     sys.meta_path.insert(0, _BlockImports())
     sys.addaudithook(_hook)
-
-
-def _mnn(spec: dict) -> object:
-    import _tools  # MNN's native converter module; deliberately not MNN.tools
-
-    if spec["op"] == "convert":
-        return _tools.mnnconvert(["MNNConvert", *spec["args"]])
-    if spec["op"] == "quant":  # an argv-style list: three plain strings crash it (std::length_error)
-        return _tools.mnnquant(["mnnquant", spec["src"], spec["dst"], spec["config"]])
-    raise ValueError(spec["op"])
-
-
-def _openvino(spec: dict) -> object:
-    import numpy as np
-    import openvino as ov
-
-    model = ov.convert_model(spec["onnx"])
-    if spec["precision"] == "int8":
-        import nncf
-
-        data = list(np.load(spec["calibration"]))  # one (1, C, H, W) array per image
-        preset = nncf.QuantizationPreset.MIXED if spec["preset"] == "mixed" else nncf.QuantizationPreset.PERFORMANCE
-        ignored = spec.get("ignored") or []
-        model = nncf.quantize(model, nncf.Dataset(data), preset=preset, subset_size=len(data),
-                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
-    ov.save_model(model, spec["xml"], compress_to_fp16=spec["precision"] == "fp16")
-    return True
 
 
 def main() -> None:
     spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
     report_path = spec["result"]
+    from . import load_toolchain
+
+    toolchain = load_toolchain(spec["tool"])  # edgeseg's own module; the vendor's is imported by guarded_call
     install_guard()
     result, error = None, None
     try:
-        result = {"mnn": _mnn, "openvino": _openvino}[spec["tool"]](spec)
+        result = toolchain.guarded_call(spec)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         error = f"{type(e).__name__}: {e}"
     if violations:  # the tool may have swallowed the PermissionError: say what it tried

@@ -23,10 +23,11 @@ import numpy as np
 
 from ...bundle import sha256_file
 from ...errors import EdgesegError
+from ...options import Option
 from ...runtime.replay import Replay, record
 from ..calibration import save_inputs
 from ..envs import EnvSpec, run_worker
-from . import Availability, ConvertJob, ConvertResult, Toolchain
+from . import WORKERS, Availability, ConvertJob, ConvertResult, Toolchain
 
 MODEL_FILE = "packerOut.zip"
 QUANTIZED_ONNX = "model_mct.onnx"  # MCT's fake-quantized export: what the converter compiled
@@ -89,7 +90,16 @@ def estimate_memory(model, persistency: bool = False) -> dict:
 
 class Imx500Toolchain(Toolchain):
     name = "imx500"
-    settable = True
+    OPTIONS = {
+        "merge_scales": Option(bool, "one tensor per role (the sensor sends at most 8 tensors per frame)", True),
+        "tpc_version": Option(str, "IMX500 target platform capabilities version", "4.0"),
+        "mixed_precision": Option(bool, "8/4/2-bit weights to fit weights_memory", False),
+        "weights_memory": Option(float, "bytes for mixed precision; 0 = 75% of the weights at 8 bit", 0.0),
+        "gptq": Option(bool, "gradient-based PTQ (slower, sometimes closer to FP32)", False),
+        "gptq_epochs": Option(int, "GPTQ epochs", 5),
+        "gptq_hessian": Option(bool, "MCT's Hessian-weighted GPTQ loss (~20 min more on 2 cores)", False),
+        "input_persistency": Option(bool, "keep the input tensor in sensor memory (imgsz*imgsz*3 bytes)", False),
+    }
 
     @classmethod
     def availability(cls) -> Availability:
@@ -108,7 +118,7 @@ class Imx500Toolchain(Toolchain):
 
         prof, opts = job.profile, job.settings
         limits = prof.limits
-        log_fn = job.options.get("log", print)
+        log_fn = job.log
         h, w = job.imported.input_hw
         if max(h, w) > int(limits.get("max_imgsz", 640)):
             raise EdgesegError(f"the IMX500 takes inputs up to {limits.get('max_imgsz', 640)} px, this model is {w}x{h}; "
@@ -116,14 +126,14 @@ class Imx500Toolchain(Toolchain):
         model = onnx.load(str(job.fp32_path))
         outputs = job.outputs
         grids = None
-        if opts.get("merge_scales", True) and job.imported.head.get("type") == "yolo-seg" \
+        if opts["merge_scales"] and job.imported.head.get("type") == "yolo-seg" \
                 and any(o["role"] == "box_dfl" for o in outputs):
             model, outputs, grids = merge_scales(model, outputs)
         if len(outputs) > int(limits.get("max_outputs", 8)):
             raise EdgesegError(f"the model has {len(outputs)} outputs; the IMX500 sends at most "
                                f"{limits.get('max_outputs', 8)} per frame")
         budget = int(limits.get("memory_bytes", 8388480))
-        persist = bool(opts.get("input_persistency", False))
+        persist = opts["input_persistency"]
         est = estimate_memory(model, persist)
         mb = lambda b: f"{b / 2**20:.2f} MB"  # noqa: E731
         log_fn(f"IMX500 memory estimate: {mb(est['total_bytes'])} of {mb(budget)} "
@@ -140,20 +150,19 @@ class Imx500Toolchain(Toolchain):
         onnx.save(model, str(merged))
 
         try:
-            assert job.calib is not None, "the IMX500 target is INT8 only"
             ds = job.calib.save_arrays(work / "in", (h, w), "nchw", "float32")
-            sims = save_inputs(list(job.options.get("simulate_images") or []), work / "in", (h, w), "nchw", "float32", "sim")
+            sims = save_inputs(job.simulate_images, work / "in", (h, w), "nchw", "float32", "sim")
             spec = {"onnx": str(merged), "dataset": str(ds), "work": str(work),
                     "quantized_onnx": str(work / QUANTIZED_ONNX), "converter_out": str(work / "converter"),
-                    "output_names": [o["name"] for o in outputs], "tpc_version": str(opts.get("tpc_version", "4.0")),
-                    "input_persistency": persist, "gptq": _true(opts.get("gptq")),
-                    "gptq_epochs": int(opts.get("gptq_epochs", 5)), "gptq_hessian": _true(opts.get("gptq_hessian")),
+                    "output_names": [o["name"] for o in outputs], "tpc_version": opts["tpc_version"],
+                    "input_persistency": persist, "gptq": opts["gptq"],
+                    "gptq_epochs": opts["gptq_epochs"], "gptq_hessian": opts["gptq_hessian"],
                     "simulate": [{"input": str(f), "output": str(work / f"out_{d}.npz")} for f, d in sims]}
-            if _true(opts.get("mixed_precision")):
-                spec["weights_memory"] = float(opts.get("weights_memory") or 0) or 0.75 * est["weights_bytes"]
+            if opts["mixed_precision"]:
+                spec["weights_memory"] = opts["weights_memory"] or 0.75 * est["weights_bytes"]
             ENV.create(log=log_fn)
             log_fn(f"quantizing with MCT on {len(job.calib.images)} images, then imxconv-pt (a few minutes)")
-            res = run_worker(ENV, Path(__file__).parent.parent / "workers" / "imx500_worker.py", spec, work, log)
+            res = run_worker(ENV, WORKERS / "imx500_worker.py", spec, work, log)
             text = log.read_text(errors="replace") if log.is_file() else ""
             log.unlink(missing_ok=True)
             shutil.copyfile(work / "converter" / MODEL_FILE, job.workdir / MODEL_FILE)
@@ -173,7 +182,7 @@ class Imx500Toolchain(Toolchain):
                                f"{rep.get('Total Memory Available On Chip')}: does not fit; use a smaller --imgsz "
                                "or --option mixed_precision=true")
         (job.workdir / "memory_report.json").write_text(json.dumps(rep, indent=1))
-        quant = {"precision": "int8", "scheme": opts.get("scheme"), **res.get("quantization", {}),
+        quant = {"precision": "int8", "scheme": prof.quantization.get("scheme"), **res.get("quantization", {}),
                  "input_persistency": persist, "memory": rep, "memory_estimate": est,
                  "nms": "on the Pi (edgeseg's decoder): thresholds stay adjustable at run time"}
         return ConvertResult([MODEL_FILE], [dict(o, quant=None) for o in outputs], quant,
@@ -185,10 +194,6 @@ class Imx500Toolchain(Toolchain):
 
     def host_runner(self, bundle_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
         return Replay(sha256_file(bundle_dir / MODEL_FILE), "convert again with --verify-data DATASET.yaml")
-
-
-def _true(v) -> bool:
-    return str(v).lower() in ("1", "true", "yes", "on")
 
 
 TOOLCHAIN = Imx500Toolchain()

@@ -6,21 +6,10 @@ import shutil
 from pathlib import Path
 
 from ...install import pip_extra
+from ...options import Option
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 MODEL_FILE = "model.onnx"
-
-
-class ArrayReader:
-    """onnxruntime's CalibrationDataReader over edgeseg's calibration arrays (also used for MNN's ranges)."""
-
-    def __init__(self, input_name: str, arrays):
-        self._it = iter(arrays)
-        self._name = input_name
-
-    def get_next(self):
-        x = next(self._it, None)
-        return None if x is None else {self._name: x}
 
 
 def _qdq_params(model, output: str) -> dict | None:
@@ -37,8 +26,20 @@ def _qdq_params(model, output: str) -> dict | None:
     return None
 
 
+# edgeseg's names -> onnxruntime.quantization.CalibrationMethod members
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile",
+                       "distribution": "Distribution"}
+
+
 class OnnxRuntimeToolchain(Toolchain):
     name = "onnxruntime"
+    OPTIONS = {
+        "weights_per_channel": Option(bool, "one int8 scale per output channel of each weight", True),
+        "activations": Option(str, "activation type (uint8: asymmetric, as most CPUs run fastest)", "uint8",
+                              ("uint8", "int8")),
+        "calibration_method": Option(str, "how activation ranges are taken from the calibration images", "minmax",
+                                     tuple(CALIBRATION_METHODS)),
+    }
 
     @classmethod
     def availability(cls) -> Availability:
@@ -74,29 +75,32 @@ class OnnxRuntimeToolchain(Toolchain):
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        assert job.calib is not None
-        pq = job.profile.quantization
+        from ..calibration import ArrayReader
+
+        pq = job.settings
+        method = CALIBRATION_METHODS[pq["calibration_method"]]
         pre = job.workdir.parent / (job.workdir.name + ".pre.onnx")
         try:
             quant_pre_process(str(job.fp32_path), str(pre), skip_symbolic_shape=True)
-            keep_float = list(job.options.get("keep_float") or [])
+            keep_float = list(job.keep_float)
             reader = ArrayReader(job.imported.input_name, job.calib.arrays(job.imported.input_hw))
             quantize_static(
                 str(pre), str(out), reader,
                 quant_format=QuantFormat.QDQ,
-                per_channel=bool(pq.get("weights_per_channel", True)),
-                activation_type=QuantType.QUInt8 if pq.get("activations", "uint8") == "uint8" else QuantType.QInt8,
+                per_channel=pq["weights_per_channel"],
+                activation_type=QuantType.QUInt8 if pq["activations"] == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=getattr(CalibrationMethod, method),
                 nodes_to_exclude=keep_float,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
         finally:
             pre.unlink(missing_ok=True)
             pre.with_suffix(".onnx.data").unlink(missing_ok=True)
-        return {"scheme": "static QDQ", "weights": "int8 per-channel symmetric",
-                "activations": pq.get("activations", "uint8") + " per-tensor asymmetric",
-                "calibration_method": "MinMax", "kept_float": keep_float}
+        return {"scheme": "static QDQ",
+                "weights": "int8 " + ("per-channel" if pq["weights_per_channel"] else "per-tensor") + " symmetric",
+                "activations": pq["activations"] + " per-tensor asymmetric",
+                "calibration_method": method, "kept_float": keep_float}
 
 
 TOOLCHAIN = OnnxRuntimeToolchain()

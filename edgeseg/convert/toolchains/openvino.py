@@ -10,6 +10,7 @@ import shutil
 import sys
 
 from ...install import pip_extra
+from ...options import Option
 from ..envs import run_json
 from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
@@ -19,22 +20,43 @@ INSTALL = pip_extra("openvino-host")
 
 class OpenVinoToolchain(Toolchain):
     name = "openvino"
+    OPTIONS = {"preset": Option(str, "NNCF preset: mixed (asymmetric activations) or performance (symmetric)",
+                                "mixed", ("mixed", "performance"))}
+
+    # without it OpenVINO and NNCF fall back to their own no-op telemetry stubs
+    guard_fallback = frozenset({"openvino_telemetry"})
 
     @classmethod
     def availability(cls) -> Availability:
         return probe(INSTALL, openvino="openvino", nncf="nncf")
 
+    def guarded_call(self, spec: dict) -> object:
+        import numpy as np
+        import openvino as ov
+
+        model = ov.convert_model(spec["onnx"])
+        if spec["precision"] == "int8":
+            import nncf
+
+            data = list(np.load(spec["calibration"]))  # one (1, C, H, W) array per image
+            preset = nncf.QuantizationPreset.MIXED if spec["preset"] == "mixed" else \
+                nncf.QuantizationPreset.PERFORMANCE
+            ignored = spec.get("ignored") or []
+            model = nncf.quantize(model, nncf.Dataset(data), preset=preset, subset_size=len(data),
+                                  ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
+        ov.save_model(model, spec["xml"], compress_to_fp16=spec["precision"] == "fp16")
+        return True
+
     def convert(self, job: ConvertJob) -> ConvertResult:
         import numpy as np
 
         work, log = job.scratch("openvino"), job.log_path("openvino")
-        preset = str(job.profile.quantization.get("preset", "mixed"))
-        ignored = list(job.options.get("keep_float") or [])
+        preset = job.settings["preset"]
+        ignored = list(job.keep_float)
         spec = {"tool": "openvino", "op": "convert", "onnx": str(job.fp32_path), "precision": job.precision,
                 "xml": str(job.workdir / XML), "preset": preset, "ignored": ignored}
         try:
             if job.precision == "int8":
-                assert job.calib is not None
                 spec["calibration"] = str(work / "calibration.npy")
                 np.save(spec["calibration"], np.stack(list(job.calib.arrays(job.imported.input_hw))))
             rep = run_json([sys.executable, "-m", "edgeseg.convert.toolchains._guarded"], spec, work, log,

@@ -18,10 +18,11 @@ import numpy as np
 
 from ...bundle import sha256_file as _sha256
 from ...errors import EdgesegError
+from ...options import Option
 from ...runtime.replay import Replay, record
 from ..calibration import save_inputs
 from ..envs import EnvSpec, run_worker
-from . import Availability, ConvertJob, ConvertResult, Toolchain
+from . import WORKERS, Availability, ConvertJob, ConvertResult, Toolchain
 
 MODEL_FILE = "model.rknn"
 ENV = EnvSpec("rknn-toolkit2-2.5.0", (
@@ -49,7 +50,14 @@ def float_tail_pairs(fp32_onnx: Path) -> list[list[str]]:
 
 class RknnToolchain(Toolchain):
     name = "rknn"
-    settable = True
+    OPTIONS = {
+        "algorithm": Option(str, "quantization algorithm (kl_divergence, mmse: slower, lower mean error)", "normal",
+                            ("normal", "kl_divergence", "mmse")),
+        "scheme": Option(str, "rknn-toolkit2 quantized_dtype", "w8a8",
+                         ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")),
+        "float_tail": Option(bool, "each output's last convolution in FP16 (hybrid quantization)", False),
+        "disable_rules": Option(list, "rknn-toolkit2 graph optimisation rules to turn off", []),
+    }
 
     @classmethod
     def availability(cls) -> Availability:
@@ -61,33 +69,31 @@ class RknnToolchain(Toolchain):
 
     def convert(self, job: ConvertJob) -> ConvertResult:
         prof = job.profile
-        platform = job.options.get("platform") or prof.platform
+        platform = job.platform or prof.platform
         platforms = prof.as_dict().get("platforms") or {}
         if platforms and platform not in platforms:
             raise EdgesegError(f"unknown RKNN platform '{platform}'; choose one of: {', '.join(sorted(platforms))}")
         if job.precision == "fp16" and not platforms.get(platform, {}).get("fp16", True):
             raise EdgesegError(f"{platform} has no FP16 NPU path; convert with --int8")
-        ENV.create(log=job.options.get("log", print))
+        ENV.create(log=job.log)
         work, log = job.scratch("rknn"), job.log_path("rknn")
         hw = job.imported.input_hw
 
         try:
             opts = job.settings
             spec: dict = {"onnx": str(job.fp32_path), "platform": platform, "out": str(job.workdir / MODEL_FILE),
-                          "quantize": job.precision == "int8", "algorithm": str(opts.get("algorithm", "normal")),
-                          "quantized_dtype": str(opts.get("scheme", "w8a8")),
-                          "disable_rules": prof.quantization.get("disable_rules", [])}
-            if job.precision == "int8" and str(opts.get("float_tail", "false")).lower() in ("1", "true", "yes"):
+                          "quantize": job.precision == "int8", "algorithm": opts["algorithm"],
+                          "quantized_dtype": opts["scheme"], "disable_rules": opts["disable_rules"]}
+            if job.precision == "int8" and opts["float_tail"]:
                 spec["hybrid"] = float_tail_pairs(job.fp32_path)
             if job.precision == "int8":
-                assert job.calib is not None
                 # the toolkit's calibration .npy files follow the ONNX layout (NCHW) ...
                 spec["dataset"] = str(job.calib.save_arrays(work / "in", hw, "nchw", "uint8"))
             # ... its simulator is fed what the board is fed (uint8 RGB NHWC); the digest keys the
             # recorded outputs
-            sims = save_inputs(list(job.options.get("simulate_images") or []), work / "in", hw, "nhwc", "uint8", "sim")
+            sims = save_inputs(job.simulate_images, work / "in", hw, "nhwc", "uint8", "sim")
             spec["simulate"] = [{"input": str(f), "output": str(work / f"out_{d}.npz")} for f, d in sims]
-            res = run_worker(ENV, Path(__file__).parent.parent / "workers" / "rknn_worker.py", spec, work, log)
+            res = run_worker(ENV, WORKERS / "rknn_worker.py", spec, work, log)
             text = log.read_text(errors="replace") if log.is_file() else ""
             log.unlink(missing_ok=True)
             digest = _sha256(job.workdir / MODEL_FILE)

@@ -8,27 +8,49 @@ new runtime is a few dozen lines.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ...bundle import Bundle
 from ...errors import EdgesegError, ToolchainMissing
-from ...install import pip_extra
+from ...options import describe, parse
+from ...plugins import module_names
 
-# runtime name (manifest ``runtime``) -> (backend module, runtime import name, distribution, install command)
-REGISTRY: dict[str, tuple[str, str, str, str]] = {
-    "onnxruntime": ("onnxruntime", "onnxruntime", "onnxruntime", pip_extra("onnxruntime")),
-    "openvino": ("openvino", "openvino", "openvino", pip_extra("openvino")),
-    "mnn": ("mnn", "MNN", "MNN", pip_extra("mnn")),
-    "ncnn": ("ncnn", "ncnn", "ncnn", pip_extra("ncnn")),
-    "litert": ("litert", "ai_edge_litert", "ai-edge-litert", pip_extra("tflite")),
-    "rknn": ("rknn", "rknnlite", "rknn-toolkit-lite2",
-             "pip install rknn-toolkit-lite2 (aarch64 board, with Rockchip's librknnrt.so)"),
-    "imx500": ("imx500", "picamera2", "picamera2",
-               "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS, AI Camera)"),
-}
+class Requirement(NamedTuple):
+    """What a backend module imports to run (``REQUIRES``): read by ``doctor`` and checked before a
+    bundle opens, without importing the runtime itself (backends import it when they open)."""
+
+    module: str  # import name
+    distribution: str  # for its version
+    install: str  # the exact command that installs it
+    alternatives: tuple[str, ...] = ()  # other import names that serve as well
+    replay: bool = False  # without it, the backend replays outputs recorded at conversion (no refusal)
+
+    def installed(self) -> bool:
+        for name in (self.module, *self.alternatives):
+            try:
+                if importlib.util.find_spec(name) is not None:
+                    return True
+            except (ImportError, ValueError):
+                pass
+        return False
+
+
+def runtime_names() -> list[str]:
+    """Every runtime (a manifest's ``runtime``): the modules of this package and of the plugin
+    folders on EDGESEG_PLUGIN_PATH (:mod:`edgeseg.plugins`)."""
+    return module_names(__path__, "backends")
+
+
+def backend_module(name: str) -> Any:
+    """The backend module for a runtime name, without importing the runtime itself."""
+    known = runtime_names()
+    if name not in known:
+        raise EdgesegError(f"runtime '{name}' is not supported by this edgeseg; known: {', '.join(known)}")
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 class Backend(ABC):
@@ -48,47 +70,29 @@ class Backend(ABC):
         """Release device resources (NPU contexts, camera-side networks)."""
 
 
+def _missing(bundle: Bundle, req: Requirement, why: str) -> ToolchainMissing:
+    return ToolchainMissing(f"{bundle.path}: needs the {req.distribution} runtime ({why}); install it with: {req.install}")
+
+
 def _module(bundle: Bundle) -> Any:
-    name = bundle.manifest.runtime
-    if name not in REGISTRY:
-        raise EdgesegError(f"{bundle.path}: runtime '{name}' is not supported by this edgeseg; "
-                           f"known: {', '.join(sorted(REGISTRY))}")
-    module, _, package, install = REGISTRY[name]
     try:
-        return importlib.import_module(f"{__name__}.{module}")
-    except ImportError as e:
-        raise ToolchainMissing(f"{bundle.path}: needs the {package} runtime ({e.name} is not installed); "
-                               f"install it with: {install}") from None
+        mod = backend_module(bundle.manifest.runtime)
+    except EdgesegError as e:
+        raise EdgesegError(f"{bundle.path}: {e}") from None
+    req: Requirement | None = getattr(mod, "REQUIRES", None)
+    if req is not None and not req.replay and not req.installed():
+        raise _missing(bundle, req, f"{req.module} is not installed")
+    return mod
 
 
-def describe_options(options: dict[str, tuple[type, str]]) -> str:
-    return "; ".join(f"{k}={t.__name__} ({h})" for k, (t, h) in options.items())
+def describe_options(options: dict) -> str:
+    return describe(options)
 
 
 def parse_options(bundle: Bundle, pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings from a command line, typed by the bundle's runtime's ``OPTIONS``."""
     allowed = getattr(_module(bundle), "OPTIONS", {})
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or key not in allowed:
-            raise EdgesegError(f"--runtime-option {pair}: the {bundle.manifest.runtime} runtime takes KEY=VALUE with "
-                               + (f"KEY one of: {describe_options(allowed)}" if allowed else "no keys at all"))
-        kind = allowed[key][0]
-        value = value.strip()
-        try:
-            if kind is bool:
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("1", "true", "yes", "on")
-            elif kind is list:
-                out[key] = [v.strip() for v in value.split(",") if v.strip()]
-            else:
-                out[key] = kind(value)
-        except ValueError:
-            raise EdgesegError(f"--runtime-option {pair}: {key} takes a {kind.__name__}") from None
-    return out
+    return parse(pairs, allowed, flag="--runtime-option", owner=f"the {bundle.manifest.runtime} runtime")
 
 
 def open_backend(bundle: Bundle, **options: Any) -> Backend:
@@ -101,9 +105,18 @@ def open_backend(bundle: Bundle, **options: Any) -> Backend:
                            + (f"its options: {describe_options(allowed)}" if allowed else "it takes none"))
     from ..loadcheck import PROBE_FILE, open_checked
 
+    def make() -> Backend:
+        try:
+            return mod.BACKEND(bundle, **options)
+        except ImportError as e:  # installed but cannot load (a missing system library, another numpy)
+            req = getattr(mod, "REQUIRES", None)
+            if req is None:
+                raise
+            raise _missing(bundle, req, f"{e.name or req.module} cannot be imported: {e}") from None
+
     if (bundle.path / PROBE_FILE).is_file():  # a runtime whose loads can differ (see loadcheck.py)
-        return open_checked(bundle, lambda: mod.BACKEND(bundle, **options))
-    return mod.BACKEND(bundle, **options)
+        return open_checked(bundle, make)
+    return make()
 
 
 class ReplayBackend(Backend):

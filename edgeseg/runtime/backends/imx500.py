@@ -27,7 +27,7 @@ import numpy as np
 from ...errors import EdgesegError, ToolchainMissing
 from ..preprocess import Letterbox
 from ..sources import Frame, Source, import_picamera2, retry_with_backoff
-from . import Backend, ReplayBackend, has_recorded_outputs
+from . import Backend, ReplayBackend, Requirement, has_recorded_outputs
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ OPTIONS: dict = {}
 
 PACKAGE_TOOL = "imx500-package"
 INSTALL = "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS; venv with --system-site-packages)"
+REQUIRES = Requirement("picamera2", "picamera2", "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS, AI Camera)",
+                       replay=True)
 
 
 def orient(a: np.ndarray, shape: list[int], name: str) -> np.ndarray:

@@ -8,14 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from . import Backend
+from ...install import pip_extra
+from . import Backend, Requirement
 
+REQUIRES = Requirement("ai_edge_litert", "ai-edge-litert", pip_extra("tflite"), alternatives=("tflite_runtime",))
 OPTIONS = {"threads": (int, "CPU threads"), "edgetpu": (bool, "use the Edge TPU delegate when the bundle holds a compiled model")}
-
-try:
-    from ai_edge_litert.interpreter import Interpreter, load_delegate
-except ImportError:  # the older runtime package
-    from tflite_runtime.interpreter import Interpreter, load_delegate  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +24,10 @@ class LiteRtBackend(Backend):
 
     def __init__(self, bundle, threads: int | None = None, edgetpu: bool | None = None, **options: Any):
         super().__init__(bundle, **options)
+        try:
+            from ai_edge_litert.interpreter import Interpreter, load_delegate
+        except ImportError:  # the older runtime package
+            from tflite_runtime.interpreter import Interpreter, load_delegate  # type: ignore[no-redef]
         m = bundle.manifest
         files = m.model_files
         delegates = []

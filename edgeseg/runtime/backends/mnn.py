@@ -7,14 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from ...install import pip_extra
 from ...quiet import native_stdout_silenced
-from . import Backend
+from . import Backend, Requirement
+
+REQUIRES = Requirement("MNN", "MNN", pip_extra("mnn"))
 
 OPTIONS = {"threads": (int, "CPU threads"), "precision": (str, "normal, high or low (fp16 where the CPU has it)")}
-
-with native_stdout_silenced():  # MNN prints a CPU-feature banner when it loads
-    import MNN.expr as F
-    from MNN import nn
 
 
 class MnnBackend(Backend):
@@ -22,6 +21,11 @@ class MnnBackend(Backend):
 
     def __init__(self, bundle, threads: int | None = None, precision: str | None = None, **options: Any):
         super().__init__(bundle, **options)
+        with native_stdout_silenced():  # MNN prints a CPU-feature banner when it loads
+            import MNN.expr as F
+            from MNN import nn
+
+        self.F = F
         m = bundle.manifest
         ro = m.profile.get("runtime_options", {})
         self.names = [o["name"] for o in m.outputs]
@@ -34,6 +38,7 @@ class MnnBackend(Backend):
         self.shape = [1, 3, m.input["height"], m.input["width"]]
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        F = self.F  # noqa: N806 - MNN's own name for its expression module
         ys = self.module.forward([F.const(x, self.shape, F.NCHW)])
         out = {}
         for n, y in zip(self.names, ys):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import ncnn
 import numpy as np
 
-from . import Backend
+from ...install import pip_extra
+from . import Backend, Requirement
+
+REQUIRES = Requirement("ncnn", "ncnn", pip_extra("ncnn"))
 
 OPTIONS = {"threads": (int, "CPU threads"), "fp16": (bool, "fp16 storage and arithmetic (ARMv8.2)"),
            "int8": (bool, "int8 inference for int8 layers"), "lightmode": (bool, "free blobs early"),
@@ -20,6 +22,9 @@ class NcnnBackend(Backend):
     def __init__(self, bundle, threads: int | None = None, fp16: bool | None = None, int8: bool = True,
                  lightmode: bool = True, packing: bool = True, **options: Any):
         super().__init__(bundle, **options)
+        import ncnn
+
+        self._mat = ncnn.Mat
         m = bundle.manifest
         ro = m.profile.get("runtime_options", {})
         self.net = ncnn.Net()
@@ -41,7 +46,7 @@ class NcnnBackend(Backend):
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         ex = self.net.create_extractor()
-        ex.input(self.input_blob, ncnn.Mat(np.ascontiguousarray(x[0])))
+        ex.input(self.input_blob, self._mat(np.ascontiguousarray(x[0])))
         res = {}
         for name, blob, shape in self.outs:
             ret, m = ex.extract(blob)

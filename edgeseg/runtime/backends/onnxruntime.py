@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from . import Backend
+from ...install import pip_extra
+from . import Backend, Requirement
 
+REQUIRES = Requirement("onnxruntime", "onnxruntime", pip_extra("onnxruntime"))
 OPTIONS = {"threads": (int, "intra-op threads"),
            "providers": (list, "execution providers, comma-separated (default CPUExecutionProvider)"),
            "spin": (bool, "spinning worker threads: faster single frames, slower pipelined runs")}
@@ -20,6 +21,8 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, bundle, threads: int | None = None, providers: list[str] | None = None,
                  spin: bool = False, **options: Any):
         super().__init__(bundle, **options)
+        import onnxruntime as ort
+
         so = ort.SessionOptions()
         threads = threads if threads is not None else int(bundle.manifest.profile.get("runtime_options", {}).get("threads", 0))
         if threads:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import openvino as ov
 
 from ...errors import EdgesegError
-from . import Backend
+from ...install import pip_extra
+from . import Backend, Requirement
+
+REQUIRES = Requirement("openvino", "openvino", pip_extra("openvino"))
 
 OPTIONS = {"device": (str, "CPU, GPU, NPU or AUTO"), "threads": (int, "CPU inference threads"),
            "inference_precision": (str, "CPU arithmetic: f32, f16 or bf16")}
@@ -20,6 +22,8 @@ class OpenVinoBackend(Backend):
     def __init__(self, bundle, device: str | None = None, threads: int | None = None,
                  inference_precision: str | None = None, **options: Any):
         super().__init__(bundle, **options)
+        import openvino as ov
+
         ro = bundle.manifest.profile.get("runtime_options", {})
         device = device or ro.get("device", "CPU")
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}

@@ -13,7 +13,11 @@ from typing import Any
 import numpy as np
 
 from ...errors import EdgesegError, ToolchainMissing
-from . import Backend, ReplayBackend, has_recorded_outputs
+from . import Backend, ReplayBackend, Requirement, has_recorded_outputs
+
+# without it, bundles converted on this host replay the simulator's recorded outputs
+REQUIRES = Requirement("rknnlite", "rknn-toolkit-lite2",
+                       "pip install rknn-toolkit-lite2 (aarch64 board, with Rockchip's librknnrt.so)", replay=True)
 
 OPTIONS = {"core_mask": (str, "NPU cores: auto, 0, 1, 2, 0_1 or all (as many as the SoC has)")}
 

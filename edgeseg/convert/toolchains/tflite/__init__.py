@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import EdgesegError
-from ...install import pip_extra
-from ..envs import EnvSpec, run_worker
-from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
+from ....errors import EdgesegError
+from ....install import pip_extra
+from ....options import Option
+from ...envs import EnvSpec, run_worker
+from .. import WORKERS, Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 MODEL_FILE = "model.tflite"
 ENV = EnvSpec("tflite-tf2.19", (
@@ -30,6 +31,7 @@ ENV = EnvSpec("tflite-tf2.19", (
 
 class TfliteToolchain(Toolchain):
     name = "tflite"
+    OPTIONS = {"io": Option(str, "type of the full-integer model's input and output", "int8", ("int8", "uint8"))}
 
     @classmethod
     def availability(cls) -> Availability:
@@ -45,7 +47,7 @@ class TfliteToolchain(Toolchain):
         import ctypes
         import platform
 
-        from ...runtime.backends.litert import EDGETPU_LIB
+        from ....runtime.backends.litert import EDGETPU_LIB
 
         exe = shutil.which("edgetpu_compiler")
         lib = EDGETPU_LIB.get(platform.system())
@@ -60,16 +62,15 @@ class TfliteToolchain(Toolchain):
                                      "sudo apt install libedgetpu1-std)"}
 
     def convert(self, job: ConvertJob) -> ConvertResult:
-        ENV.create(log=job.options.get("log", print))
+        ENV.create(log=job.log)
         work, log = job.scratch("tflite"), job.log_path("tflite")
         hw = job.imported.input_hw
         try:
             spec = {"onnx": str(job.fp32_path), "precision": job.precision, "out": str(job.workdir / MODEL_FILE),
-                    "work": str(work), "io": job.profile.quantization.get("io", "int8")}
+                    "work": str(work), "io": job.settings["io"]}
             if job.precision == "int8":
-                assert job.calib is not None
                 spec["dataset"] = str(job.calib.save_arrays(work, hw, "nhwc", "float32"))
-            res = run_worker(ENV, Path(__file__).parent.parent / "workers" / "tflite_worker.py", spec, work, log)
+            res = run_worker(ENV, WORKERS / "tflite_worker.py", spec, work, log)
             text = log.read_text(errors="replace") if log.is_file() else ""
             log.unlink(missing_ok=True)
         finally:
@@ -77,7 +78,7 @@ class TfliteToolchain(Toolchain):
         outputs, inp = self._describe(job)
         q: dict = {"precision": job.precision}
         if job.precision == "int8":
-            from ..edgetpu import compatibility, compile_if_available, summary_lines
+            from .edgetpu import compatibility, compile_if_available, summary_lines
 
             rep = compatibility(job.workdir / MODEL_FILE)
             rep["compiler"] = {"compiled": False, "how": "use --target edgetpu"} if job.profile.name != "edgetpu" \
@@ -87,9 +88,8 @@ class TfliteToolchain(Toolchain):
                      edgetpu={k: rep[k] for k in ("op_count", "mapped_to_edgetpu", "mapped_fraction", "split_at",
                                                   "unsupported_ops", "advice")},
                      edgetpu_compiled=rep["compiler"]["compiled"])
-            log_fn = job.options.get("log", print)
             for line in summary_lines(rep):
-                log_fn(line)
+                job.log(line)
         files = [MODEL_FILE] + (["model_edgetpu.tflite"] if q.get("edgetpu_compiled") else [])
         return ConvertResult(files, outputs, q, {**self.availability().versions, **res.get("versions", {})},
                              input=inp, log=text)

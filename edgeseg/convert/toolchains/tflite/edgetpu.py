@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import EdgesegError
+from ....errors import EdgesegError
 
 # coral.ai/docs/edgetpu/models-intro "Supported operations" (TFLite builtin names)
 EDGETPU_OPS = {

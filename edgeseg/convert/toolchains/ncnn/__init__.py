@@ -1,5 +1,5 @@
 """NCNN toolchain: pnnx converts the split FP32 ONNX (FP32 or FP16 weights); INT8 is computed by
-edgeseg itself (:mod:`..ncnn_int8`) and verified in the real ncnn runtime."""
+edgeseg itself (:mod:`.int8`) and verified in the real ncnn runtime."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ...errors import EdgesegError
-from ...install import pip_extra
-from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
+from ....errors import EdgesegError
+from ....install import pip_extra
+from ....options import Option
+from .. import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 PARAM, BIN = "model.ncnn.param", "model.ncnn.bin"
 INSTALL = pip_extra("ncnn-host") + '  (install torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)'
@@ -40,7 +41,12 @@ def _check_layers(model: Path, param: Path) -> None:
 
 class NcnnToolchain(Toolchain):
     name = "ncnn"
-    settable = True
+    OPTIONS = {
+        "activation_method": Option(str, "auto: kl and max both built, the closer to FP32 kept", "auto",
+                                    ("auto", "kl", "max")),
+        "int8_tools": Option(str, "auto: ncnn2table + ncnn2int8 when both are on PATH, else edgeseg's own", "auto",
+                             ("auto", "ncnn", "edgeseg")),
+    }
 
     @classmethod
     def availability(cls) -> Availability:
@@ -73,8 +79,7 @@ class NcnnToolchain(Toolchain):
             _check_layers(job.imported.path, param)
             q: dict = {"precision": job.precision}
             if job.precision == "int8":
-                opts = job.settings
-                use = str(opts.get("int8_tools", "auto"))
+                use = job.settings["int8_tools"]
                 tools = [shutil.which("ncnn2table"), shutil.which("ncnn2int8")]
                 if use == "ncnn" and not all(tools):
                     raise EdgesegError("--option int8_tools=ncnn: ncnn2table and ncnn2int8 are not on PATH; build "
@@ -97,10 +102,9 @@ class NcnnToolchain(Toolchain):
     def _int8_ncnn_tools(self, job: ConvertJob, param: Path, binf: Path, work: Path, tools: list[str]) -> dict:
         """ncnn's own ncnn2table + ncnn2int8, fed the model inputs edgeseg's preprocessing makes (its
         .npy mode: ncnn2table's own image reading would normalise a second time, in another place)."""
-        assert job.calib is not None
         h, w = job.imported.input_hw
         inputs = job.calib.save_arrays(work / "calib", (h, w), batch=False)  # [3,h,w]: its shape=[w,h,3]
-        method = str(job.settings.get("activation_method", "auto"))
+        method = job.settings["activation_method"]
         if method in ("auto", "max"):  # ncnn2table's methods are kl, aciq and eq: its default for ours
             method = "kl"
         table = work / "model.table"
@@ -122,14 +126,13 @@ class NcnnToolchain(Toolchain):
         import ncnn
         import numpy as np
 
-        from ..ncnn_int8 import QUANTIZED, activation_scales, quantize, read_param
+        from .int8 import QUANTIZED, activation_scales, quantize, read_param
 
-        assert job.calib is not None
         layers, _ = read_param(param)
         blobs = sorted({l.inputs[0] for l in layers if l.type in QUANTIZED})
         net = _float_net(param, binf, keep_blobs=True)
         hw = job.imported.input_hw
-        method = str(job.settings.get("activation_method", "auto"))
+        method = job.settings["activation_method"]
 
         def passes():
             for x in job.calib.arrays(hw, progress=False):
@@ -143,7 +146,7 @@ class NcnnToolchain(Toolchain):
                     d[b] = np.array(m)
                 yield d
 
-        skip = set(job.options.get("keep_float") or [])
+        skip = set(job.keep_float)
         tables = activation_scales(passes, methods=("kl", "max") if method == "auto" else (method,))
         made = {m: quantize(param, binf, t, work / f"{m}.param", work / f"{m}.bin", skip=skip) for m, t in tables.items()}
         agreement = {m: self._agreement(job, net, work / f"{m}.param", work / f"{m}.bin") for m in made} \
@@ -170,7 +173,7 @@ class NcnnToolchain(Toolchain):
         import ncnn
         import numpy as np
 
-        from ...fidelity import cosine
+        from ....fidelity import cosine
 
         net = _float_net(param, binf)
         outs = [f"out{i}" for i in range(len(job.outputs))]

@@ -88,7 +88,7 @@ def tensor_ranges(onnx_path: Path, input_name: str, inputs: Iterable[np.ndarray]
 
     from onnxruntime.quantization import create_calibrator
 
-    from .toolchains.onnxruntime import ArrayReader
+    from ...calibration import ArrayReader
 
     with tempfile.TemporaryDirectory() as d:
         cal = create_calibrator(onnx_path, ["Conv", *FUSED_ACTIVATIONS], augmented_model_path=str(Path(d) / "augmented.onnx"))

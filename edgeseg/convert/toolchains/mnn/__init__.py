@@ -3,12 +3,12 @@
 Full INT8 (``int8_tool``):
 
 - ``edgeseg`` (default): activation ranges measured on the split FP32 ONNX with the calibration
-  arrays, handed to MNN's converter as compression parameters (:mod:`..mnn_int8`); MNN itself
+  arrays, handed to MNN's converter as compression parameters (:mod:`.int8`); MNN itself
   quantizes the weights and writes the int8 model.
 - ``mnnquant``: MNN's calibration tool on the same images, written letterboxed by edgeseg's own
   preprocessing so MNN's reader only converts them to RGB and scales by 1/255.
 
-MNN runs through its native ``_tools`` module in a guarded child process (:mod:`._guarded`): never
+MNN runs through its native ``_tools`` module in a guarded child process (:mod:`.._guarded`): never
 ``MNN.tools``, whose import pip-installs a logging SDK and sends usage logs.
 """
 
@@ -18,10 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-from ...errors import EdgesegError
-from ...install import pip_extra
-from ..envs import run_json
-from . import Availability, ConvertJob, ConvertResult, Toolchain, probe
+from ....errors import EdgesegError
+from ....install import pip_extra
+from ....options import Option
+from ...envs import run_json
+from .. import Availability, ConvertJob, ConvertResult, Toolchain, probe
 
 MODEL_FILE = "model.mnn"
 INSTALL = pip_extra("mnn")
@@ -38,12 +39,31 @@ def run_guarded(spec: dict, workdir: Path, log: Path) -> dict:
 
 class MnnToolchain(Toolchain):
     name = "mnn"
-    settable = True
-    load_check = True  # a tensor with two int8 parameter sets makes MNN loads differ (mnn_int8.shared_ranges)
+    OPTIONS = {
+        "int8_tool": Option(str, "full INT8 from edgeseg's calibration or MNN's own mnnquant", "edgeseg",
+                            ("edgeseg", "mnnquant")),
+        "feature_method": Option(str, "mnnquant: activation range method", "EMA", ("EMA", "KL", "ADMM")),
+        "weight_method": Option(str, "mnnquant: weight quantization method", "MAX_ABS", ("MAX_ABS", "ADMM")),
+        "skip_quant_op_names": Option(list, "mnnquant: MNN op names to keep in float (a,b,c)", []),
+        "feature_clamp_value": Option(int, "mnnquant: activation clamp (0: MNN's default, 127)", 0),
+    }
+    load_check = True  # a tensor with two int8 parameter sets makes MNN loads differ (int8.shared_ranges)
+
+    # importing MNN.tools runs `pip install aliyun-log-python-sdk` and sends usage logs
+    guard_blocked = frozenset({"aliyun", "MNN.tools"})
 
     @classmethod
     def availability(cls) -> Availability:
         return probe(INSTALL, _tools="MNN", MNN="MNN")
+
+    def guarded_call(self, spec: dict) -> object:
+        import _tools  # MNN's native converter module; deliberately not MNN.tools
+
+        if spec["op"] == "convert":
+            return _tools.mnnconvert(["MNNConvert", *spec["args"]])
+        if spec["op"] == "quant":  # an argv-style list: three plain strings crash it (std::length_error)
+            return _tools.mnnquant(["mnnquant", spec["src"], spec["dst"], spec["config"]])
+        raise ValueError(spec["op"])
 
     def convert(self, job: ConvertJob) -> ConvertResult:
         work, log = job.scratch("mnn"), job.log_path("mnn")
@@ -51,7 +71,7 @@ class MnnToolchain(Toolchain):
             out = job.workdir / MODEL_FILE
             args = ["-f", "ONNX", "--modelFile", str(job.fp32_path), "--bizCode", "edgeseg"]
             q: dict = {"precision": job.precision}
-            if job.precision == "int8" and str(job.settings.get("int8_tool", "edgeseg")) == "edgeseg":
+            if job.precision == "int8" and job.settings["int8_tool"] == "edgeseg":
                 q.update(self._int8_edgeseg(job, args, out, work, log))
             elif job.precision == "int8":
                 fp32 = work / "fp32.mnn"
@@ -78,10 +98,9 @@ class MnnToolchain(Toolchain):
     def _int8_edgeseg(self, job: ConvertJob, args: list[str], out: Path, work: Path, log: Path) -> dict:
         import onnx
 
-        from ..mnn_int8 import compression_params, conv_layers, shared_ranges, tensor_ranges
+        from .int8 import compression_params, conv_layers, shared_ranges, tensor_ranges
 
-        assert job.calib is not None
-        keep = list(job.options.get("keep_float") or [])
+        keep = list(job.keep_float)
         model = onnx.load(str(job.fp32_path))
         layers = conv_layers(model, keep)
         if not layers:
@@ -102,7 +121,7 @@ class MnnToolchain(Toolchain):
         # MNN's converter drops compression parameters it cannot place without a word (before the
         # ReLU-fusion fix, a ReLU network came out all float while the manifest said int8), so
         # count what it wrote.
-        from ..mnn_int8 import int8_convolutions
+        from .int8 import int8_convolutions
 
         dump = work / "model.json"
         run_guarded({"tool": "mnn", "op": "convert",
@@ -114,23 +133,19 @@ class MnnToolchain(Toolchain):
         return {"quantized_convolutions": n8, "convolutions": n}
 
     def _quantize(self, job: ConvertJob, fp32: Path, out: Path, work: Path, log: Path) -> dict:
-
-        assert job.calib is not None
         h, w = job.imported.input_hw
         imgdir = work / "calib"
         job.calib.save_images(imgdir, (h, w))
         q = job.settings
-        method, wmethod = str(q.get("feature_method", "EMA")), str(q.get("weight_method", "MAX_ABS"))
+        method, wmethod = q["feature_method"], q["weight_method"]
         cfg = {"format": "RGB", "mean": [0.0, 0.0, 0.0], "normal": [1 / 255.0] * 3, "width": w, "height": h,
                "path": str(imgdir) + "/", "used_image_num": len(job.calib.images),
                "feature_quantize_method": method, "weight_quantize_method": wmethod}
-        skip = q.get("skip_quant_op_names") or []
-        if isinstance(skip, str):
-            skip = [n for n in skip.split(",") if n]
+        skip = q["skip_quant_op_names"]
         if skip:
             cfg["skip_quant_op_names"] = list(skip)
-        if q.get("feature_clamp_value"):
-            cfg["feature_clamp_value"] = int(q["feature_clamp_value"])
+        if q["feature_clamp_value"]:
+            cfg["feature_clamp_value"] = q["feature_clamp_value"]
         cfg_path = work / "quant.json"
         cfg_path.write_text(json.dumps(cfg))
         run_guarded({"tool": "mnn", "op": "quant", "src": str(fp32), "dst": str(out), "config": str(cfg_path)}, work, log)
