@@ -97,6 +97,15 @@ def _runtime_option_flag():
                              "rknn core_mask=all, ncnn fp16=true (a wrong key lists the keys).")
 
 
+def _floats(flag: str, text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EdgesegError(f"{flag} {text}: expected numbers separated by commas, e.g. {flag} 123.675,116.28,103.53") from None
+
+
 @app.command()
 @friendly
 def convert(
@@ -118,6 +127,9 @@ def convert(
     platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
     option: Optional[list[str]] = typer.Option(None, "--option", help="KEY=VALUE for the target's toolchain, e.g. imx500: mixed_precision=true; repeatable (--help-options lists them)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean the model subtracts, in 0..255 pixel units (RGB order), e.g. ImageNet 123.675,116.28,103.53; recorded in the bundle."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std the model divides by, in 0..255 pixel units, e.g. ImageNet 58.395,57.12,57.375."),
+    resize: Optional[str] = typer.Option(None, "--resize", help="letterbox (keep the aspect ratio, pad; default) or stretch (resize to the input size)."),
     help_options: bool = typer.Option(False, "--help-options", help="List the --option keys of --target, with types and defaults, and exit."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
@@ -142,7 +154,8 @@ def convert(
     b = do_convert(model, target=target, precision=chosen[0] if chosen else None, calib=calib,
                    calib_images=calib_images, imgsz=imgsz, out=out, head=head, names=names, split=not no_split,
                    trust_model=trust_model, platform=platform, verify_data=verify_data,
-                   options=option or [], keep_float=keep_float,
+                   options=option or [], keep_float=keep_float, mean=_floats("--mean", mean),
+                   std=_floats("--std", std), resize=resize,
                    log=lambda m: typer.echo(m, err=True))
     typer.echo(str(b.path))
 

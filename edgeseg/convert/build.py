@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -15,7 +15,8 @@ from .. import __version__
 from ..bundle import Bundle, Manifest, atomic_bundle_dir, write_manifest
 from ..defaults import DEFAULT_CALIB, DEFAULT_MODEL, default_bundle_dir
 from ..errors import EdgesegError
-from ..profiles import load_profile
+from ..profiles import Profile, load_profile
+from ..runtime.preprocess import InputSpec, fit
 from ..runtime.sources import read_image
 from .calibration import DEFAULT_IMAGES, CalibrationSet
 from .importer import import_model
@@ -28,17 +29,22 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             out: str | Path | None = None, head: str | None = None, names: str | None = None,
             split: bool = True, trust_model: bool = False, fidelity: bool = True, platform: str | None = None,
             verify_data: str | Path | None = None, options: Mapping[str, Any] | Iterable[str] | None = None,
-            keep_float: Iterable[str] | None = None, log: Callable[[str], None] = print) -> Bundle:
+            keep_float: Iterable[str] | None = None, mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None, resize: str | None = None,
+            log: Callable[[str], None] = print) -> Bundle:
     """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``.
 
     ``options``: the target toolchain's ``OPTIONS`` to change, as ``KEY=VALUE`` strings or a mapping
     (``edgeseg convert --target X --help-options`` lists them); ``keep_float``: node names left in float.
+    ``mean``/``std``: the normalisation the model expects, in 0..255 pixel units (ImageNet:
+    123.675,116.28,103.53 and 58.395,57.12,57.375); ``resize``: letterbox (default) or stretch.
     """
     profile = load_profile(target)
     precision = precision or profile.default_precision
     if precision not in profile.precisions:
         raise EdgesegError(f"target '{target}' does not offer {precision}; choose one of: {', '.join(profile.precisions)}")
     settings = resolve_options(load_toolchain(profile.toolchain), profile, options or ())
+    input_spec(profile, (32, 32), mean, std, resize)  # a wrong --mean/--std/--resize fails before any work
     toolchain = get_toolchain(profile.toolchain)
     # Absolute from here on: toolchains run in their own working folders and child processes, where
     # a path relative to the user's shell no longer points anywhere.
@@ -69,6 +75,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             spec["strides"] = sorted({o["stride"] for o in outputs if o["role"] != "protos"})
         fp32_path = work / "fp32.onnx"
         onnx.save(fp32, str(fp32_path))
+        model_input = input_spec(profile, imported.input_hw, mean, std, resize)
 
         tgt = f"{target}-{platform}" if platform else target
         out_dir = (Path(out) if out else default_bundle_dir(model_path, tgt, precision,
@@ -87,14 +94,12 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             simulate += load_dataset(verify_data, split="val").images
         with atomic_bundle_dir(out_dir) as tmp:
             job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
-                             tmp, settings=settings, keep_float=list(keep_float or []), platform=platform,
+                             tmp, input=model_input, settings=settings, keep_float=list(keep_float or []), platform=platform,
                              simulate_images=simulate, log=log)
             res = toolchain.convert(job)
             spec.update(res.head)
-            h, w = imported.input_hw
-            inp = {"name": imported.input_name, "height": h, "width": w, "layout": "nchw", "dtype": "float32",
-                   "color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
-                   "letterbox": {"pad_value": 114, "center": True}}
+            inp = {"name": imported.input_name,
+                   **model_input.as_(profile.input.get("layout"), profile.input.get("dtype")).to_dict()}
             inp.update(res.input)
             quant = dict(res.quantization)
             if cset is not None and precision == "int8":
@@ -111,7 +116,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             if res.log:
                 (tmp / "toolchain.log").write_text(res.log)
             if fidelity and cset is not None and cset.holdout:
-                manifest.fidelity.update(_fidelity(tmp, res.reference_onnx or fp32_path, manifest, toolchain, cset))
+                manifest.fidelity.update(_fidelity(tmp, res.reference_onnx or fp32_path, manifest, toolchain, cset,
+                                                   model_input))
                 write_manifest(tmp, manifest)
         bundle = Bundle.load(out_dir)
         f = bundle.manifest.fidelity
@@ -124,7 +130,34 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, cset: CalibrationSet) -> dict:
+def input_spec(profile: Profile, hw: tuple[int, int], mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None, resize: str | None = None) -> InputSpec:
+    """What the FP32 model takes: its size, the profile's ``[input]`` (color, scale, mean, std in
+    scaled units, resize, pad_value), then ``mean``/``std`` in 0..255 pixel units and ``resize``."""
+    p = profile.input
+    kw: dict[str, Any] = {k: p[k] for k in ("color", "scale", "resize", "pad_value") if k in p}
+    kw.update({k: tuple(float(v) for v in p[k]) for k in ("mean", "std") if k in p})
+    scale = float(kw.get("scale", 1 / 255))
+    for flag, values in (("mean", mean), ("std", std)):
+        if values is not None:
+            vals = [float(v) for v in values]
+            if len(vals) == 1:
+                vals *= 3
+            if len(vals) != 3 or (flag == "std" and any(v <= 0 for v in vals)) or any(not 0 <= v <= 255 for v in vals):
+                raise EdgesegError(f"--{flag} {','.join(f'{v:g}' for v in values)}: expected 1 or 3 values in 0..255 pixel units"
+                                   + (", above 0" if flag == "std" else "") + ", e.g. --mean 123.675,116.28,103.53 "
+                                   "--std 58.395,57.12,57.375 (ImageNet)")
+            kw[flag] = tuple(v * scale for v in vals)
+    if resize is not None:
+        kw["resize"] = resize
+    try:
+        return InputSpec(hw[0], hw[1], "nchw", "float32", **kw)
+    except (TypeError, ValueError) as e:
+        raise EdgesegError(f"target '{profile.name}': {e}; fix --resize or the profile's [input]") from None
+
+
+def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, cset: CalibrationSet,
+              model_input: InputSpec) -> dict:
     import onnxruntime as ort
 
     from ..fidelity import compare
@@ -135,27 +168,26 @@ def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, 
     names = [o.name for o in sess.get_outputs()]
     iname = sess.get_inputs()[0].name
     hw = manifest.input_hw
+    target_input = InputSpec.from_dict(manifest.input)
     if toolchain.load_check and manifest.precision == "int8":  # before the fidelity run, so that it too gets a checked load
         from ..runtime.loadcheck import write_probe
-        from ..runtime.preprocess import letterbox
 
-        frame, _ = letterbox(read_image(cset.holdout[0]), hw)
-        xf, _ = preprocess(frame, hw)
+        frame, _ = fit(read_image(cset.holdout[0]), model_input)
+        xf, _ = preprocess(frame, model_input)
         write_probe(bundle_dir, frame, dict(zip(names, sess.run(None, {iname: xf}))), manifest)
     run_test = toolchain.host_runner(bundle_dir)
     if run_test is None:
         return {"note": "the converted model cannot run on this host; fidelity not measured"}
     # float reference outputs pass through; integer outputs are dequantized with the manifest's parameters
     dec = make_decoder(manifest.head, manifest.outputs, manifest.names, hw)
-    layout, dtype = manifest.input.get("layout", "nchw"), manifest.input.get("dtype", "float32")
 
     def run_ref(x):
         xf, _ = x
         return dict(zip(names, sess.run(None, {iname: xf})))
 
     def prep(frame):
-        xf, lb = preprocess(frame, hw)
-        xt, _ = preprocess(frame, hw, layout, dtype)
+        xf, lb = preprocess(frame, model_input)
+        xt, _ = preprocess(frame, target_input)
         return (xf, xt), lb
 
     rep = compare((read_image(p) for p in cset.holdout), run_ref, lambda x: run_test(x[1]), prep, dec,

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data import list_images, load_dataset
 from ..errors import EdgesegError
-from ..runtime.preprocess import letterbox, preprocess
+from ..runtime.preprocess import InputSpec, fit, preprocess
 from ..runtime.replay import input_digest
 from ..runtime.sources import VIDEO_SUFFIXES, read_image
 
@@ -71,9 +71,10 @@ class CalibrationSet:
             weakref.finalize(cset, shutil.rmtree, frames_dir, True)
         return cset
 
-    def arrays(self, input_hw: tuple[int, int], layout: str = "nchw", dtype: str = "float32",
+    def arrays(self, input_hw: InputSpec | tuple[int, int], layout: str | None = None, dtype: str | None = None,
                which: str = "images", progress: bool = True) -> Iterator[np.ndarray]:
-        """Model inputs for each image, through the runtime's own preprocessing."""
+        """Model inputs for each image, through the runtime's own preprocessing (``input_hw``: the
+        model's InputSpec; layout and dtype, when given, replace its own)."""
         paths = self.images if which == "images" else self.holdout
         it: object = paths
         if progress:
@@ -83,8 +84,8 @@ class CalibrationSet:
             x, _ = preprocess(read_image(p), input_hw, layout, dtype)
             yield x
 
-    def save_arrays(self, folder: Path, input_hw: tuple[int, int], layout: str = "nchw",
-                    dtype: str = "float32", batch: bool = True) -> Path:
+    def save_arrays(self, folder: Path, input_hw: InputSpec | tuple[int, int], layout: str | None = None,
+                    dtype: str | None = None, batch: bool = True) -> Path:
         """Calibration inputs as .npy files for a toolchain in another process; returns the list file.
         ``batch=False`` drops the leading batch axis, for tools that read one [C,H,W] image per file."""
         files = [f for f, _ in save_inputs(self.images, folder, input_hw, layout, dtype, "cal", batch)]
@@ -92,13 +93,13 @@ class CalibrationSet:
         listing.write_text("\n".join(str(f) for f in files) + "\n")
         return listing
 
-    def save_images(self, folder: Path, input_hw: tuple[int, int]) -> list[Path]:
-        """Letterboxed calibration images as PNG, for vendor tools that read and normalise images
-        themselves: lossless, so they see exactly the pixels the runtime feeds."""
+    def save_images(self, folder: Path, input_hw: InputSpec | tuple[int, int]) -> list[Path]:
+        """Resized (letterboxed) calibration images as PNG, for vendor tools that read and normalise
+        images themselves: lossless, so they see exactly the pixels the runtime feeds."""
         folder.mkdir(parents=True, exist_ok=True)
         files = []
         for i, p in enumerate(self.images):
-            img, _ = letterbox(read_image(p), input_hw)
+            img, _ = fit(read_image(p), input_hw)
             files.append(folder / f"{i:05d}.png")
             cv2.imwrite(str(files[-1]), img)
         return files
@@ -110,7 +111,7 @@ class CalibrationSet:
     def summary(self) -> dict:
         return {"source": self.source, "available": self.available, "used": len(self.images),
                 "holdout": len(self.holdout), "sampling": f"seeded permutation (seed {SEED})",
-                "preprocess": "edgeseg.runtime.preprocess.preprocess (letterbox 114, RGB, /255)"}
+                "preprocess": "edgeseg.runtime.preprocess.preprocess (the manifest's input spec)"}
 
 
 class ArrayReader:
@@ -125,8 +126,8 @@ class ArrayReader:
         return None if x is None else {self._name: x}
 
 
-def save_inputs(paths: Sequence[Path], folder: Path, input_hw: tuple[int, int], layout: str = "nchw",
-                dtype: str = "float32", tag: str = "in", batch: bool = True) -> list[tuple[Path, str]]:
+def save_inputs(paths: Sequence[Path], folder: Path, input_hw: InputSpec | tuple[int, int], layout: str | None = None,
+                dtype: str | None = None, tag: str = "in", batch: bool = True) -> list[tuple[Path, str]]:
     """Preprocess each image as the runtime does and save it as .npy; returns (file, input digest),
     the digest keying outputs a simulator records for that exact input."""
     folder.mkdir(parents=True, exist_ok=True)

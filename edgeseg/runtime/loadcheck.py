@@ -35,7 +35,7 @@ def write_probe(folder: Path, frame: np.ndarray, reference: dict[str, np.ndarray
 def probe_cosines(bundle, run: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, float] | None:
     """Cosine per role between this load's outputs on the probe and the stored FP32 ones."""
     from ..fidelity import cosine, role_vectors
-    from .preprocess import preprocess
+    from .preprocess import InputSpec, preprocess
 
     path = bundle.path / PROBE_FILE
     if not path.is_file():
@@ -44,7 +44,7 @@ def probe_cosines(bundle, run: Callable[[np.ndarray], dict[str, np.ndarray]]) ->
     with np.load(path) as z:
         frame = z["frame"]
         refs = {k[4:]: z[k].astype(np.float64) for k in z.files if k.startswith("ref_")}
-    x, _ = preprocess(frame, m.input_hw, m.input.get("layout", "nchw"), m.input.get("dtype", "float32"))
+    x, _ = preprocess(frame, InputSpec.from_dict(m.input))
     got = role_vectors(run(x), m)
     return {k: round(cosine(got[k], refs[k]), 5) for k in refs if k in got}
 

@@ -20,7 +20,7 @@ from ..bundle import Bundle
 from ..errors import EdgesegError
 from .backends import Backend, open_backend
 from .decode import FrameResult, make_decoder
-from .preprocess import Letterbox, preprocess
+from .preprocess import InputSpec, Letterbox, preprocess
 
 
 @dataclass
@@ -51,8 +51,8 @@ class Model:
         self.thresholds = thresholds or Thresholds()
         m = self.manifest
         self.input_hw = m.input_hw
-        self.layout = m.input.get("layout", "nchw")
-        self.dtype = m.input.get("dtype", "float32")
+        self.input = InputSpec.from_dict(m.input)
+        self.layout, self.dtype = self.input.layout, self.input.dtype
         self.decoder = make_decoder(m.head, m.outputs, m.names, self.input_hw)
         self.names = m.names
         self.last_timing = Timing()
@@ -78,7 +78,7 @@ class Model:
         return ids
 
     def preprocess(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        return preprocess(frame_bgr, self.input_hw, self.layout, self.dtype)
+        return preprocess(frame_bgr, self.input)
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return self.backend.run(x)

@@ -24,6 +24,7 @@ from ...quiet import native_stdout_silenced
 
 if TYPE_CHECKING:  # the host-only modules are not needed to ask whether a toolchain is installed
     from ..calibration import CalibrationSet
+    from ...runtime.preprocess import InputSpec
     from ..importer import ImportedModel
 
 
@@ -49,6 +50,7 @@ class ConvertJob:
     precision: str  # int8 | fp16 | fp32 | a precision the profile lists
     calibration: CalibrationSet | None  # given when the precision needs one (int8)
     workdir: Path  # the bundle's temporary folder: write model files here
+    input: InputSpec  # what fp32_path takes (nchw float32): calibration arrays are made with it
     settings: dict[str, Any] = field(default_factory=dict)  # the toolchain's OPTIONS, typed (see resolve_options)
     keep_float: list[str] = field(default_factory=list)  # node names to leave in float (--keep-float)
     platform: str | None = None  # --platform, for targets with several SoCs

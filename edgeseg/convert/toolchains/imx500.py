@@ -119,7 +119,7 @@ class Imx500Toolchain(Toolchain):
         prof, opts = job.profile, job.settings
         limits = prof.limits
         log_fn = job.log
-        h, w = job.imported.input_hw
+        h, w = job.input.hw
         if max(h, w) > int(limits.get("max_imgsz", 640)):
             raise EdgesegError(f"the IMX500 takes inputs up to {limits.get('max_imgsz', 640)} px, this model is {w}x{h}; "
                                "convert with --imgsz 320 (or 640) from a model with a dynamic input")
@@ -150,8 +150,8 @@ class Imx500Toolchain(Toolchain):
         onnx.save(model, str(merged))
 
         try:
-            ds = job.calib.save_arrays(work / "in", (h, w), "nchw", "float32")
-            sims = save_inputs(job.simulate_images, work / "in", (h, w), "nchw", "float32", "sim")
+            ds = job.calib.save_arrays(work / "in", job.input, "nchw", "float32")
+            sims = save_inputs(job.simulate_images, work / "in", job.input, "nchw", "float32", "sim")
             spec = {"onnx": str(merged), "dataset": str(ds), "work": str(work),
                     "quantized_onnx": str(work / QUANTIZED_ONNX), "converter_out": str(work / "converter"),
                     "output_names": [o["name"] for o in outputs], "tpc_version": opts["tpc_version"],

@@ -83,7 +83,7 @@ class OnnxRuntimeToolchain(Toolchain):
         try:
             quant_pre_process(str(job.fp32_path), str(pre), skip_symbolic_shape=True)
             keep_float = list(job.keep_float)
-            reader = ArrayReader(job.imported.input_name, job.calib.arrays(job.imported.input_hw))
+            reader = ArrayReader(job.imported.input_name, job.calib.arrays(job.input))
             quantize_static(
                 str(pre), str(out), reader,
                 quant_format=QuantFormat.QDQ,

@@ -58,7 +58,7 @@ class OpenVinoToolchain(Toolchain):
         try:
             if job.precision == "int8":
                 spec["calibration"] = str(work / "calibration.npy")
-                np.save(spec["calibration"], np.stack(list(job.calib.arrays(job.imported.input_hw))))
+                np.save(spec["calibration"], np.stack(list(job.calib.arrays(job.input))))
             rep = run_json([sys.executable, "-m", "edgeseg.convert.toolchains._guarded"], spec, work, log,
                            "OpenVINO conversion", timeout=3600)
             log.unlink(missing_ok=True)

@@ -77,21 +77,24 @@ class RknnToolchain(Toolchain):
             raise EdgesegError(f"{platform} has no FP16 NPU path; convert with --int8")
         ENV.create(log=job.log)
         work, log = job.scratch("rknn"), job.log_path("rknn")
-        hw = job.imported.input_hw
+        inp = job.input
 
         try:
             opts = job.settings
             spec: dict = {"onnx": str(job.fp32_path), "platform": platform, "out": str(job.workdir / MODEL_FILE),
                           "quantize": job.precision == "int8", "algorithm": opts["algorithm"],
-                          "quantized_dtype": opts["scheme"], "disable_rules": opts["disable_rules"]}
+                          "quantized_dtype": opts["scheme"], "disable_rules": opts["disable_rules"],
+                          # the board is fed raw pixels: the model's scale, mean and std go into it
+                          "mean_values": [[m / inp.scale for m in inp.mean]],
+                          "std_values": [[s / inp.scale for s in inp.std]]}
             if job.precision == "int8" and opts["float_tail"]:
                 spec["hybrid"] = float_tail_pairs(job.fp32_path)
             if job.precision == "int8":
                 # the toolkit's calibration .npy files follow the ONNX layout (NCHW) ...
-                spec["dataset"] = str(job.calib.save_arrays(work / "in", hw, "nchw", "uint8"))
+                spec["dataset"] = str(job.calib.save_arrays(work / "in", inp, "nchw", "uint8"))
             # ... its simulator is fed what the board is fed (uint8 RGB NHWC); the digest keys the
             # recorded outputs
-            sims = save_inputs(job.simulate_images, work / "in", hw, "nhwc", "uint8", "sim")
+            sims = save_inputs(job.simulate_images, work / "in", inp, "nhwc", "uint8", "sim")
             spec["simulate"] = [{"input": str(f), "output": str(work / f"out_{d}.npz")} for f, d in sims]
             res = run_worker(ENV, WORKERS / "rknn_worker.py", spec, work, log)
             text = log.read_text(errors="replace") if log.is_file() else ""
@@ -114,7 +117,7 @@ class RknnToolchain(Toolchain):
         outputs = [dict(o, quant=None) for o in job.outputs]  # RKNNLite and the simulator return float32
         return ConvertResult([MODEL_FILE], outputs, q, {**res.get("versions", {}), "platform": platform},
                              input={"layout": "nhwc", "dtype": "uint8", "scale": 1.0,
-                                    "note": "mean 0 / std 255 folded into the model"},
+                                    "note": "scale, mean and std folded into the model"},
                              log=text)
 
     def host_runner(self, bundle_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:

@@ -18,7 +18,8 @@ def job(spec: dict, result: dict) -> None:
     from rknn.api import RKNN
 
     rk = RKNN(verbose=False)
-    cfg = dict(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform=spec["platform"],
+    cfg = dict(mean_values=spec.get("mean_values", [[0, 0, 0]]), std_values=spec.get("std_values", [[255, 255, 255]]),
+               target_platform=spec["platform"],
                quantized_dtype=spec.get("quantized_dtype", "w8a8"),
                quantized_algorithm=spec.get("algorithm", "normal"),
                optimization_level=int(spec.get("optimization_level", 3)))

@@ -106,7 +106,7 @@ class MnnToolchain(Toolchain):
         if not layers:
             raise EdgesegError(f"{job.fp32_path}: no convolution left to quantize; convert with --fp16 or --int8w")
         ranges = shared_ranges(model, tensor_ranges(job.fp32_path, job.imported.input_name,
-                                                    job.calib.arrays(job.imported.input_hw)))
+                                                    job.calib.arrays(job.input)))
         params = work / "compression.json"  # the .json suffix tells MNN's converter to read JSON
         params.write_text(json.dumps(compression_params(layers, ranges)))
         run_guarded({"tool": "mnn", "op": "convert",
@@ -133,12 +133,15 @@ class MnnToolchain(Toolchain):
         return {"quantized_convolutions": n8, "convolutions": n}
 
     def _quantize(self, job: ConvertJob, fp32: Path, out: Path, work: Path, log: Path) -> dict:
-        h, w = job.imported.input_hw
+        spec = job.input
+        h, w = spec.hw
         imgdir = work / "calib"
-        job.calib.save_images(imgdir, (h, w))
+        job.calib.save_images(imgdir, spec)
         q = job.settings
         method, wmethod = q["feature_method"], q["weight_method"]
-        cfg = {"format": "RGB", "mean": [0.0, 0.0, 0.0], "normal": [1 / 255.0] * 3, "width": w, "height": h,
+        # MNN computes (pixel - mean) * normal: edgeseg's (pixel * scale - mean) / std in pixel units
+        cfg = {"format": spec.color.upper(), "mean": [m / spec.scale for m in spec.mean],
+               "normal": [spec.scale / s for s in spec.std], "width": w, "height": h,
                "path": str(imgdir) + "/", "used_image_num": len(job.calib.images),
                "feature_quantize_method": method, "weight_quantize_method": wmethod}
         skip = q["skip_quant_op_names"]

@@ -102,8 +102,8 @@ class NcnnToolchain(Toolchain):
     def _int8_ncnn_tools(self, job: ConvertJob, param: Path, binf: Path, work: Path, tools: list[str]) -> dict:
         """ncnn's own ncnn2table + ncnn2int8, fed the model inputs edgeseg's preprocessing makes (its
         .npy mode: ncnn2table's own image reading would normalise a second time, in another place)."""
-        h, w = job.imported.input_hw
-        inputs = job.calib.save_arrays(work / "calib", (h, w), batch=False)  # [3,h,w]: its shape=[w,h,3]
+        h, w = job.input.hw
+        inputs = job.calib.save_arrays(work / "calib", job.input, batch=False)  # [3,h,w]: its shape=[w,h,3]
         method = job.settings["activation_method"]
         if method in ("auto", "max"):  # ncnn2table's methods are kl, aciq and eq: its default for ours
             method = "kl"
@@ -131,11 +131,10 @@ class NcnnToolchain(Toolchain):
         layers, _ = read_param(param)
         blobs = sorted({l.inputs[0] for l in layers if l.type in QUANTIZED})
         net = _float_net(param, binf, keep_blobs=True)
-        hw = job.imported.input_hw
         method = job.settings["activation_method"]
 
         def passes():
-            for x in job.calib.arrays(hw, progress=False):
+            for x in job.calib.arrays(job.input, progress=False):
                 ex = net.create_extractor()
                 ex.input("in0", ncnn.Mat(np.ascontiguousarray(x[0])))
                 d = {}
@@ -180,7 +179,7 @@ class NcnnToolchain(Toolchain):
         cos: dict[str, list[float]] = {o: [] for o in outs}
         # the held-back images when there are any: the pick is then not scored on what it was calibrated on
         which = "holdout" if job.calib.holdout else "images"
-        for x in itertools.islice(job.calib.arrays(job.imported.input_hw, which=which, progress=False), images):
+        for x in itertools.islice(job.calib.arrays(job.input, which=which, progress=False), images):
             got = []
             for n in (fp32_net, net):
                 ex = n.create_extractor()

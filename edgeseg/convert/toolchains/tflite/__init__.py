@@ -64,12 +64,11 @@ class TfliteToolchain(Toolchain):
     def convert(self, job: ConvertJob) -> ConvertResult:
         ENV.create(log=job.log)
         work, log = job.scratch("tflite"), job.log_path("tflite")
-        hw = job.imported.input_hw
         try:
             spec = {"onnx": str(job.fp32_path), "precision": job.precision, "out": str(job.workdir / MODEL_FILE),
                     "work": str(work), "io": job.settings["io"]}
             if job.precision == "int8":
-                spec["dataset"] = str(job.calib.save_arrays(work, hw, "nhwc", "float32"))
+                spec["dataset"] = str(job.calib.save_arrays(work, job.input, "nhwc", "float32"))
             res = run_worker(ENV, WORKERS / "tflite_worker.py", spec, work, log)
             text = log.read_text(errors="replace") if log.is_file() else ""
             log.unlink(missing_ok=True)
