@@ -169,3 +169,10 @@ def assert_same_detections(a: dict) -> None:
     """Another CPU's kernels (their own rounding, fp16 or dot-product int8) may move a borderline
     score across the threshold, never the picture: nine in ten instances matched, masks alike."""
     assert a["b"] > 20 and a["matched"] >= 0.9 * max(a["a"], a["b"]) and a["mean_iou"] > 0.95, a
+
+
+def pytest_collection_modifyitems(config, items):
+    # a test on the emulated Pi is "emulated" wherever it lives (target files use it too)
+    for item in items:
+        if "aarch64" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.emulated)

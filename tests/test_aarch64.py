@@ -3,7 +3,11 @@ The target tests run their own bundles there too (``agreement_on_aarch64``)."""
 
 import re
 
+import pytest
 from conftest import agreement_on_aarch64
+
+# an emulated Raspberry Pi 5 (qemu-user)
+pytestmark = pytest.mark.emulated
 
 
 def test_device_install_runs_on_aarch64_without_host_packages(aarch64):

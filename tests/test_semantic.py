@@ -6,6 +6,9 @@ import sys
 import pytest
 from conftest import ROOT, cli
 
+# trains a small semantic model (minutes on 2 cores)
+pytestmark = pytest.mark.slow
+
 torch = pytest.importorskip("torch", reason="training the semantic model needs torch: pip install torch==2.13.0")
 sys.path.insert(0, str(ROOT / "examples" / "semantic"))
 import shapes_semantic  # noqa: E402

@@ -9,6 +9,9 @@ import pytest
 from conftest import VAL_IMAGES
 from onnx import TensorProto, helper, numpy_helper, save
 
+# drives every INT8 toolchain that installs here: `make test-fast` leaves it out
+pytestmark = pytest.mark.toolchain
+
 TARGETS = ["openvino", "mnn", "ncnn", "tflite", "rknn", "imx500"]
 # runtimes that run on this machine (the others are checked by their simulator's fidelity figures)
 RUNS_HERE = {"openvino", "mnn", "ncnn", "tflite"}

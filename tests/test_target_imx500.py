@@ -15,6 +15,9 @@ import pytest
 from conftest import DATA_YAML, MODEL, VAL_IMAGES, cli
 from onnx import TensorProto, helper, numpy_helper
 
+# drives Sony's MCT and imx500-converter: `make test-fast` leaves it out
+pytestmark = pytest.mark.toolchain
+
 
 def _score(path, limit=None):
     from edgeseg.eval import evaluate

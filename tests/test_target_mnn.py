@@ -7,6 +7,9 @@ import sys
 import pytest
 from conftest import DATA_YAML, MODEL, MODEL_V8, agreement_on_aarch64, assert_same_detections, cli, convert_without
 
+# drives MNN's converter: `make test-fast` leaves it out
+pytestmark = pytest.mark.toolchain
+
 pytest.importorskip("_tools", reason='the MNN target needs: pip install "edgeseg[mnn]"')
 
 

@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 from conftest import DATA_YAML, MODEL, MODEL_V8, agreement_on_aarch64, assert_same_detections
 
+# drives pnnx and ncnn: `make test-fast` leaves it out
+pytestmark = pytest.mark.toolchain
+
 pytest.importorskip("ncnn", reason='the NCNN target needs: pip install "edgeseg[ncnn-host]"')
 
 

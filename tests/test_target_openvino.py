@@ -6,6 +6,9 @@ import sys
 import pytest
 from conftest import DATA_YAML, MODEL, agreement_on_aarch64, assert_same_detections, convert_without
 
+# drives OpenVINO and NNCF: `make test-fast` leaves it out
+pytestmark = pytest.mark.toolchain
+
 pytest.importorskip("openvino", reason='the OpenVINO target needs: pip install "edgeseg[openvino-host]"')
 pytest.importorskip("nncf", reason='the OpenVINO target needs: pip install "edgeseg[openvino-host]"')
 

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from conftest import DATA_YAML, MODEL, ROOT, VAL_IMAGES
 
+# drives rknn-toolkit2 (its isolated env): `make test-fast` leaves it out
+pytestmark = pytest.mark.toolchain
+
 PLATFORMS = ["rk3588", "rk3576", "rk3566", "rk3568", "rk3562", "rv1106", "rv1103"]
 
 

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 from conftest import DATA_YAML, MODEL, MODEL_V8, VAL_IMAGES, agreement_on_aarch64, assert_same_detections
 
+# drives TensorFlow and onnx2tf (their isolated env): `make test-fast` leaves it out
+pytestmark = pytest.mark.toolchain
+
 pytest.importorskip("ai_edge_litert", reason='the TFLite target needs: pip install "edgeseg[tflite]"')
 
 

@@ -3,7 +3,11 @@
 import importlib.util
 import json
 
+import pytest
 from conftest import ROOT
+
+# ten thousand frames
+pytestmark = pytest.mark.slow
 
 
 def test_ten_thousand_frames_with_flat_memory(int8_bundle, capsys):
