@@ -2,11 +2,12 @@
 #   make demo   set up, convert the bundled model to ONNX Runtime INT8, stream the sample scenes
 #               through `edgeseg run` (annotated video + JSON), print FPS and accuracy
 #   make test   set up and run the whole test suite (what CI runs)
+#   make test-fast   what a developer runs while working: all but the vendor-toolchain, emulated and slow tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,11 @@ test: $(VENV)/.test $(OLDEST)/.test
 	$(OLDEST)/bin/python -c "import numpy, cv2; print('device side with numpy', numpy.__version__, 'and OpenCV', cv2.__version__)"
 	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider tests/test_run.py tests/test_decode_reference.py \
 	  tests/test_nms.py tests/test_preprocess.py tests/test_device_install.py tests/reliability/test_fuzz.py
+
+# Everything but the tests marked toolchain (vendor converters and their envs), emulated (qemu)
+# and slow (conversions of minutes): a few minutes on 2 cores. `make test` still runs them all.
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -q -m "not slow and not toolchain and not emulated" --durations=5
 
 bench: $(VENV)/.host
 	$(BIN)/python bench/compare_runtimes.py

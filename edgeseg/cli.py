@@ -103,7 +103,8 @@ def _floats(flag: str, text: Optional[str]) -> Optional[list[float]]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise EdgesegError(f"{flag} {text}: expected numbers separated by commas, e.g. {flag} 123.675,116.28,103.53") from None
+        raise EdgesegError(f"{flag} {text}: expected numbers separated by commas, "
+                           f"e.g. {flag} 123.675,116.28,103.53") from None
 
 
 @app.command()
@@ -126,11 +127,19 @@ def convert(
     keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
     platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
-    option: Optional[list[str]] = typer.Option(None, "--option", help="KEY=VALUE for the target's toolchain, e.g. imx500: mixed_precision=true; repeatable (--help-options lists them)."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean the model subtracts, in 0..255 pixel units (RGB order), e.g. ImageNet 123.675,116.28,103.53; recorded in the bundle."),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std the model divides by, in 0..255 pixel units, e.g. ImageNet 58.395,57.12,57.375."),
-    resize: Optional[str] = typer.Option(None, "--resize", help="letterbox (keep the aspect ratio, pad; default) or stretch (resize to the input size)."),
-    help_options: bool = typer.Option(False, "--help-options", help="List the --option keys of --target, with types and defaults, and exit."),
+    option: Optional[list[str]] = typer.Option(
+        None, "--option", help="KEY=VALUE for the target's toolchain, e.g. imx500: mixed_precision=true; "
+                               "repeatable (--help-options lists them)."),
+    mean: Optional[str] = typer.Option(
+        None, "--mean", help="Per-channel mean the model subtracts, in 0..255 pixel units (RGB order), "
+                             "e.g. ImageNet 123.675,116.28,103.53; recorded in the bundle."),
+    std: Optional[str] = typer.Option(
+        None, "--std", help="Per-channel std the model divides by, in 0..255 pixel units, "
+                            "e.g. ImageNet 58.395,57.12,57.375."),
+    resize: Optional[str] = typer.Option(
+        None, "--resize", help="letterbox (keep the aspect ratio, pad; default) or stretch (to the input size)."),
+    help_options: bool = typer.Option(
+        False, "--help-options", help="List the --option keys of --target, with types and defaults, and exit."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
     if help_options:

@@ -12,9 +12,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
-
 from conftest import MODEL, VAL_IMAGES, cli
+from onnx import helper, numpy_helper
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

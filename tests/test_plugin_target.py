@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import MODEL, VAL_IMAGES
 
 PROFILE = """

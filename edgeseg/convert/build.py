@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -94,7 +94,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             simulate += load_dataset(verify_data, split="val").images
         with atomic_bundle_dir(out_dir) as tmp:
             job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
-                             tmp, input=model_input, settings=settings, keep_float=list(keep_float or []), platform=platform,
+                             tmp, input=model_input, settings=settings, keep_float=list(keep_float or []),
+                             platform=platform,
                              simulate_images=simulate, log=log)
             res = toolchain.convert(job)
             spec.update(res.head)
@@ -144,8 +145,9 @@ def input_spec(profile: Profile, hw: tuple[int, int], mean: Sequence[float] | No
             if len(vals) == 1:
                 vals *= 3
             if len(vals) != 3 or (flag == "std" and any(v <= 0 for v in vals)) or any(not 0 <= v <= 255 for v in vals):
-                raise EdgesegError(f"--{flag} {','.join(f'{v:g}' for v in values)}: expected 1 or 3 values in 0..255 pixel units"
-                                   + (", above 0" if flag == "std" else "") + ", e.g. --mean 123.675,116.28,103.53 "
+                above = ", above 0" if flag == "std" else ""
+                raise EdgesegError(f"--{flag} {','.join(f'{v:g}' for v in values)}: expected 1 or 3 values in "
+                                   f"0..255 pixel units{above}, e.g. --mean 123.675,116.28,103.53 "
                                    "--std 58.395,57.12,57.375 (ImageNet)")
             kw[flag] = tuple(v * scale for v in vals)
     if resize is not None:

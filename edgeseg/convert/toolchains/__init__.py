@@ -23,8 +23,8 @@ from ...profiles import Profile
 from ...quiet import native_stdout_silenced
 
 if TYPE_CHECKING:  # the host-only modules are not needed to ask whether a toolchain is installed
-    from ..calibration import CalibrationSet
     from ...runtime.preprocess import InputSpec
+    from ..calibration import CalibrationSet
     from ..importer import ImportedModel
 
 

@@ -19,6 +19,7 @@ from ...errors import EdgesegError, ToolchainMissing
 from ...options import describe, parse
 from ...plugins import module_names
 
+
 class Requirement(NamedTuple):
     """What a backend module imports to run (``REQUIRES``): read by ``doctor`` and checked before a
     bundle opens, without importing the runtime itself (backends import it when they open)."""
@@ -71,7 +72,8 @@ class Backend(ABC):
 
 
 def _missing(bundle: Bundle, req: Requirement, why: str) -> ToolchainMissing:
-    return ToolchainMissing(f"{bundle.path}: needs the {req.distribution} runtime ({why}); install it with: {req.install}")
+    return ToolchainMissing(f"{bundle.path}: needs the {req.distribution} runtime ({why}); "
+                            f"install it with: {req.install}")
 
 
 def _module(bundle: Bundle) -> Any:

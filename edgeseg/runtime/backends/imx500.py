@@ -36,8 +36,9 @@ OPTIONS: dict = {}
 
 PACKAGE_TOOL = "imx500-package"
 INSTALL = "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS; venv with --system-site-packages)"
-REQUIRES = Requirement("picamera2", "picamera2", "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS, AI Camera)",
-                       replay=True)
+# without it, bundles converted on this host replay the outputs recorded at conversion
+REQUIRES = Requirement("picamera2", "picamera2",
+                       "sudo apt install imx500-all python3-picamera2 (Raspberry Pi OS, AI Camera)", replay=True)
 
 
 def orient(a: np.ndarray, shape: list[int], name: str) -> np.ndarray:
