@@ -309,26 +309,113 @@ def eval_cmd(
 @app.command()
 @friendly
 def bench(
-    bundle: Optional[Path] = typer.Argument(None, help="Bundle folder; default: the reference INT8 bundle."),
+    bundle: Optional[Path] = typer.Argument(None, help="Bundle folder to time; or a model file (.onnx, .pt) to convert "
+                                            "for every --targets x --precisions and compare; default: the reference "
+                                            "INT8 bundle (with --targets: the reference model)."),
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Images or video to time on (default: bundled scenes)."),
     frames: int = typer.Option(100, "--frames", min=1, help="Timed frames after warm-up."),
-    json_out: Optional[Path] = typer.Option(None, "--json"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON (a model: {\"rows\": [...]})."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Inference threads (default: try 1, 2 and "
+                                          "up to 4, report the best)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
+    targets: Optional[str] = typer.Option(None, "--targets", help="With a model: comma-separated targets, or all "
+                                          "(every target installed here; rknn/imx500 scored by their simulators)."),
+    precisions: str = typer.Option("int8,fp16,fp32", "--precisions", help="With a model: precisions to convert "
+                                   "(each target keeps those it offers)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="With a model: dataset .yaml to score on "
+                                        "(default: the bundled shapes set)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With a model: PNG of accuracy against latency."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="As convert: calibration images, video or dataset .yaml."),
+    calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="As convert."),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", min=32, help="As convert."),
+    option: Optional[list[str]] = typer.Option(None, "--option", help="As convert: KEY=VALUE for the targets' "
+                                               "[quantization] (a target without KEY fails its rows)."),
+    platform: Optional[str] = typer.Option(None, "--platform", help="As convert (rknn: rk3588, ...)."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="As convert: allow a pickled .pt checkpoint."),
+    conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Confidence threshold while timing "
+                               "(accuracy is scored at 0.001 as Ultralytics' val)."),
+    iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
+    max_det: int = typer.Option(300, "--max-det", min=1, help="Most instances per frame."),
 ) -> None:
-    """Per-stage latency (median, p90) one frame at a time, pipelined FPS and peak memory."""
+    """Per-stage latency (median, p90), pipelined FPS and peak memory of a bundle; given a model
+    and --targets: every target and precision converted, scored and timed in one table."""
+    if targets is not None or (bundle is not None and bundle.is_file()):
+        return _bench_matrix(bundle, targets or "all", precisions, data, source, frames, json_out, threads, plot,
+                             calib, calib_images, imgsz, option, platform, trust_model, conf, iou, max_det)
+    from . import load
+    from .bundle import Bundle
     from .defaults import DEFAULT_SCENES
-    from .runtime.bench import bench as do_bench
+    from .runtime.backends import parse_options
+    from .runtime.bench import bench_threads, thread_counts
 
-    model = _load_model(bundle, 0.25, 0.7, None, threads, runtime_option)
-    r = do_bench(model, source or str(DEFAULT_SCENES), frames=frames)
+    b = Bundle.load(bundle or _default_bundle())
+    opts = parse_options(b, runtime_option or [])
+    threads = opts.pop("threads", threads)  # -r threads=N is --threads N
+
+    def open_model(n: Optional[int]):  # closed by bench_threads after each thread count
+        return load(b, conf=conf, iou=iou, max_det=max_det, **opts, **({"threads": n} if n else {}))
+
+    r = bench_threads(open_model,
+                      source or str(DEFAULT_SCENES), [threads] if threads else thread_counts(), frames=frames)
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))
     typer.echo(f"{r['target']} {r['precision']} on {r['backend']}, {r['frame_size'][0]}x{r['frame_size'][1]} frames")
     for k in ("preprocess_ms", "inference_ms", "decode_ms", "end_to_end_ms"):
         typer.echo(f"{k:15s} median {r[k]['median']:8.2f}  p90 {r[k]['p90']:8.2f}")
-    typer.echo(f"pipeline_fps    {r['pipeline_fps']:.1f} ({r['pipeline_vs_inference_bound']:.2f}x of 1000/inference_ms)")
+    typer.echo(f"pipeline_fps    {r['pipeline_fps']:.1f} ({r['pipeline_vs_inference_bound']:.2f}x of 1000/inference_ms)"
+               f" with {r['best_threads'] or 'default'} inference threads")
+    if len(r["threads"]) > 1:
+        typer.echo("threads         " + "  ".join(f"{n}: {v['pipeline_fps']:.1f} FPS "
+                                                  f"({v['pipeline_vs_inference_bound']:.2f}x)"
+                                                  for n, v in r["threads"].items()))
     typer.echo(f"peak_rss_mb     {r['peak_rss_mb']:.0f}   instances max {r['instances_max']}")
+
+
+def _bench_matrix(model, targets, precisions, data, source, frames, json_out, threads, plot, calib, calib_images,
+                  imgsz, option, platform, trust_model, conf, iou, max_det) -> None:
+    from . import benchmark
+    from .defaults import DEFAULT_DATA, DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
+    if model.is_dir():
+        raise EdgesegError(f"{model}: --targets takes a model file to convert, not a bundle folder; "
+                           "drop --targets to time this bundle")
+    if not model.is_file():
+        raise EdgesegError(f"{model}: no such model file; pass a .onnx, .pt or TorchScript file")
+    data = data or DEFAULT_DATA
+    if not data.is_file():
+        raise EdgesegError(f"{data}: no such dataset file; pass an Ultralytics dataset .yaml with --data")
+    sets = {}
+    for kv in option or []:
+        k, eq, v = kv.partition("=")
+        if not eq or not k:
+            raise EdgesegError(f"--option {kv}: expected KEY=VALUE, e.g. --option mixed_precision=true")
+        sets[k.strip()] = v.strip()
+    precs = [p.strip() for p in precisions.split(",") if p.strip()]
+    if not precs:
+        raise EdgesegError(f"--precisions {precisions!r}: name at least one, e.g. int8,fp16,fp32")
+    for out in (json_out, plot):  # before minutes of conversions, not after
+        if out is not None and out.is_dir():
+            raise EdgesegError(f"{out}: is a folder; pass a file path")
+    def log(m: str) -> None:
+        typer.echo(m, err=True)
+
+    names = benchmark.resolve_targets(targets, log)
+    if calib is not None and not Path(calib).exists() and not any(c in calib for c in "*?["):
+        raise EdgesegError(f"--calib {calib}: no such file or folder; pass images, a video or a dataset .yaml")
+    conv = {"calib": calib, "calib_images": calib_images, "imgsz": imgsz, "platform": platform,
+            "trust_model": trust_model, "options": {"keep_float": [], "set": sets}}
+    rows = benchmark.run_matrix(model, names, precs, data, convert_options=conv, conf=conf, iou=iou, max_det=max_det,
+                                frames=frames, source=source, threads=[threads] if threads else None,
+                                build_envs=targets != "all", log=log)
+    typer.echo(benchmark.table(rows))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_out.with_name(json_out.name + ".part")
+        tmp.write_text(json.dumps(benchmark.json_rows(rows), indent=2))
+        os.replace(tmp, json_out)
+    if plot and benchmark.plot(rows, plot, f"{model.name}, {data.stem}"):
+        typer.echo(f"plot: {plot}", err=True)
 
 
 @app.command()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,15 @@ class _Frames(Source):
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak. Linux's ru_maxrss carries the parent's peak across fork and exec (a
+    bench row started by a converting parent would report the parent's), VmHWM does not."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
@@ -77,4 +88,34 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
     }
 
 
-__all__ = ["bench"]
+def bench_threads(open_model: Callable[[int | None], Model], source: str | Path, counts: Sequence[int | None] = (1, 2),
+                  frames: int = 100) -> dict:
+    """:func:`bench` once per inference thread count (``open_model(n)`` loads the bundle with ``n``
+    threads); the result is the run with the highest pipeline FPS, with every count's figures under
+    ``"threads"`` and the winner under ``"best_threads"``."""
+    runs: dict[str, dict] = {}
+    best: dict | None = None
+    for n in counts:
+        model = open_model(n)
+        try:
+            r = bench(model, source, frames=frames)
+        finally:
+            model.close()
+        runs[str(n or "default")] = {k: r[k] for k in ("inference_ms", "end_to_end_ms", "pipeline_fps",
+                                                       "pipeline_vs_inference_bound")}
+        if best is None or r["pipeline_fps"] > best["pipeline_fps"]:
+            best = dict(r, best_threads=n)
+    assert best is not None, "no thread count to time"
+    best["threads"] = runs
+    best["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return best
+
+
+def thread_counts() -> list[int]:
+    """1 and 2 inference threads (the pipeline's own threads need cores too), and every core on a
+    bigger board, capped: beyond 4 a CPU backend rarely gains on a 320-640 px model."""
+    n = os.cpu_count() or 1
+    return sorted({c for c in (1, 2, min(n, 4)) if c <= n})
+
+
+__all__ = ["bench", "bench_threads", "thread_counts"]
