@@ -21,6 +21,21 @@ from ultralytics import YOLO
 from ultralytics.utils import ops
 
 
+def predict(model: YOLO, path: Path, conf: float, iou: float) -> dict:
+    """One image's golden entry (tests/test_decode_reference.py predicts a few again with this)."""
+    r = model.predict(str(path), imgsz=320, conf=conf, iou=iou, verbose=False)[0]
+    h, w = r.orig_shape
+    inst = []
+    if r.masks is not None and len(r.boxes):
+        m = ops.scale_masks(r.masks.data[None].float(), (h, w))[0] > 0.5
+        for k in range(len(r.boxes)):
+            rle = mask_util.encode(np.asfortranarray(m[k].cpu().numpy().astype(np.uint8)))
+            inst.append({"class_id": int(r.boxes.cls[k]), "score": float(r.boxes.conf[k]),
+                         "box": [float(v) for v in r.boxes.xyxy[k]],
+                         "mask": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    return {"width": w, "height": h, "instances": inst}
+
+
 def main() -> None:
     model_path, out_path, *folders = sys.argv[1:]
     model = YOLO(model_path, task="segment")
@@ -28,17 +43,7 @@ def main() -> None:
     out = {"ultralytics": ultralytics.__version__, "model": Path(model_path).name, "conf": 0.25, "iou": 0.7,
            "images": {}}
     for p in images:
-        r = model.predict(str(p), imgsz=320, conf=0.25, iou=0.7, verbose=False)[0]
-        h, w = r.orig_shape
-        inst = []
-        if r.masks is not None and len(r.boxes):
-            m = ops.scale_masks(r.masks.data[None].float(), (h, w))[0] > 0.5
-            for k in range(len(r.boxes)):
-                rle = mask_util.encode(np.asfortranarray(m[k].cpu().numpy().astype(np.uint8)))
-                inst.append({"class_id": int(r.boxes.cls[k]), "score": float(r.boxes.conf[k]),
-                             "box": [float(v) for v in r.boxes.xyxy[k]],
-                             "mask": {"size": rle["size"], "counts": rle["counts"].decode()}})
-        out["images"][f"{p.parent.name}/{p.name}"] = {"width": w, "height": h, "instances": inst}
+        out["images"][f"{p.parent.name}/{p.name}"] = predict(model, p, out["conf"], out["iou"])
     Path(out_path).write_text(json.dumps(out))
     print(f"{len(images)} images, {sum(len(v['instances']) for v in out['images'].values())} instances -> {out_path}")
 

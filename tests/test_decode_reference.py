@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pycocotools.mask as mu
 import pytest
-from conftest import FIXTURES, MODEL, VAL_IMAGES
+from conftest import FIXTURES, MODEL, ROOT, VAL_IMAGES
 
 from edgeseg.convert.split import split_yolo_seg
 from edgeseg.fidelity import match_instances
@@ -24,7 +24,26 @@ def _image_path(key):
 
 
 def test_golden_was_made_by_the_reference_version():
-    assert GOLDEN["ultralytics"] == "8.4.190" and len(GOLDEN["images"]) == 106
+    """Ultralytics 8.4.190 predicts a few of the golden images again (one of odd size), through
+    bench/make_golden.py, and gives what the committed file holds: the goldens are its output."""
+    import importlib.util
+
+    ultralytics = pytest.importorskip("ultralytics", reason="the test venv installs ultralytics==8.4.190")
+    from ultralytics import YOLO
+
+    assert ultralytics.__version__ == GOLDEN["ultralytics"] == "8.4.190" and len(GOLDEN["images"]) == 106
+    spec = importlib.util.spec_from_file_location("make_golden", ROOT / "bench" / "make_golden.py")
+    make_golden = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_golden)
+    model = YOLO(str(MODEL), task="segment")
+    for key in ("images/00000.jpg", "images/00042.jpg", "odd_sizes/odd4_333x251.jpg"):
+        got, want = make_golden.predict(model, _image_path(key), GOLDEN["conf"], GOLDEN["iou"]), GOLDEN["images"][key]
+        assert (got["width"], got["height"]) == (want["width"], want["height"]) and want["instances"], key
+        assert [i["class_id"] for i in got["instances"]] == [i["class_id"] for i in want["instances"]], key
+        for a, b in zip(got["instances"], want["instances"]):
+            assert abs(a["score"] - b["score"]) < 1e-4 and np.abs(np.subtract(a["box"], b["box"])).max() < 1e-2, key
+            ma, mb = mu.decode(a["mask"]).astype(bool), mu.decode(b["mask"]).astype(bool)
+            assert (ma != mb).sum() <= 0.001 * mb.sum(), (key, int((ma != mb).sum()))
 
 
 def test_fp32_bundle_matches_ultralytics(fp32_model):
@@ -50,7 +69,11 @@ def test_fp32_bundle_matches_ultralytics(fp32_model):
     assert not counts_differ, counts_differ
     assert n > 400
     assert max(box_err) < 1.0, max(box_err)
-    assert np.mean(ious) >= 0.98, np.mean(ious)
+    # every instance, not only on average: the smallest (a few hundred pixels, where one pixel of
+    # the outline weighs most) is at 0.94; a mask cut short by 2 px on two sides falls to 0.89
+    worst = int(np.argmin(ious))
+    assert ious[worst] >= 0.92, (ious[worst], worst)
+    assert np.mean(ious) >= 0.995, np.mean(ious)
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,8 @@ def test_two_conversions_into_one_folder(tmp_path):
 def test_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
     (tmp_path / ".b.lock").write_text("999999")
     r = cli("convert", "--fp32", "--out", str(tmp_path / "b"))
-    assert r.returncode == 0, r.stderr and not (tmp_path / ".b.lock").exists()
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / ".b.lock").exists()
 
 
 def test_two_conversions_creating_one_toolchain_env_at_once(tmp_path):
