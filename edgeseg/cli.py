@@ -113,7 +113,7 @@ def convert(
     head: Optional[str] = typer.Option(None, "--head", help="yolo-seg or semantic (default: detected)."),
     names: Optional[str] = typer.Option(None, "--names", help="Class names: a,b,c or a .txt file."),
     no_split: bool = typer.Option(False, "--no-split", help="Keep Ultralytics' concatenated output (for comparison: INT8 then detects nothing)."),
-    trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint (runs code from the file)."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint or a TorchScript model (both run code from the file; ONNX never does)."),
     keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
     platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
