@@ -153,7 +153,9 @@ def run(
     show: bool = typer.Option(False, "--show", help="Show a window with the results."),
     save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi), a folder of images, or an image file for a one-image source."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE; - for stdout."),
-    serve: Optional[str] = typer.Option(None, "--serve", help="Stream the annotated frames to a browser (MJPEG over HTTP): PORT or HOST:PORT, e.g. 8080."),
+    serve: Optional[str] = typer.Option(None, "--serve", help="Stream the annotated frames to a browser (MJPEG over HTTP): PORT (this machine only) or HOST:PORT, e.g. 0.0.0.0:8080 for the network (then with a token, printed in the URL)."),
+    serve_token: Optional[str] = typer.Option(None, "--serve-token", envvar="EDGESEG_SERVE_TOKEN", show_envvar=False, help="The token --serve viewers must present (default beyond loopback: a new one each run; env EDGESEG_SERVE_TOKEN)."),
+    realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Deliver a video file at its frame rate, as a camera would (default with --serve)."),
     conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
@@ -172,6 +174,8 @@ def run(
 
     if (camera is None) == (source is None):
         raise EdgesegError("pass exactly one of --camera N (or --camera pi) and --source PATH_OR_URL")
+    if realtime is None:
+        realtime = bool(serve)
     if serve:
         from .runtime.mjpeg import parse_address
 
@@ -200,6 +204,10 @@ def run(
         src = open_source(spec, width, height, fps, **({"prefer_pi": True} if camera == "0" else {}),
                           **({"fourcc": fourcc} if fourcc and camera is not None else {}),
                           **({"on_event": event} if camera is not None or "://" in str(spec) else {}))
+        if realtime and not src.live and 0 < getattr(src, "fps", 0) <= 1000:  # a video file
+            from .runtime.sources import Paced
+
+            src = Paced(src, src.fps)
     sinks = []
     try:
         if save:
@@ -213,7 +221,8 @@ def run(
         if serve:
             from .runtime.mjpeg import MjpegSink
 
-            sinks.append(MjpegSink(serve))
+            # a run that ends by itself keeps the page up, showing "run ended", until Ctrl-C
+            sinks.append(MjpegSink(serve, token=serve_token, linger=max_frames is None and not src.live))
             typer.echo(f"streaming annotated frames at {sinks[-1].url} (/stream for the MJPEG itself)", err=True)
     except BaseException:
         for s in sinks:
@@ -245,6 +254,10 @@ def run(
                + (f"; saved {save}" if save else "") + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}" if json_out else ""))
     if st.error == "interrupted":
         raise typer.Exit(130)
+    lingering = next((s for s in sinks if getattr(s, "linger", False)), None)
+    if lingering is not None:
+        typer.echo(f"run ended; the page stays up at {lingering.url} until Ctrl-C", err=True)
+        lingering.wait_until_interrupted()
 
 
 @app.command("eval")
