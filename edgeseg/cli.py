@@ -118,6 +118,7 @@ def convert(
     platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
     option: Optional[list[str]] = typer.Option(None, "--option", help="KEY=VALUE overriding the target profile's [quantization], e.g. imx500: mixed_precision=true; repeatable."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out bundle (only an edgeseg bundle; atomically)."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
     try:
@@ -140,7 +141,7 @@ def convert(
                    calib_images=calib_images, imgsz=imgsz, out=out, head=head, names=names, split=not no_split,
                    trust_model=trust_model, platform=platform, verify_data=verify_data,
                    options={"keep_float": keep_float or [], "set": sets},
-                   log=lambda m: typer.echo(m, err=True))
+                   log=lambda m: typer.echo(m, err=True), force=force)
     typer.echo(str(b.path))
 
 
@@ -208,6 +209,7 @@ def run(
             from .runtime.sources import Paced
 
             src = Paced(src, src.fps)
+    _refuse_run_inputs(model, src, spec if camera is None else None, save, json_target if json_target is json_out else None)
     sinks = []
     try:
         if save:
@@ -260,6 +262,21 @@ def run(
         lingering.wait_until_interrupted()
 
 
+def _refuse_run_inputs(model, src, source: Optional[str], *outputs: Optional[Path]) -> None:
+    """--save/--json onto the source image or video (or the bundle) would truncate it: refuse."""
+    from .bundle import MANIFEST, refuse_inputs
+
+    b = model.bundle
+    inputs = [source, *(getattr(src, "files", None) or []), b.path / MANIFEST, *(b.path / f for f in b.manifest.files)]
+    for out, flag in zip(outputs, ("--save", "--json")):
+        if out is not None:
+            try:
+                refuse_inputs(out, inputs, flag)
+            except BaseException:
+                src.close()
+                raise
+
+
 @app.command("eval")
 @friendly
 def eval_cmd(
@@ -277,6 +294,11 @@ def eval_cmd(
     from .defaults import DEFAULT_DATA
     from .eval import evaluate
 
+    if json_out:
+        from .bundle import refuse_inputs
+
+        refuse_inputs(json_out, [data or DEFAULT_DATA, *(Path(b) / "edgeseg.json" for b in (bundle, against) if b)],
+                      "--json")
     model = _load_model(bundle, conf, iou, runtime_options=runtime_option)
     ref = _load_model(against, conf, iou) if against else None
     r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=sys.stderr.isatty())
