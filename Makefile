@@ -33,7 +33,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/activate
 	touch $@
 
 demo: $(VENV)/.host
-	$(BIN)/edgeseg convert --target onnxruntime
+	$(BIN)/edgeseg convert --target onnxruntime --force
 	$(BIN)/edgeseg run --source edgeseg/assets/shapes/val/images --save demo/annotated.mp4 --json demo/results.jsonl
 	$(BIN)/edgeseg eval --json demo/eval.json
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -166,19 +167,96 @@ class Bundle:
         return b
 
 
+PARTIAL_TAG = "edgeseg-partial"  # in the names of folders being built: ".NAME.edgeseg-partial-PID-XXXX"
+_PARTIAL_RE = re.compile(r"^\..+\." + PARTIAL_TAG + r"-(\d+)-[A-Za-z0-9_]+$")
+_WORK_RE = re.compile(r"^edgeseg-(?:convert|import)-(\d+)-[A-Za-z0-9_]+$")
+# files a bundle holds beyond those its manifest hashes (written after the manifest)
+UNHASHED = {MANIFEST, "toolchain.log"}
+
+
+def bundle_problem(out: Path) -> str | None:
+    """Why ``out`` is not a folder edgeseg may replace, or None when it is an edgeseg bundle: a
+    valid manifest and nothing in the folder that the manifest does not account for."""
+    mpath = out / MANIFEST
+    if out.is_symlink() or not out.is_dir():
+        return "it is not a folder"
+    if not mpath.is_file() or mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        return f"it holds no {MANIFEST}"
+    try:
+        m = Manifest.from_dict(json.loads(mpath.read_text(encoding="utf-8")), str(mpath))
+    except (UnicodeDecodeError, ValueError, RecursionError, EdgesegError):
+        return f"its {MANIFEST} is not a valid edgeseg manifest"
+    for p in out.rglob("*"):
+        rel = p.relative_to(out).as_posix()
+        if p.is_symlink() or (p.is_file() and rel not in m.files and rel not in UNHASHED):
+            return f"{rel} is not part of the bundle"
+        if not p.is_file() and not p.is_dir():
+            return f"{rel} is not part of the bundle"
+    return None
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an existing ``out`` before any work: only with ``force``, and only an edgeseg bundle."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise EdgesegError(f"{out}: already exists; pass --force to replace this bundle, or choose another --out")
+    why = bundle_problem(out)
+    if why is not None:
+        raise EdgesegError(f"{out}: exists and is not an edgeseg bundle ({why}); refusing to replace it, "
+                           "choose another --out")
+
+
+def remove_stale(parent: Path, pattern: re.Pattern = _PARTIAL_RE) -> list[Path]:
+    """Folders a dead conversion left in ``parent``: provably edgeseg's (their names carry the tag and
+    the pid of the process that made them, which is gone) and owned by this user. A live
+    conversion's folders are never touched."""
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for e in entries:
+        m = pattern.match(e.name)
+        if not m or not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            if uid is not None and e.stat(follow_symlinks=False).st_uid != uid:
+                continue
+        except OSError:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(e.path, ignore_errors=True)
+        removed.append(Path(e.path))
+    return removed
+
+
+def work_dir(kind: str = "convert") -> Path:
+    """A private temporary folder for one conversion, named so that the next conversion can tell it
+    was left by a dead process and remove it (a kill -9 runs no cleanup)."""
+    tmp = Path(tempfile.gettempdir())
+    remove_stale(tmp, _WORK_RE)
+    return Path(tempfile.mkdtemp(prefix=f"edgeseg-{kind}-{os.getpid()}-", dir=tmp))
+
+
 @contextmanager
-def atomic_bundle_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_bundle_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success it replaces ``out`` in one rename.
 
-    On any failure the temporary folder is removed and ``out`` is left as it was. Two writers
-    racing for the same ``out`` never interleave files: each builds its own folder.
+    ``out`` must not exist, or (``overwrite``) be an edgeseg bundle: a folder of the user's is never
+    replaced. On any failure the temporary folder is removed and ``out`` is left as it was. Two
+    writers racing for the same ``out`` never interleave files: each builds its own folder; what a
+    killed writer left is removed by the next one.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not overwrite:
-        raise EdgesegError(f"{out}: already exists; pass --overwrite or choose another --out")
+    check_out(out, overwrite)
     lock = _take_lock(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    remove_stale(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{PARTIAL_TAG}-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         # mkdtemp makes the folder private (0700); a finished bundle gets the user's usual mode
@@ -186,9 +264,8 @@ def atomic_bundle_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
         old = None
-        if out.exists():
-            if not (out / MANIFEST).is_file():
-                raise EdgesegError(f"{out}: exists and is not an edgeseg bundle; refusing to replace it, choose another --out")
+        if out.exists() or out.is_symlink():
+            check_out(out, overwrite)  # again: it may have appeared or changed during the conversion
             old = out.with_name(f".{out.name}.old.{os.getpid()}")
             os.rename(out, old)
         try:
@@ -245,3 +322,16 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
         if p.is_file() and p.name != MANIFEST:
             manifest.files[p.relative_to(folder).as_posix()] = sha256_file(p)
     (folder / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+
+
+def refuse_inputs(output: str | os.PathLike, inputs: list[str | os.PathLike | None], flag: str) -> None:
+    """An output path that is one of the inputs (or holds one) would truncate or delete it: refuse."""
+    out = Path(output).resolve()
+    for i in inputs:
+        if i is None or "://" in str(i):
+            continue
+        p = Path(i).resolve()
+        if p == out or out in p.parents:
+            what = "is" if p == out else "holds"
+            raise EdgesegError(f"{output}: {flag} {what} an input of this command ({i}); writing there would "
+                               f"destroy it; choose another {flag}")

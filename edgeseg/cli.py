@@ -123,7 +123,7 @@ def convert(
     head: Optional[str] = typer.Option(None, "--head", help="yolo-seg or semantic (default: detected)."),
     names: Optional[str] = typer.Option(None, "--names", help="Class names: a,b,c or a .txt file."),
     no_split: bool = typer.Option(False, "--no-split", help="Keep Ultralytics' concatenated output (for comparison: INT8 then detects nothing)."),
-    trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint (runs code from the file)."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint or a TorchScript model (both run code from the file; ONNX never does)."),
     keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
     platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
@@ -140,6 +140,7 @@ def convert(
         None, "--resize", help="letterbox (keep the aspect ratio, pad; default) or stretch (to the input size)."),
     help_options: bool = typer.Option(
         False, "--help-options", help="List the --option keys of --target, with types and defaults, and exit."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out bundle (only an edgeseg bundle; atomically)."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
     if help_options:
@@ -165,7 +166,7 @@ def convert(
                    trust_model=trust_model, platform=platform, verify_data=verify_data,
                    options=option or [], keep_float=keep_float, mean=_floats("--mean", mean),
                    std=_floats("--std", std), resize=resize,
-                   log=lambda m: typer.echo(m, err=True))
+                   log=lambda m: typer.echo(m, err=True), force=force)
     typer.echo(str(b.path))
 
 
@@ -178,7 +179,9 @@ def run(
     show: bool = typer.Option(False, "--show", help="Show a window with the results."),
     save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi), a folder of images, or an image file for a one-image source."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE; - for stdout."),
-    serve: Optional[str] = typer.Option(None, "--serve", help="Stream the annotated frames to a browser (MJPEG over HTTP): PORT or HOST:PORT, e.g. 8080."),
+    serve: Optional[str] = typer.Option(None, "--serve", help="Stream the annotated frames to a browser (MJPEG over HTTP): PORT (this machine only) or HOST:PORT, e.g. 0.0.0.0:8080 for the network (then with a token, printed in the URL)."),
+    serve_token: Optional[str] = typer.Option(None, "--serve-token", envvar="EDGESEG_SERVE_TOKEN", show_envvar=False, help="The token --serve viewers must present (default beyond loopback: a new one each run; env EDGESEG_SERVE_TOKEN)."),
+    realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Deliver a video file at its frame rate, as a camera would (default with --serve)."),
     conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
@@ -197,6 +200,8 @@ def run(
 
     if (camera is None) == (source is None):
         raise EdgesegError("pass exactly one of --camera N (or --camera pi) and --source PATH_OR_URL")
+    if realtime is None:
+        realtime = bool(serve)
     if serve:
         from .runtime.mjpeg import parse_address
 
@@ -225,6 +230,11 @@ def run(
         src = open_source(spec, width, height, fps, **({"prefer_pi": True} if camera == "0" else {}),
                           **({"fourcc": fourcc} if fourcc and camera is not None else {}),
                           **({"on_event": event} if camera is not None or "://" in str(spec) else {}))
+        if realtime and not src.live and 0 < getattr(src, "fps", 0) <= 1000:  # a video file
+            from .runtime.sources import Paced
+
+            src = Paced(src, src.fps)
+    _refuse_run_inputs(model, src, spec if camera is None else None, save, json_target if json_target is json_out else None)
     sinks = []
     try:
         if save:
@@ -238,7 +248,8 @@ def run(
         if serve:
             from .runtime.mjpeg import MjpegSink
 
-            sinks.append(MjpegSink(serve))
+            # a run that ends by itself keeps the page up, showing "run ended", until Ctrl-C
+            sinks.append(MjpegSink(serve, token=serve_token, linger=max_frames is None and not src.live))
             typer.echo(f"streaming annotated frames at {sinks[-1].url} (/stream for the MJPEG itself)", err=True)
     except BaseException:
         for s in sinks:
@@ -270,6 +281,25 @@ def run(
                + (f"; saved {save}" if save else "") + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}" if json_out else ""))
     if st.error == "interrupted":
         raise typer.Exit(130)
+    lingering = next((s for s in sinks if getattr(s, "linger", False)), None)
+    if lingering is not None:
+        typer.echo(f"run ended; the page stays up at {lingering.url} until Ctrl-C", err=True)
+        lingering.wait_until_interrupted()
+
+
+def _refuse_run_inputs(model, src, source: Optional[str], *outputs: Optional[Path]) -> None:
+    """--save/--json onto the source image or video (or the bundle) would truncate it: refuse."""
+    from .bundle import MANIFEST, refuse_inputs
+
+    b = model.bundle
+    inputs = [source, *(getattr(src, "files", None) or []), b.path / MANIFEST, *(b.path / f for f in b.manifest.files)]
+    for out, flag in zip(outputs, ("--save", "--json")):
+        if out is not None:
+            try:
+                refuse_inputs(out, inputs, flag)
+            except BaseException:
+                src.close()
+                raise
 
 
 @app.command("eval")
@@ -289,6 +319,11 @@ def eval_cmd(
     from .defaults import DEFAULT_DATA
     from .eval import evaluate
 
+    if json_out:
+        from .bundle import refuse_inputs
+
+        refuse_inputs(json_out, [data or DEFAULT_DATA, *(Path(b) / "edgeseg.json" for b in (bundle, against) if b)],
+                      "--json")
     model = _load_model(bundle, conf, iou, runtime_options=runtime_option)
     ref = _load_model(against, conf, iou) if against else None
     r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=sys.stderr.isatty())

@@ -65,7 +65,9 @@ def test_reconverting_replaces_the_bundle_atomically(tmp_path):
     out = tmp_path / "b"
     convert(MODEL, precision="fp32", out=out, log=lambda m: None, fidelity=False)
     first = (out / MANIFEST).read_text()
-    convert(MODEL, precision="fp16", out=out, log=lambda m: None, fidelity=False)
+    with pytest.raises(EdgesegError, match="already exists; pass --force"):  # never silently
+        convert(MODEL, precision="fp16", out=out, log=lambda m: None, fidelity=False)
+    convert(MODEL, precision="fp16", out=out, log=lambda m: None, fidelity=False, force=True)
     assert json.loads((out / MANIFEST).read_text())["precision"] == "fp16" and first != (out / MANIFEST).read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary or old folders left
 

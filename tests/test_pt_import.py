@@ -88,7 +88,7 @@ def test_dynamic_onnx_export_converts_at_any_imgsz(tmp_path, fp32_model):
 def test_ultralytics_torchscript_export_converts(tmp_path, fp32_model):
     pytest.importorskip("ultralytics", reason=ULTRALYTICS)
     ts = _export(tmp_path, "torchscript", ".torchscript")
-    r = cli("convert", str(ts), "--fp32", "--out", str(tmp_path / "b"), timeout=900)
+    r = cli("convert", str(ts), "--fp32", "--trust-model", "--out", str(tmp_path / "b"), timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     from edgeseg.bundle import Bundle
 

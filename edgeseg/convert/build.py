@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import onnx
 
 from .. import __version__
-from ..bundle import Bundle, Manifest, atomic_bundle_dir, write_manifest
+from ..bundle import Bundle, Manifest, atomic_bundle_dir, check_out, refuse_inputs, work_dir, write_manifest
 from ..defaults import DEFAULT_CALIB, DEFAULT_MODEL, default_bundle_dir
 from ..errors import EdgesegError
 from ..profiles import Profile, load_profile
@@ -31,8 +30,10 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             verify_data: str | Path | None = None, options: Mapping[str, Any] | Iterable[str] | None = None,
             keep_float: Iterable[str] | None = None, mean: Sequence[float] | None = None,
             std: Sequence[float] | None = None, resize: str | None = None,
-            log: Callable[[str], None] = print) -> Bundle:
+            log: Callable[[str], None] = print, force: bool = False) -> Bundle:
     """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``.
+
+    An existing ``out`` is refused, or with ``force`` replaced when it is an edgeseg bundle.
 
     ``options``: the target toolchain's ``OPTIONS`` to change, as ``KEY=VALUE`` strings or a mapping
     (``edgeseg convert --target X --help-options`` lists them); ``keep_float``: node names left in float.
@@ -60,7 +61,10 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     else:
         cset = CalibrationSet.from_path(DEFAULT_CALIB, n) if fidelity and DEFAULT_CALIB.is_dir() else None
 
-    work = Path(tempfile.mkdtemp(prefix="edgeseg-convert-"))
+    if out:  # before any work; the default folder's name depends on the model, checked once imported
+        refuse_inputs(out, [model_path, calib_path if calib else None, verify_data], "--out")
+        check_out(Path(out).absolute(), force)
+    work = work_dir("convert")
     try:
         imported = import_model(model_path, head=head, names=names, imgsz=imgsz, trust_model=trust_model,
                                 workdir=work)
@@ -80,6 +84,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         tgt = f"{target}-{platform}" if platform else target
         out_dir = (Path(out) if out else default_bundle_dir(model_path, tgt, precision,
                                                              do_split or spec["type"] != "yolo-seg")).absolute()
+        check_out(out_dir, force)
         parent = next(a for a in out_dir.parents if a.exists())  # before minutes of work, not after
         if not parent.is_dir():
             raise EdgesegError(f"{parent}: is a file, and the bundle {out_dir} needs a folder there; "
@@ -92,7 +97,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             from ..data import load_dataset
 
             simulate += load_dataset(verify_data, split="val").images
-        with atomic_bundle_dir(out_dir) as tmp:
+        with atomic_bundle_dir(out_dir, overwrite=force) as tmp:
             job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
                              tmp, input=model_input, settings=settings, keep_float=list(keep_float or []),
                              platform=platform,

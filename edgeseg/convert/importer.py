@@ -3,7 +3,8 @@
 Supported sources: ONNX (Ultralytics YOLOv8/YOLO11-seg exports, semantic-segmentation models
 with [N,C,H,W] logits or [N,H,W] labels), Ultralytics ``.pt`` checkpoints (needs the optional
 ``ultralytics`` package, and ``trust_model`` because a checkpoint is a pickle that runs code on
-load) and TorchScript archives (needs torch; exported to ONNX here).
+load) and TorchScript archives (needs torch and ``trust_model`` too: a TorchScript program can read
+and write files; exported to ONNX here). ONNX is data only and needs no trust.
 """
 
 from __future__ import annotations
@@ -125,7 +126,12 @@ def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_m
     return Path(out)
 
 
-def _export_torchscript(path: Path, imgsz: int | None, workdir: Path) -> Path:
+def _export_torchscript(path: Path, imgsz: int | None, workdir: Path, trust_model: bool) -> Path:
+    if not trust_model:
+        # a TorchScript program can read and write any file (torch.from_file(..., shared=True)),
+        # and loading it runs __setstate__ methods: gated exactly as pickles are
+        raise EdgesegError(f"{path}: a TorchScript model is a program that runs when loaded and traced; pass "
+                           "--trust-model if you trust where it came from, or export it to ONNX (data only) yourself")
     try:
         import torch
     except ImportError:
@@ -184,7 +190,7 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
     fmt = "onnx"
     onnx_path = src
     if src.suffix.lower() in (".torchscript", ".ts") or (src.suffix.lower() in (".pt", ".pth") and _is_torchscript(src)):
-        fmt, onnx_path = "torchscript", _export_torchscript(src, imgsz, workdir)
+        fmt, onnx_path = "torchscript", _export_torchscript(src, imgsz, workdir, trust_model)
     elif src.suffix.lower() in (".pt", ".pth"):
         fmt, onnx_path = "ultralytics-pt", _export_ultralytics_pt(src, imgsz, workdir, trust_model)
     m = _load_onnx(onnx_path)

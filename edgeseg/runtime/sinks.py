@@ -169,7 +169,14 @@ class ImageFolderSink(_FileSink):
         if not self.space.ok(frame.index):
             return
         stem = Path(frame.name).stem if frame.name and "." in frame.name else f"frame{frame.index:06d}"
-        cv2.imwrite(str(self.path / f"{frame.index:06d}_{stem}.jpg"), annotated)
+        dst = self.path / f"{frame.index:06d}_{stem}.jpg"
+        try:
+            ok = cv2.imwrite(str(dst), annotated)
+        except cv2.error:
+            ok = False
+        if not ok:  # OpenCV reports a failed write only by its return value
+            raise EdgesegError(f"{dst}: cannot write the annotated image (folder not writable, or full); "
+                               "choose a folder you may write with --save")
 
     def close(self) -> None:
         pass

@@ -386,3 +386,25 @@ def open_source(spec: int | str, width: int | None = None, height: int | None = 
     if p.suffix.lower() in VIDEO_SUFFIXES or os.path.getsize(p) > 0:
         return VideoFile(p)
     raise EdgesegError(f"{p}: not an image or video")
+
+
+class Paced(Source):
+    """A file source delivered at its own frame rate, as a camera would (``--realtime``): a viewer
+    of ``--serve`` sees the video at its speed instead of as fast as the model runs."""
+
+    def __init__(self, source: Source, fps: float):
+        self.source, self.fps, self.live, self.name = source, fps, source.live, source.name
+
+    def __getattr__(self, name: str) -> Any:  # files, path, ... of the wrapped source
+        return getattr(self.source, name)
+
+    def __iter__(self) -> Iterator[Frame]:
+        start = time.monotonic()
+        for n, fr in enumerate(self.source):
+            wait = start + n / self.fps - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            yield fr
+
+    def close(self) -> None:
+        self.source.close()
