@@ -420,12 +420,6 @@ def _bench_matrix(model, targets, precisions, data, source, frames, json_out, th
     data = data or DEFAULT_DATA
     if not data.is_file():
         raise EdgesegError(f"{data}: no such dataset file; pass an Ultralytics dataset .yaml with --data")
-    sets = {}
-    for kv in option or []:
-        k, eq, v = kv.partition("=")
-        if not eq or not k:
-            raise EdgesegError(f"--option {kv}: expected KEY=VALUE, e.g. --option mixed_precision=true")
-        sets[k.strip()] = v.strip()
     precs = [p.strip() for p in precisions.split(",") if p.strip()]
     if not precs:
         raise EdgesegError(f"--precisions {precisions!r}: name at least one, e.g. int8,fp16,fp32")
@@ -439,7 +433,7 @@ def _bench_matrix(model, targets, precisions, data, source, frames, json_out, th
     if calib is not None and not Path(calib).exists() and not any(c in calib for c in "*?["):
         raise EdgesegError(f"--calib {calib}: no such file or folder; pass images, a video or a dataset .yaml")
     conv = {"calib": calib, "calib_images": calib_images, "imgsz": imgsz, "platform": platform,
-            "trust_model": trust_model, "options": {"keep_float": [], "set": sets}}
+            "trust_model": trust_model, "options": list(option or [])}
     rows = benchmark.run_matrix(model, names, precs, data, convert_options=conv, conf=conf, iou=iou, max_det=max_det,
                                 frames=frames, source=source, threads=[threads] if threads else None,
                                 build_envs=targets != "all", log=log)
