@@ -171,6 +171,7 @@ def test_disk_full_while_writing_the_bundle(tmp_path):
     assert not out.exists() and (not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()))
 
 
+@pytest.mark.toolchain  # Sony's MCT in its env
 def test_toolchain_failing_mid_way_leaves_no_bundle_and_keeps_its_log(tmp_path):
     """Sony's toolchain (real, in its env) is handed a model with an operator it cannot take: the
     worker fails after the env is up and MCT is loaded. One line points at the kept log."""

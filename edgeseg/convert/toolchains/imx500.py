@@ -120,6 +120,9 @@ class Imx500Toolchain(Toolchain):
         limits = prof.limits
         log_fn = job.log
         h, w = job.input.hw
+        if any(job.input.mean) or any(v != 1 for v in job.input.std):
+            raise EdgesegError(f"{job.imported.path}: on the Pi the IMX500 feeds the sensor's pixels straight into the "
+                               "network, so it cannot apply --mean/--std; put the normalisation inside the model")
         if max(h, w) > int(limits.get("max_imgsz", 640)):
             raise EdgesegError(f"the IMX500 takes inputs up to {limits.get('max_imgsz', 640)} px, this model is {w}x{h}; "
                                "convert with --imgsz 320 (or 640) from a model with a dynamic input")
