@@ -175,13 +175,13 @@ def aarch64(tmp_path_factory):
 
 def agreement(a: Path, b: Path) -> dict:
     """How far two ``--json`` files of the same frames agree: instances matched one to one (same
-    class, mask IoU >= 0.5, greedy by IoU), their mean mask IoU and largest box difference."""
+    class, mask IoU >= 0.5, greedy by IoU), their mean mask IoU, largest box and score differences."""
     from pycocotools import mask as rle
 
     fa, fb = ([json.loads(line) for line in p.read_text().splitlines()] for p in (a, b))
     assert [f["source"] for f in fa] == [f["source"] for f in fb], "the runs saw different frames"
     n_a = n_b = 0
-    ious, box_err = [], [0.0]
+    ious, box_err, score_err = [], [0.0], [0.0]
     for ra, rb in zip(fa, fb):
         ia, ib = ra["instances"], rb["instances"]
         n_a, n_b = n_a + len(ia), n_b + len(ib)
@@ -193,9 +193,10 @@ def agreement(a: Path, b: Path) -> dict:
             i, j = np.unravel_index(iou.argmax(), iou.shape)
             ious.append(float(iou[i, j]))
             box_err.append(float(np.abs(np.subtract(ia[i]["box"], ib[j]["box"])).max()))
+            score_err.append(abs(float(ia[i]["score"]) - float(ib[j]["score"])))
             iou[i, :], iou[:, j] = 0, 0
     return {"a": n_a, "b": n_b, "matched": len(ious), "mean_iou": float(np.mean(ious)) if ious else 0.0,
-            "max_box_px": max(box_err)}
+            "max_box_px": max(box_err), "max_score_diff": max(score_err)}
 
 
 def agreement_on_aarch64(aarch64, bundle: Path, tmp_path: Path, *options: str, frames: int = 10) -> dict:
@@ -210,8 +211,11 @@ def agreement_on_aarch64(aarch64, bundle: Path, tmp_path: Path, *options: str, f
 
 def assert_same_detections(a: dict) -> None:
     """Another CPU's kernels (their own rounding, fp16 or dot-product int8) may move a borderline
-    score across the threshold, never the picture: nine in ten instances matched, masks alike."""
-    assert a["b"] > 20 and a["matched"] >= 0.9 * max(a["a"], a["b"]) and a["mean_iou"] > 0.95, a
+    score across the threshold, never the picture. The README's figures (10 frames, every ARM
+    bundle): at most two instances of ~42 unmatched, boxes under 4 px apart, mean mask IoU >= 0.993.
+    Scores have no README figure: 0.1 is a few int8 steps of a logit near the threshold."""
+    assert a["b"] > 20 and max(a["a"], a["b"]) - a["matched"] <= 2, a
+    assert a["max_box_px"] < 4 and a["max_score_diff"] < 0.1 and a["mean_iou"] > 0.98, a
 
 
 def pytest_collection_modifyitems(config, items):

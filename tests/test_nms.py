@@ -5,6 +5,15 @@ from hypothesis import strategies as st
 from edgeseg.runtime.nms import box_iou, nms
 
 
+def scalar_iou(p, q):
+    """IoU of two xyxy boxes, one overlap per axis, in Python floats: not edgeseg's code."""
+    w = max(0.0, min(float(p[2]), float(q[2])) - max(float(p[0]), float(q[0])))
+    h = max(0.0, min(float(p[3]), float(q[3])) - max(float(p[1]), float(q[1])))
+    union = (float(p[2]) - float(p[0])) * (float(p[3]) - float(p[1])) + (float(q[2]) - float(q[0])) * (
+        float(q[3]) - float(q[1])) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
 def reference_nms(boxes, scores, classes, thr):
     """Plain greedy NMS, one class at a time, as torchvision.ops.batched_nms defines it."""
     keep = []
@@ -13,8 +22,27 @@ def reference_nms(boxes, scores, classes, thr):
         while idx:
             i = idx.pop(0)
             keep.append(i)
-            idx = [j for j in idx if box_iou(boxes[i:i + 1], boxes[j:j + 1])[0, 0] <= thr]
+            idx = [j for j in idx if scalar_iou(boxes[i], boxes[j]) <= thr]
     return sorted(keep, key=lambda i: (-scores[i], i))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(*[st.integers(0, 24)] * 4), min_size=1, max_size=6),
+       st.lists(st.tuples(*[st.integers(0, 24)] * 4), min_size=1, max_size=6))
+def test_box_iou_counts_the_shared_pixels(a, b):
+    """box_iou against brute force: integer boxes as sets of unit cells, IoU = shared / covered."""
+    def cells(x0, y0, x1, y1):
+        return {(x, y) for x in range(x0, x1) for y in range(y0, y1)}
+
+    a = [(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)) for x0, y0, x1, y1 in a]
+    b = [(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)) for x0, y0, x1, y1 in b]
+    got = box_iou(np.array(a, np.float32), np.array(b, np.float32))
+    for i, p in enumerate(a):
+        for j, q in enumerate(b):
+            cp, cq = cells(*p), cells(*q)
+            want = len(cp & cq) / len(cp | cq) if cp | cq else 0.0
+            assert abs(got[i, j] - want) < 1e-6, (p, q, got[i, j], want)
+            assert abs(scalar_iou(p, q) - want) < 1e-9  # the reference NMS's IoU, checked the same way
 
 
 @settings(max_examples=60, deadline=None)

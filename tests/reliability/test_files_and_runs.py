@@ -128,18 +128,36 @@ def test_jsonl_stays_valid_after_kill(tmp_path, fp32_bundle):
         json.loads(ln)
 
 
-def test_truncated_video_ends_cleanly(tmp_path, fp32_bundle):
-    vid = tmp_path / "v.mp4"
-    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 320))
+def _truncated_video(path: Path, fourcc: str) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, (320, 320))
     for f in sorted(VAL_IMAGES.iterdir())[:30]:
         w.write(cv2.imread(str(f)))
     w.release()
-    data = vid.read_bytes()
-    vid.write_bytes(data[: len(data) * 2 // 3])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def test_truncated_video_ends_cleanly(tmp_path, fp32_bundle):
+    # MP4 keeps its index (moov) at the end: cut short, the container cannot be opened at all
+    vid = _truncated_video(tmp_path / "v.mp4", "mp4v")
     r = cli("run", str(fp32_bundle.path), "--source", str(vid), "--json", str(tmp_path / "o.jsonl"))
-    # either the container is unreadable (one clear line) or the decodable frames are processed
-    assert r.returncode in (0, 2), r.stderr
-    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last == f"error: {vid}: cannot open this video (corrupt or codec missing); " \
+                                          "re-encode it as H.264 MP4", r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+    # AVI (MJPEG) is read frame by frame: every frame OpenCV still decodes is processed, then it ends
+    vid = _truncated_video(tmp_path / "v.avi", "MJPG")
+    cap = cv2.VideoCapture(str(vid))
+    decodable = 0
+    while cap.read()[0]:
+        decodable += 1
+    cap.release()
+    r = cli("run", str(fp32_bundle.path), "--source", str(vid), "--json", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    lines = [json.loads(ln) for ln in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert 10 < decodable < 30 and [x["frame"] for x in lines] == list(range(decodable)), (decodable, len(lines))
+    assert f"{decodable} frames in" in r.stdout
 
 
 def test_corrupt_image_in_a_folder_is_skipped_with_a_warning(tmp_path, fp32_bundle):
