@@ -81,7 +81,7 @@ def resolve_targets(spec: str, log: Callable[[str], None]) -> list[str]:
         else:
             how = row.get("toolchain_install") or row.get("runtime_install")
             log(f"bench: {t} left out of all: not installed here ({how})")
-    return out
+    return sorted(out, key=lambda t: (t != "onnxruntime", t in SIMULATED))  # the baseline first, simulators last
 
 
 def _env_ready(target: str) -> bool:
@@ -96,8 +96,9 @@ def _env_ready(target: str) -> bool:
 def run_matrix(model: Path, targets: list[str], precisions: list[str], data: Path, *, convert_options: dict[str, Any],
                conf: float = 0.25, iou: float = 0.7, max_det: int = 300, frames: int = 100,
                source: str | None = None, threads: list[int] | None = None, build_envs: bool = True,
-               log: Callable[[str], None] = print) -> list[dict]:
-    """Convert, time and score ``model`` for every target x precision; one dict per row (see ROW_KEYS)."""
+               log: Callable[[str], None] = print, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Convert, time and score ``model`` for every target x precision; one dict per row (see ROW_KEYS).
+    ``on_row(rows so far)`` after each row, e.g. to keep a JSON file current through a long run."""
     from .bundle import Bundle, sha256_file
     from .convert import convert
     from .profiles import load_profile
@@ -148,7 +149,9 @@ def run_matrix(model: Path, targets: list[str], precisions: list[str], data: Pat
         rows.append(row)
         log(f"{head}: " + (f"error: {row['error']}" if row.get("error") else _brief(row))
             + f" ({time.perf_counter() - t0:.0f} s)")
-    _drops(rows)
+        _drops(rows)
+        if on_row:
+            on_row(rows)
     return rows
 
 
@@ -241,7 +244,8 @@ COLUMNS = [("target", "target", "{}"), ("precision", "prec", "{}"), ("size_mb", 
            ("accuracy", "mAP50-95", "{:.4f}"), ("drop", "drop", "{:+.4f}"), ("fidelity", "fidelity", "{:.3f}"),
            ("preprocess_ms", "pre ms", "{:.2f}"), ("inference_ms", "infer ms", "{:.2f}"),
            ("decode_ms", "decode ms", "{:.2f}"), ("end_to_end_ms", "e2e ms", "{:.2f}"),
-           ("pipeline_fps", "FPS", "{:.1f}"), ("best_threads", "thr", "{}"), ("peak_rss_mb", "RSS MB", "{:.0f}")]
+           ("pipeline_fps", "FPS", "{:.1f}"), ("best_threads", "thr", "{}"), ("peak_rss_mb", "RSS MB", "{:.0f}"),
+           ("backend", "ran on", "{}")]
 
 
 def _cell(r: dict, key: str, fmt: str) -> str:
@@ -252,6 +256,8 @@ def _cell(r: dict, key: str, fmt: str) -> str:
     if v is None:
         timing = key.endswith("_ms") or key in ("pipeline_fps", "peak_rss_mb", "best_threads")
         return "sim" if timing and not r.get("timed") and not r.get("error") else "-"
+    if key == "backend" and r.get("backend") == r.get("target"):
+        return "-"  # the target's own runtime; named only when another ran (a CPU fallback, a replay)
     return fmt.format(v)
 
 
