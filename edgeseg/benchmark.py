@@ -108,13 +108,16 @@ def run_matrix(model: Path, targets: list[str], precisions: list[str], data: Pat
         raise EdgesegError(f"{model}: no such model file; pass a .onnx, .pt or TorchScript file, or a bundle folder")
     sha = sha256_file(model)
     pairs = []
+    if "onnxruntime" not in targets or "fp32" not in precisions:
+        # "drop" is against the source as exported, run in FP32 by ONNX Runtime: added when not asked for
+        pairs.append(("onnxruntime", "fp32"))
     for t in targets:
         prof = load_profile(t)
         offered = [p for p in precisions if p in prof.precisions]
         skipped = [p for p in precisions if p not in prof.precisions]
         if skipped:
             log(f"bench: {t} offers {', '.join(prof.precisions)}; {', '.join(skipped)} left out")
-        pairs += [(t, p) for p in offered]
+        pairs += [(t, p) for p in offered if (t, p) not in pairs]
     rows: list[dict] = []
     for i, (target, precision) in enumerate(pairs, 1):
         head = f"[{i}/{len(pairs)}] {target} {precision}"
