@@ -81,7 +81,7 @@ def resolve_targets(spec: str, log: Callable[[str], None]) -> list[str]:
         else:
             how = row.get("toolchain_install") or row.get("runtime_install")
             log(f"bench: {t} left out of all: not installed here ({how})")
-    return out
+    return sorted(out, key=lambda t: (t != "onnxruntime", t in SIMULATED))  # the baseline first, simulators last
 
 
 def _env_ready(target: str) -> bool:
@@ -96,8 +96,9 @@ def _env_ready(target: str) -> bool:
 def run_matrix(model: Path, targets: list[str], precisions: list[str], data: Path, *, convert_options: dict[str, Any],
                conf: float = 0.25, iou: float = 0.7, max_det: int = 300, frames: int = 100,
                source: str | None = None, threads: list[int] | None = None, build_envs: bool = True,
-               log: Callable[[str], None] = print) -> list[dict]:
-    """Convert, time and score ``model`` for every target x precision; one dict per row (see ROW_KEYS)."""
+               log: Callable[[str], None] = print, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Convert, time and score ``model`` for every target x precision; one dict per row (see ROW_KEYS).
+    ``on_row(rows so far)`` after each row, e.g. to keep a JSON file current through a long run."""
     from .bundle import Bundle, sha256_file
     from .convert import convert
     from .profiles import load_profile
@@ -107,13 +108,16 @@ def run_matrix(model: Path, targets: list[str], precisions: list[str], data: Pat
         raise EdgesegError(f"{model}: no such model file; pass a .onnx, .pt or TorchScript file, or a bundle folder")
     sha = sha256_file(model)
     pairs = []
+    if "onnxruntime" not in targets or "fp32" not in precisions:
+        # "drop" is against the source as exported, run in FP32 by ONNX Runtime: added when not asked for
+        pairs.append(("onnxruntime", "fp32"))
     for t in targets:
         prof = load_profile(t)
         offered = [p for p in precisions if p in prof.precisions]
         skipped = [p for p in precisions if p not in prof.precisions]
         if skipped:
             log(f"bench: {t} offers {', '.join(prof.precisions)}; {', '.join(skipped)} left out")
-        pairs += [(t, p) for p in offered]
+        pairs += [(t, p) for p in offered if (t, p) not in pairs]
     rows: list[dict] = []
     for i, (target, precision) in enumerate(pairs, 1):
         head = f"[{i}/{len(pairs)}] {target} {precision}"
@@ -148,7 +152,9 @@ def run_matrix(model: Path, targets: list[str], precisions: list[str], data: Pat
         rows.append(row)
         log(f"{head}: " + (f"error: {row['error']}" if row.get("error") else _brief(row))
             + f" ({time.perf_counter() - t0:.0f} s)")
-    _drops(rows)
+        _drops(rows)
+        if on_row:
+            on_row(rows)
     return rows
 
 
@@ -241,7 +247,8 @@ COLUMNS = [("target", "target", "{}"), ("precision", "prec", "{}"), ("size_mb", 
            ("accuracy", "mAP50-95", "{:.4f}"), ("drop", "drop", "{:+.4f}"), ("fidelity", "fidelity", "{:.3f}"),
            ("preprocess_ms", "pre ms", "{:.2f}"), ("inference_ms", "infer ms", "{:.2f}"),
            ("decode_ms", "decode ms", "{:.2f}"), ("end_to_end_ms", "e2e ms", "{:.2f}"),
-           ("pipeline_fps", "FPS", "{:.1f}"), ("best_threads", "thr", "{}"), ("peak_rss_mb", "RSS MB", "{:.0f}")]
+           ("pipeline_fps", "FPS", "{:.1f}"), ("best_threads", "thr", "{}"), ("peak_rss_mb", "RSS MB", "{:.0f}"),
+           ("backend", "ran on", "{}")]
 
 
 def _cell(r: dict, key: str, fmt: str) -> str:
@@ -252,6 +259,8 @@ def _cell(r: dict, key: str, fmt: str) -> str:
     if v is None:
         timing = key.endswith("_ms") or key in ("pipeline_fps", "peak_rss_mb", "best_threads")
         return "sim" if timing and not r.get("timed") and not r.get("error") else "-"
+    if key == "backend" and r.get("backend") == r.get("target"):
+        return "-"  # the target's own runtime; named only when another ran (a CPU fallback, a replay)
     return fmt.format(v)
 
 

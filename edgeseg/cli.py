@@ -434,15 +434,18 @@ def _bench_matrix(model, targets, precisions, data, source, frames, json_out, th
         raise EdgesegError(f"--calib {calib}: no such file or folder; pass images, a video or a dataset .yaml")
     conv = {"calib": calib, "calib_images": calib_images, "imgsz": imgsz, "platform": platform,
             "trust_model": trust_model, "options": list(option or [])}
+
+    def write_json(rows: list[dict]) -> None:  # after every row: a long run stopped early keeps its rows
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = json_out.with_name(json_out.name + ".part")
+            tmp.write_text(json.dumps(benchmark.json_rows(rows), indent=2))
+            os.replace(tmp, json_out)
+
     rows = benchmark.run_matrix(model, names, precs, data, convert_options=conv, conf=conf, iou=iou, max_det=max_det,
                                 frames=frames, source=source, threads=[threads] if threads else None,
-                                build_envs=targets != "all", log=log)
+                                build_envs=targets != "all", log=log, on_row=write_json)
     typer.echo(benchmark.table(rows))
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_out.with_name(json_out.name + ".part")
-        tmp.write_text(json.dumps(benchmark.json_rows(rows), indent=2))
-        os.replace(tmp, json_out)
     if plot and benchmark.plot(rows, plot, f"{model.name}, {data.stem}"):
         typer.echo(f"plot: {plot}", err=True)
 

@@ -1,4 +1,4 @@
-"""The concurrent run loop: capture | preprocess + inference | decode + sinks, with bounded queues.
+"""The concurrent run loop: capture (+ preprocess for files) | inference | decode + sinks, bounded queues.
 
 On a live source the capture stage never waits: when inference is behind, the oldest queued
 frame is dropped (and counted), so the sensor's buffer never fills and results stay fresh. On a
@@ -84,9 +84,13 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
                         with lock:
                             stats.dropped += 1
                 else:
+                    # every frame of a file is processed, so it is letterboxed here, overlapping the
+                    # inference of the one before: the inference stage then only infers (a live frame
+                    # may yet be dropped, and is letterboxed by the inference stage instead)
+                    item = (fr, *_timed(model.preprocess, fr.image)) if fr.outputs is None else fr
                     while not stop.is_set():
                         try:
-                            q_in.put(fr, timeout=0.1)
+                            q_in.put(item, timeout=0.1)
                             break
                         except queue.Full:
                             continue
@@ -104,18 +108,20 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
                     continue
                 if fr is _END or stop.is_set():
                     break
-                t0 = time.perf_counter()
+                pre_ms = 0.0
+                if isinstance(fr, tuple):  # letterboxed by the capture stage
+                    fr, (x, lb), pre_ms = fr
+                elif fr.outputs is None:
+                    (x, lb), pre_ms = _timed(model.preprocess, fr.image)
+                t1 = time.perf_counter()
                 if fr.outputs is not None:  # the camera ran the network (IMX500)
                     outs, lb = fr.outputs, fr.mapping
-                    t1 = t2 = t0
                 else:
-                    x, lb = model.preprocess(fr.image)
-                    t1 = time.perf_counter()
                     outs = model.infer(x)
-                    t2 = time.perf_counter()
+                t2 = time.perf_counter()
                 while not stop.is_set():
                     try:
-                        q_out.put((fr, lb, outs, (t1 - t0) * 1e3, (t2 - t1) * 1e3), timeout=0.1)
+                        q_out.put((fr, lb, outs, pre_ms, (t2 - t1) * 1e3), timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -174,6 +180,12 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
     if errors and stats.error is None:
         raise errors[0]
     return stats
+
+
+def _timed(fn: Callable, *a: object) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    out = fn(*a)
+    return out, (time.perf_counter() - t0) * 1e3
 
 
 def _put_end(q: queue.Queue, stop: threading.Event) -> None:
