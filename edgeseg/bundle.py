@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -26,6 +27,21 @@ FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 4 << 20
 
 ROLES = {"box_dfl", "cls_logits", "coef", "protos", "det", "logits", "labels"}
+
+
+def max_threads() -> int:
+    """The most runtime threads worth asking for here: more only costs memory (each has a stack
+    and scratch buffers), never speed."""
+    return min(256, 4 * (os.cpu_count() or 1))
+
+
+def check_threads(value: Any, where: str) -> None:
+    """``threads`` from a flag, a runtime option or a manifest: 0 (the runtime's default) up to
+    :func:`max_threads`."""
+    top = max_threads()
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        raise EdgesegError(f"{where}: threads {value!r} is outside 0..{top} (4 per CPU on this machine, at most 256); "
+                           "pass fewer threads")
 
 
 def sha256_file(path: Path) -> str:
@@ -106,7 +122,7 @@ class Manifest:
         if not d["outputs"]:
             raise bad("outputs is empty")
         for o in d["outputs"]:
-            if not isinstance(o, dict) or not isinstance(o.get("name"), str) or o.get("role") not in ROLES:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str) or str(o.get("role")) not in ROLES:
                 raise bad(f"output entry {str(o)[:80]} needs a name and a role in {sorted(ROLES)}")
             shape = o.get("shape")
             if shape is not None and (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)):
@@ -119,7 +135,65 @@ class Manifest:
         unknown = set(d) - known
         if unknown:
             raise bad(f"unknown fields {sorted(unknown)}")
+        _check_ranges(d, bad)
         return cls(**d)
+
+
+HEAD_TYPES = {"yolo-seg", "yolo26-seg", "semantic"}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_ranges(d: dict, bad: Any) -> None:
+    """What the type checks above leave open: sizes, ranges and cross-references, so that a
+    hostile or damaged manifest fails here in one line and not as a traceback in a runtime."""
+    head, inp = d["head"], d["input"]
+    if head["type"] not in HEAD_TYPES:
+        raise bad(f"head.type {head['type'][:40]!r} is not one of {sorted(HEAD_TYPES)}")
+    if len(d["names"]) > 100_000 or any(len(n) > 1000 for n in d["names"]):
+        raise bad("names: too many or too long")
+    nc = head.get("num_classes")
+    if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or not 0 < nc <= 100_000):
+        raise bad("head.num_classes must be a positive integer")
+    if head["type"] != "semantic" and isinstance(nc, int) and len(d["names"]) != nc:
+        raise bad(f"names has {len(d['names'])} entries but head.num_classes is {nc}")
+    for k in ("scale",):
+        if k in inp and (not _finite(inp[k]) or inp[k] <= 0):
+            raise bad(f"input.{k} must be a positive number")
+    for k in ("mean", "std"):
+        v = inp.get(k)
+        if v is not None and (not isinstance(v, list) or len(v) != 3 or not all(_finite(x) for x in v)
+                              or (k == "std" and any(x == 0 for x in v))):
+            raise bad(f"input.{k} must be three numbers" + (", none zero" if k == "std" else ""))
+    for k in ("layout", "dtype", "color", "name"):
+        if k in inp and not isinstance(inp[k], str):
+            raise bad(f"input.{k} must be a string")
+    if "letterbox" in inp and not isinstance(inp["letterbox"], (dict, bool, type(None))):
+        raise bad("input.letterbox must be an object")
+    if len(d["outputs"]) > 64 or len(d["files"]) > 10_000 or len(d["model_files"]) > 64:
+        raise bad("too many outputs or files for a model bundle")
+    for o in d["outputs"]:
+        shape = o.get("shape")
+        if shape is not None and (len(shape) > 8 or any(v > 1 << 24 for v in shape)):
+            raise bad(f"output '{o['name']}' has an implausible shape")
+        q = o.get("quant")
+        if q is not None and (not _finite(q["scale"]) or q["scale"] <= 0 or not -(1 << 31) <= q["zero_point"] < 1 << 31):
+            raise bad(f"output '{o['name']}' has invalid quantization parameters")
+    for f in d["model_files"]:
+        if not f or len(f) > 255 or f.startswith("/"):
+            raise bad(f"model file name {f[:40]!r} is not a file name inside the bundle")
+    if not all(isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v) for v in d["files"].values()):
+        raise bad("files must map names to SHA-256 hex digests")
+    ro = d.get("profile", {}).get("runtime_options", {})
+    if not isinstance(ro, dict):
+        raise bad("profile.runtime_options must be an object")
+    if "threads" in ro:
+        try:
+            check_threads(ro["threads"], "profile.runtime_options")
+        except EdgesegError as e:
+            raise bad(str(e).split(": ", 1)[1].split(";")[0]) from None
 
 
 def _inside(root: Path, rel: str, where: str) -> Path:
@@ -151,6 +225,9 @@ class Bundle:
             d = json.loads(mpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise EdgesegError(f"{mpath}: not valid JSON ({e}); rebuild the bundle with `edgeseg convert`") from None
+        except RecursionError:
+            raise EdgesegError(f"{mpath}: nested too deeply to be a manifest; rebuild the bundle with "
+                               "`edgeseg convert`") from None
         m = Manifest.from_dict(d, str(mpath))
         b = cls(root, m)
         for rel in m.model_files:
@@ -335,3 +412,26 @@ def refuse_inputs(output: str | os.PathLike, inputs: list[str | os.PathLike | No
             what = "is" if p == out else "holds"
             raise EdgesegError(f"{output}: {flag} {what} an input of this command ({i}); writing there would "
                                f"destroy it; choose another {flag}")
+
+
+def check_outputs(bundle: Bundle, outputs: dict[str, Any]) -> None:
+    """The model's outputs are the ones the manifest describes (names, element counts): else a
+    model file was replaced by another whose hash was written into the manifest."""
+    where = bundle.path / MANIFEST
+    for o in bundle.manifest.outputs:
+        got = outputs.get(o["name"])
+        if got is None:
+            raise EdgesegError(f"{where}: the model has no output '{o['name']}' (it has {sorted(outputs)[:8]}); "
+                               "the model file does not belong to this manifest: rebuild the bundle")
+        shape = o.get("shape")
+        size = getattr(got, "size", None)
+        if shape and size is not None and size != _product(shape):
+            raise EdgesegError(f"{where}: output '{o['name']}' has shape {list(getattr(got, 'shape', []))}, the manifest "
+                               f"says {shape}; the model file does not belong to this manifest: rebuild the bundle")
+
+
+def _product(shape: list[int]) -> int:
+    n = 1
+    for v in shape:
+        n *= v
+    return n

@@ -86,6 +86,10 @@ def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Option
     opts = parse_options(b, runtime_options or [])
     if threads is not None:
         opts["threads"] = threads
+    if "threads" in opts:
+        from .bundle import check_threads
+
+        check_threads(opts["threads"], "--threads")
     model = load(b, conf=conf, iou=iou, classes=classes, **opts)
     _closing.callback(model.close)
     return model
@@ -215,7 +219,7 @@ def run(
         os.dup2(2, 1)
     model = _load_model(bundle, conf, iou, classes, threads, runtime_option)
     spec = camera if camera is not None else source
-    if camera is not None and camera != "pi" and not camera.isdigit():
+    if camera is not None and camera != "pi" and not (camera.isascii() and camera.isdigit()):
         raise EdgesegError(f"--camera {camera}: expected a camera index (0, 1, ...) or 'pi'")
 
     def event(msg: str) -> None:

@@ -23,12 +23,21 @@ from .runtime.sources import read_image
 FIDELITY_CONF, FIDELITY_IOU = 0.25, 0.7  # Ultralytics' predict defaults: what a deployment runs with
 
 
+MAX_LABEL_BYTES = 64 << 20
+
+
 def read_polygons(label_file: Path, w: int, h: int) -> list[tuple[int, np.ndarray]]:
     """YOLO-seg labels: ``class x1 y1 x2 y2 ...`` normalised; returns (class, Nx2 pixel polygon)."""
     if not label_file.is_file():
         return []
     out = []
-    for ln, line in enumerate(label_file.read_text().splitlines(), 1):
+    if label_file.stat().st_size > MAX_LABEL_BYTES:
+        raise EdgesegError(f"{label_file}: larger than {MAX_LABEL_BYTES >> 20} MB, not a label file; fix the label")
+    try:
+        text = label_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EdgesegError(f"{label_file}: not UTF-8 text; a YOLO-seg label file holds numbers only") from None
+    for ln, line in enumerate(text.splitlines(), 1):
         vals = line.split()
         if not vals:
             continue
@@ -37,6 +46,10 @@ def read_polygons(label_file: Path, w: int, h: int) -> list[tuple[int, np.ndarra
             pts = np.array(vals[1:], dtype=np.float64).reshape(-1, 2)
         except ValueError:
             raise EdgesegError(f"{label_file}:{ln}: not a YOLO-seg label line (class x1 y1 x2 y2 ...); fix the label") from None
+        # normalised as Ultralytics requires: an absurd value would make a huge polygon (slow) or score 0
+        if cls < 0 or not np.isfinite(pts).all() or (pts.size and (pts.min() < 0 or pts.max() > 1)):
+            raise EdgesegError(f"{label_file}:{ln}: class must be >= 0 and coordinates finite and within 0..1 "
+                               "(normalised to the image size); fix the label")
         if len(pts) < 3:
             continue
         out.append((cls, pts * [w, h]))

@@ -223,3 +223,206 @@ def test_a_killed_conversion_leaves_nothing_the_next_one_does_not_remove(tmp_pat
     # (the dead conversion's lock file stays: the next conversion into "a" takes it over)
     assert sorted(q.name for q in parent.iterdir()) == sorted([".a.lock", "b", live.name, mine.name])
     assert list(tmpdir.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits: every resource a hostile input could exhaust is bounded
+
+def test_threads_are_capped_from_flag_option_and_manifest(fp32_bundle, tmp_path):
+    from edgeseg.bundle import Bundle, max_threads
+    from edgeseg.errors import EdgesegError
+
+    too_many = str(max_threads() + 1)
+    for args in (["--threads", too_many], ["-r", f"threads={too_many}"], ["--threads", "1000000000"]):
+        line = _one_line(cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES), "--max-frames", "1", *args))
+        assert "threads" in line and f"0..{max_threads()}" in line, line
+    b = tmp_path / "b"
+    shutil.copytree(fp32_bundle.path, b)
+    d = json.loads((b / "edgeseg.json").read_text())
+    d["profile"].setdefault("runtime_options", {})["threads"] = 10**9
+    (b / "edgeseg.json").write_text(json.dumps(d))
+    with pytest.raises(EdgesegError, match="threads"):
+        Bundle.load(b)
+
+
+def _png_bomb(path: Path, side: int) -> Path:
+    """A real PNG of side x side black gray pixels: a few hundred kB on disk, side**2 bytes decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.sources import read_image
+
+    bomb = _png_bomb(tmp_path / "small.png", 20000)
+    assert bomb.stat().st_size < 2_000_000
+    with pytest.raises(EdgesegError, match=r"20000x20000 pixels is larger than the limit.*EDGESEG_MAX_IMAGE_PIXELS"):
+        read_image(bomb)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".webp", ".gif", ".tif"])
+def test_pixel_limit_applies_to_every_format_and_can_be_changed(tmp_path, monkeypatch, suffix):
+    import cv2
+    import numpy as np
+
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.sources import image_size, read_image
+
+    img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+    p = tmp_path / f"x{suffix}"
+    if suffix == ".gif":
+        from PIL import Image
+
+        Image.fromarray(img).save(p)
+    else:
+        assert cv2.imwrite(str(p), img)
+    if suffix != ".tif":  # TIFF: no header reader here; the size is checked after decoding
+        assert image_size(p.read_bytes()[:65536]) == (53, 37)
+    monkeypatch.setenv("EDGESEG_MAX_IMAGE_PIXELS", str(53 * 37 - 1))
+    with pytest.raises(EdgesegError, match="53x37 pixels is larger than the limit"):
+        read_image(p)
+    monkeypatch.setenv("EDGESEG_MAX_IMAGE_PIXELS", str(53 * 37))
+    assert read_image(p).shape == (37, 53, 3)
+
+
+def _alias_bomb() -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\nval: images\nnames: *a9\n"
+
+
+@pytest.mark.parametrize("text,expect", [
+    (_alias_bomb(), "alias"),
+    ("path: 5\nval: images\n", "'path' must be a folder path"),
+    ("val: {a: 1}\n", "'val' must be a path"),
+    ("val: images\nnames: 7\n", "'names' must be"),
+    ("val: images\nnames: {x: a}\n", "'names' keys"),
+    ("val: images\nnc: -3\n", "'nc'"),
+    ("[1, 2]\n", "expected a mapping"),
+    ("val: [images, 3]\n", "'val' must be a path"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "dataset"),
+    (b"val: images\nnames: [caf\xe9]\n", "not UTF-8"),
+])
+def test_dataset_yaml_refusals_are_one_line(tmp_path, text, expect):
+    from edgeseg.data import load_dataset
+    from edgeseg.errors import EdgesegError
+
+    p = tmp_path / "d.yaml"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(EdgesegError) as e:
+        load_dataset(p)
+    assert expect in str(e.value) and "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_dataset_yaml_size_is_capped(tmp_path):
+    from edgeseg.data import MAX_YAML_BYTES, load_dataset
+    from edgeseg.errors import EdgesegError
+
+    p = tmp_path / "d.yaml"
+    p.write_text("val: images\nnames: [" + ", ".join(["x"] * (MAX_YAML_BYTES // 3)) + "]\n")
+    with pytest.raises(EdgesegError, match="too large for a dataset file"):
+        load_dataset(p)
+
+
+@pytest.mark.parametrize("label,expect", [
+    ("0 0.1 0.1 1e300 0.2 0.3 0.9", "within 0..1"),
+    ("0 0.1 0.1 nan 0.2 0.3 0.9", "within 0..1"),
+    ("0 0.1 0.1 -5 0.2 0.3 0.9", "within 0..1"),
+    ("-1 0.1 0.1 0.5 0.2 0.3 0.9", "class must be >= 0"),
+    ("0 0.1 0.1 0.5", "not a YOLO-seg label line"),
+    (b"0 0.1 0.1 0.5 0.2 0.3 0.9 \xff", "not UTF-8"),
+])
+def test_label_values_are_checked_naming_the_file(tmp_path, label, expect):
+    from edgeseg.errors import EdgesegError
+    from edgeseg.eval import read_polygons
+
+    p = tmp_path / "x.txt"
+    p.write_bytes(label if isinstance(label, bytes) else label.encode())
+    with pytest.raises(EdgesegError) as e:
+        read_polygons(p, 640, 480)
+    assert expect in str(e.value) and str(p) in str(e.value)
+
+
+def test_a_source_folder_reads_only_regular_files(fp32_bundle, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = sorted(VAL_IMAGES.iterdir())[:3]
+    for f in good:
+        shutil.copy(f, src / f.name)
+    os.mkfifo(src / "x.jpg")  # a read would block forever
+    (src / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (src / "loop.jpg").symlink_to(src / "loop.jpg")
+    (src / "zero.jpg").symlink_to("/dev/zero")  # a device never ends
+    r = cli("run", str(fp32_bundle.path), "--source", str(src), "--json", str(tmp_path / "r.jsonl"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 3
+    for name in ("x.jpg", "dangling.jpg", "loop.jpg", "zero.jpg"):
+        assert f"{name}: skipped" in r.stderr, (name, r.stderr)
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("index", ["99999999999999999999", "1024"])
+def test_an_absurd_camera_index_is_one_line(fp32_bundle, index):
+    line = _one_line(cli("run", str(fp32_bundle.path), "--camera", index))
+    assert "not a camera index" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# One line for every refusal: a damaged or hostile bundle
+
+def _tiny_identity(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 320, 320])
+    out = helper.make_tensor_value_info("something_else", TensorProto.FLOAT, [1, 3, 320, 320])
+    m = helper.make_model(helper.make_graph([helper.make_node("Identity", ["images"], ["something_else"])], "g",
+                                            [inp], [out]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(path))
+
+
+@pytest.mark.parametrize("damage,expect", [
+    ("unknown head type", "head.type"),
+    ("names count", "num_classes"),
+    ("quant scale nan", "quantization"),
+    ("std zero", "input.std"),
+    ("deep nesting", "nested too deeply"),
+    ("huge shape", "implausible shape"),
+    ("model swapped, hash rewritten", "does not belong to this manifest"),
+])
+def test_damaged_manifest_is_one_line_before_any_runtime_opens(fp32_bundle, tmp_path, damage, expect):
+    from edgeseg.bundle import sha256_file
+
+    b = tmp_path / "b"
+    shutil.copytree(fp32_bundle.path, b)
+    mp = b / "edgeseg.json"
+    d = json.loads(mp.read_text())
+    if damage == "unknown head type":
+        d["head"]["type"] = "yolo-pose"
+    elif damage == "names count":
+        d["names"] = d["names"][:1]
+    elif damage == "quant scale nan":
+        d["outputs"][0]["quant"] = {"scale": float("nan"), "zero_point": 0}
+    elif damage == "std zero":
+        d["input"]["std"] = [0, 1, 1]
+    elif damage == "huge shape":
+        d["outputs"][0]["shape"] = [1, 2**40]
+    elif damage == "model swapped, hash rewritten":
+        _tiny_identity(b / d["model_files"][0])
+        d["files"][d["model_files"][0]] = sha256_file(b / d["model_files"][0])
+    text = json.dumps(d) if damage != "deep nesting" else "[" * 100_000 + "]" * 100_000
+    mp.write_text(text)
+    line = _one_line(cli("run", str(b), "--source", str(VAL_IMAGES), "--max-frames", "1"))
+    assert expect in line, line

@@ -81,7 +81,13 @@ class Model:
         return preprocess(frame_bgr, self.input)
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.backend.run(x)
+        outs = self.backend.run(x)
+        if not getattr(self, "_outputs_checked", False):  # once: a model file swapped under a rewritten manifest
+            from ..bundle import check_outputs
+
+            check_outputs(self.bundle, outs)
+            self._outputs_checked = True
+        return outs
 
     def decode(self, outputs: dict[str, np.ndarray], lb: Letterbox) -> FrameResult:
         t = self.thresholds

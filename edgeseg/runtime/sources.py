@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..data import IMAGE_SUFFIXES
+from ..data import IMAGE_SUFFIXES, regular_files
 from ..errors import EdgesegError, ToolchainMissing
 from .preprocess import Letterbox
 
@@ -60,10 +60,87 @@ def quiet_opencv() -> Iterator[None]:
         set_(prev)
 
 
+MAX_PIXELS_ENV = "EDGESEG_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000  # a 50 Mpx photo decodes to 150 MB of BGR; a PNG bomb of 30000x30000 to 2.7 GB
+MAX_CAMERA_INDEX = 1023
+
+
+def max_image_pixels() -> int:
+    v = os.environ.get(MAX_PIXELS_ENV, "")
+    if not v:
+        return DEFAULT_MAX_PIXELS
+    if not v.isdigit() or int(v) < 1:
+        raise EdgesegError(f"{MAX_PIXELS_ENV}={v}: expected a positive number of pixels, e.g. 100000000")
+    return int(v)
+
+
+# OpenCV's own guard, for the formats the header reader below does not know (TIFF...): read once,
+# at its first decode, so set before any
+os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(max(DEFAULT_MAX_PIXELS, 1 << 30)))
+
+
+def image_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first bytes of a PNG, JPEG, BMP, GIF or WebP file, without decoding
+    it; None for other formats."""
+    import struct
+
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+    if head[:2] == b"BM" and len(head) >= 26:
+        w, h = struct.unpack("<ii", head[18:26])
+        return abs(w), abs(h)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        kind = head[12:16]
+        if kind == b"VP8X":
+            return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+        if kind == b"VP8L":
+            b = int.from_bytes(head[21:25], "little")
+            return 1 + (b & 0x3FFF), 1 + ((b >> 14) & 0x3FFF)
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<HH", head[26:30])
+            return w & 0x3FFF, h & 0x3FFF
+    if head[:2] == b"\xff\xd8":  # JPEG: walk the segments to the first start-of-frame
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = int.from_bytes(head[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", head[i + 5:i + 9])
+                return w, h
+            i += 2 + length
+    return None
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as 8-bit BGR whatever it was on disk (gray, 16-bit, alpha, CMYK JPEG)."""
+    """Read an image as 8-bit BGR whatever it was on disk (gray, 16-bit, alpha, CMYK JPEG).
+
+    Its size is read from the header first: an image larger than ``EDGESEG_MAX_IMAGE_PIXELS``
+    (50 Mpx by default) is refused before any memory is spent on decoding it."""
+    limit = max_image_pixels()
+    try:
+        with open(path, "rb") as f:  # a FIFO or device named x.jpg is refused by the caller's listing
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise EdgesegError(f"{path}: cannot read this image ({e.strerror}); check the file") from None
+    wh = image_size(head)
+    if wh is not None and wh[0] * wh[1] > limit:
+        raise EdgesegError(f"{path}: image of {wh[0]}x{wh[1]} pixels is larger than the limit of {limit} pixels; "
+                           f"shrink it, or raise the limit with {MAX_PIXELS_ENV}=N")
     data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile copes with non-ASCII paths on every OS
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # OpenCV's own size guard, and decoders that raise instead of returning None
+        img = None
+    if img is not None and img.shape[0] * img.shape[1] > limit:  # a format without a header reader here
+        raise EdgesegError(f"{path}: image of {img.shape[1]}x{img.shape[0]} pixels is larger than the limit of "
+                           f"{limit} pixels; shrink it, or raise the limit with {MAX_PIXELS_ENV}=N")
     if img is None:
         raise EdgesegError(f"{path}: cannot decode this image (corrupt or unsupported format); remove it or re-save as JPEG/PNG")
     return img
@@ -350,8 +427,11 @@ def on_raspberry_pi() -> bool:
 def open_source(spec: int | str, width: int | None = None, height: int | None = None, fps: float | None = None,
                 **kw: Any) -> Source:
     """Open ``spec``: camera index (int or digits), 'pi', URL, video file, image folder or glob."""
-    if isinstance(spec, str) and spec.isdigit():
+    if isinstance(spec, str) and spec.isascii() and spec.isdigit():
         spec = int(spec)
+    if isinstance(spec, int) and not 0 <= spec <= MAX_CAMERA_INDEX:
+        raise EdgesegError(f"camera {spec}: not a camera index (0..{MAX_CAMERA_INDEX}); see `ls /dev/video*`, "
+                           "or pass --source FILE_OR_URL")
     prefer_pi = kw.pop("prefer_pi", False)
     pi_kw = {k: v for k, v in kw.items() if k == "on_event"}
     if spec == "pi":
@@ -369,13 +449,14 @@ def open_source(spec: int | str, width: int | None = None, height: int | None = 
     if "://" in s:
         return LiveCapture(s, width, height, fps, **kw)
     if any(ch in s for ch in "*?["):
-        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        files = regular_files((Path(f) for f in glob.glob(s, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES),
+                              on_skip=kw.get("on_event"))
         if not files:
             raise EdgesegError(f"{s}: the pattern matches no images; check the glob")
         return ImageFolder(files, s)
     p = Path(s)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = regular_files((f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES), on_skip=kw.get("on_event"))
         if not files:
             raise EdgesegError(f"{p}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return ImageFolder(files, p.name)

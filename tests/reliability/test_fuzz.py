@@ -99,3 +99,94 @@ def test_valid_manifest_survives_field_mutations(int8_bundle):
                 Manifest.from_dict(d, "mutated")
             except EdgesegError as e:
                 assert "rebuild the bundle" in str(e)
+
+
+def _paths(d, prefix=()):
+    """Every (path, value) of a nested JSON value."""
+    yield prefix, d
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            yield from _paths(v, (*prefix, i))
+
+
+def _set(d, path, value):
+    d = json.loads(json.dumps(d))
+    cur = d
+    for k in path[:-1]:
+        cur = cur[k]
+    cur[path[-1]] = value
+    return d
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_manifest_nested_mutations_only_raise_edgeseg_errors(int8_bundle, data):
+    """Any field at any depth of a real manifest replaced by any JSON value: a manifest either
+    loads with the types a runtime relies on, or fails in one documented error."""
+    base = json.loads((int8_bundle.path / "edgeseg.json").read_text())
+    paths = [p for p, _ in _paths(base) if p]
+    path = data.draw(st.sampled_from(paths))
+    value = data.draw(json_values | st.sampled_from([-1, 0, 2**63, 1e308, float("nan"), "yolo-det", [None] * 3]))
+    d = _set(base, path, value)
+    try:
+        m = Manifest.from_dict(json.loads(json.dumps(d, allow_nan=True)), "fuzz.json")
+    except EdgesegError as e:
+        assert "\n" not in str(e)
+        return
+    # what loaded is usable: the fields a runtime reads have their types and ranges
+    assert m.head["type"] in ("yolo-seg", "yolo26-seg", "semantic") and 1 <= m.input_hw[0] <= 8192
+    for o in m.outputs:
+        q = o.get("quant")
+        assert q is None or (np.isfinite(q["scale"]) and q["scale"] > 0)
+
+
+def test_deeply_nested_manifest_is_one_line(tmp_path):
+    from edgeseg.bundle import Bundle
+
+    (tmp_path / "edgeseg.json").write_text("[" * 100_000 + "]" * 100_000)
+    try:
+        Bundle.load(tmp_path)
+    except EdgesegError as e:
+        assert "edgeseg.json" in str(e)
+    else:
+        raise AssertionError("loaded")
+
+
+yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**12), st.floats(allow_nan=True),
+                         st.text(max_size=20))
+yaml_values = st.recursive(yaml_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(
+    st.one_of(st.text(max_size=8), st.integers(-3, 5)), c, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["path", "train", "val", "test", "names", "nc", "download"]), yaml_values,
+                       max_size=6))
+def test_dataset_reader_only_raises_edgeseg_errors(tmp_path_factory, cfg):
+    import yaml
+
+    from edgeseg.data import load_dataset
+
+    p = tmp_path_factory.mktemp("ds") / "d.yaml"
+    p.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    try:
+        ds = load_dataset(p)
+    except EdgesegError as e:
+        assert "\n" not in str(e)
+        return
+    assert all(isinstance(n, str) for n in ds.names)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400))
+def test_dataset_reader_on_arbitrary_bytes(tmp_path_factory, raw):
+    from edgeseg.data import load_dataset
+
+    p = tmp_path_factory.mktemp("ds") / "d.yaml"
+    p.write_bytes(raw)
+    try:
+        load_dataset(p)
+    except EdgesegError as e:
+        assert "\n" not in str(e)
