@@ -49,7 +49,8 @@ def label_box(x1: float, y1: float, tw: int, th: int, pad: int, height: int, wid
     left = min(max(int(round(x1)), 0), width - bw)
     top = int(round(y1)) - bh
     if top < 0:  # no room above the box: inside its top edge
-        top = min(max(int(round(y1)), 0), height - bh)
+        top = max(int(round(y1)), 0)
+    top = min(top, height - bh)
     return left, top, left + bw - 1, top + bh - 1
 
 
