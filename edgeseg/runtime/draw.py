@@ -65,9 +65,11 @@ def draw_text(out: np.ndarray, text: str) -> np.ndarray:
 
 
 def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str | None = None,
-         inplace: bool = False, line_width_px: int | None = None, font_scale: float | None = None) -> np.ndarray:
+         inplace: bool = False, line_width_px: int | None = None, font_scale: float | None = None,
+         show_score: bool = True) -> np.ndarray:
     """Return ``frame`` with the result drawn on it (a copy unless ``inplace``). ``text`` (e.g. an
-    FPS figure) is written top-left; saved pictures leave it out."""
+    FPS figure) is written top-left; saved pictures leave it out. ``show_score=False`` labels
+    with the class name alone (ground truth)."""
     out = frame if inplace else frame.copy()
     h, w = out.shape[:2]
     lw = line_width_px or line_width(h, w)
@@ -94,7 +96,7 @@ def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str 
     pad = max(lw // 2, 1) + 1
     for inst in order:
         c = color(inst.class_id)
-        label = f"{inst.class_name} {inst.score:.2f}"
+        label = f"{inst.class_name} {inst.score:.2f}" if show_score else inst.class_name
         (tw, th), base = cv2.getTextSize(label, _FONT, fs, ft)
         left, top, right, bottom = label_box(inst.box[0] - lw / 2, inst.box[1] - lw / 2, tw, th + base, pad, h, w)
         cv2.rectangle(out, (left, top), (right, bottom), c, -1)
