@@ -307,7 +307,7 @@ def eval_cmd(
 
     model = _load_model(bundle, conf, iou, runtime_options=runtime_option)
     ref = _load_model(against, conf, iou) if against else None
-    r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=sys.stderr.isatty())
+    r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=True)
     flat = {k: v for k, v in r.items() if not isinstance(v, dict)}
     if "fidelity" in r:
         flat.update({f"fidelity_{k}": v for k, v in r["fidelity"].items()})

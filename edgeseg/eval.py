@@ -118,9 +118,9 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         raise EdgesegError(f"{data}: the val split has no images; check its 'path' and 'val' entries")
     semantic = model.manifest.head["type"] == "semantic"
     it: Any = images
-    if progress:
-        from rich.progress import track
-        it = track(images, description=f"eval ({len(images)} images)", transient=True)
+    if progress:  # a bar on a terminal, a line every few seconds in a log
+        from .progress import track
+        it = track(images, "eval")
     to_model = _class_map(ds.names, model.names, data, ids_if_unnamed=not semantic)
     gt: dict = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(model.names)]}
     gt_low: dict = {"images": [], "annotations": [], "categories": gt["categories"]}
