@@ -31,10 +31,8 @@ def track(items: Iterable[T], what: str, unit: str = "images", total: int | None
         return
     t0 = time.monotonic()
     last = t0
-    done = 0
-    for item in items:
+    for done, item in enumerate(items, 1):
         yield item
-        done += 1
         now = time.monotonic()
         if now - last >= every_s or done == n:
             last = now

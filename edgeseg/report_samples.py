@@ -65,7 +65,7 @@ def choose(scores: list[float], worst: int = WORST, spread: tuple[float, ...] = 
     rest = order[worst:]
     for q in spread:
         if rest:
-            i = rest[min(int(round(q * (len(rest) - 1))), len(rest) - 1)]
+            i = rest[min(round(q * (len(rest) - 1)), len(rest) - 1)]
             if i not in picked:
                 picked.append(i)
     return picked

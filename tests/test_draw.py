@@ -37,7 +37,7 @@ def test_a_label_at_the_right_edge_is_moved_inside_the_frame_whole():
     inst = _inst(2, 0.71, (w - 24, 100, w - 1, 140))
     out = draw(_frame(h, w), FrameResult(w, h, [inst], names=NAMES))
     c = color(2)
-    x0, y0, x1, y1 = _label_rect(out, c, slice(0, 100), slice(0, w))  # the label sits above the box
+    x0, _, x1, _ = _label_rect(out, c, slice(0, 100), slice(0, w))  # the label sits above the box
     import cv2
 
     lw = line_width(h, w)
@@ -50,7 +50,7 @@ def test_a_label_at_the_top_edge_goes_inside_the_box():
     h, w = 240, 320
     inst = _inst(0, 0.9, (50, 0, 150, 80))
     out = draw(_frame(h, w), FrameResult(w, h, [inst], names=NAMES))
-    x0, y0, x1, y1 = _label_rect(out, color(0), slice(2, 60), slice(52, 149))
+    _, y0, _, y1 = _label_rect(out, color(0), slice(2, 60), slice(52, 149))
     assert y0 >= 0 and y1 - y0 >= 8  # a label's height of fill below the top edge, not above the frame
 
 
@@ -72,7 +72,7 @@ def test_the_most_confident_label_is_drawn_on_top():
     hi, lo = _inst(0, 0.91, (100, 100, 200, 200), mask=True), _inst(3, 0.31, (100, 100, 200, 200), mask=True)
     for order in ([hi, lo], [lo, hi]):
         out = draw(_frame(h, w), FrameResult(w, h, order, names=NAMES))
-        x0, y0, x1, y1 = _label_rect(out, color(0), slice(60, 98), slice(90, 320))  # above the outline
+        x0, y0, _, y1 = _label_rect(out, color(0), slice(60, 98), slice(90, 320))  # above the outline
         # the corner of the label (padding, no text there) is the confident class's colour
         assert tuple(out[y0, x0]) == color(0) and tuple(out[y1, x0]) == color(0)
         assert not _fill_mask(out[60:100], color(3)).any()  # the 0.31 label is wholly under it

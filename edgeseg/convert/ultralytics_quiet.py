@@ -80,9 +80,8 @@ def quiet_ultralytics(workdir: Path) -> Iterator[Any]:
     logger = None
     level = None
     try:
-        from ultralytics import YOLO
-
         import ultralytics.utils as uu
+        from ultralytics import YOLO
         from ultralytics.utils import checks
 
         # in a process that imported Ultralytics before, the environment came too late: the

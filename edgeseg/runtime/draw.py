@@ -45,11 +45,12 @@ def label_box(x1: float, y1: float, tw: int, th: int, pad: int, height: int, wid
     """Where a label of text size (tw, th) goes for a box whose top-left corner is (x1, y1): on top
     of the box when there is room, else just inside it; moved left and clipped to stay inside the
     frame. Returns (left, top, right, bottom), all inside the frame."""
+    x1, y1 = float(x1), float(y1)  # round() of a numpy 1.x scalar stays a numpy float
     bw, bh = min(tw + 2 * pad, width), min(th + 2 * pad, height)
-    left = min(max(int(round(x1)), 0), width - bw)
-    top = int(round(y1)) - bh
+    left = min(max(round(x1), 0), width - bw)
+    top = round(y1) - bh
     if top < 0:  # no room above the box: inside its top edge
-        top = max(int(round(y1)), 0)
+        top = max(round(y1), 0)
     top = min(top, height - bh)
     return left, top, left + bw - 1, top + bh - 1
 
@@ -91,7 +92,7 @@ def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str 
             m = inst.mask[:roi.shape[0], :roi.shape[1]]
             roi[m] = (roi[m] * (1 - alpha) + np.array(color(inst.class_id)) * alpha).astype(np.uint8)
     for inst in order:
-        x1, y1, x2, y2 = (int(round(v)) for v in inst.box)
+        x1, y1, x2, y2 = np.rint(inst.box).astype(int).tolist()
         cv2.rectangle(out, (x1, y1), (x2, y2), color(inst.class_id), lw)
     pad = max(lw // 2, 1) + 1
     for inst in order:

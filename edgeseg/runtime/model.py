@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .decode import FrameResult, make_decoder
 from .preprocess import Letterbox, preprocess
 from .sources import Source
 
-Image = Union[np.ndarray, str, os.PathLike]  # a BGR frame, or an image file
+Image = np.ndarray | str | os.PathLike  # a BGR frame, or an image file
 
 
 @dataclass
