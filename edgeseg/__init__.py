@@ -39,7 +39,17 @@ class _NoOpenVinoTelemetryWithoutConsent(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _NoOpenVinoTelemetryWithoutConsent())
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "draw", "load"]
+
+
+def __getattr__(name: str) -> object:
+    # ``edgeseg.draw(frame, result)``: imported on first use, so ``import edgeseg`` stays free of
+    # OpenCV for a program that only converts
+    if name == "draw":
+        from .runtime.draw import draw
+
+        return draw
+    raise AttributeError(f"module 'edgeseg' has no attribute {name!r}")
 
 
 def load(bundle: str | os.PathLike | Bundle, *, conf: float = 0.25, iou: float = 0.7, classes: list[int | str] | None = None,

@@ -17,8 +17,22 @@ import typer
 
 from .errors import EdgesegError, ToolchainMissing
 
-app = typer.Typer(add_completion=False,
+app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Take a trained segmentation model to an edge device and run it on a live camera.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"edgeseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                         help="Print the version and exit.")) -> None:
+    """Take a trained segmentation model to an edge device and run it on a live camera."""
 
 from .defaults import DEFAULT_TARGET
 
@@ -75,12 +89,19 @@ def _default_bundle() -> Path:
     return p
 
 
+# files `convert` takes: given where a bundle folder is expected, the user skipped a step
+MODEL_SUFFIXES = {".onnx", ".pt", ".pth", ".torchscript"}
+
+
 def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Optional[list[str]] = None,
                 threads: Optional[int] = None, runtime_options: Optional[list[str]] = None):
     from . import load
     from .bundle import Bundle
     from .runtime.backends import parse_options
 
+    if bundle is not None and bundle.is_file() and bundle.suffix.lower() in MODEL_SUFFIXES:
+        raise EdgesegError(f"{bundle}: this is a model, not a bundle; convert it first with "
+                           f"`edgeseg convert {bundle} --target {DEFAULT_TARGET}`, then pass the folder it prints")
     # the bundle is read first: which KEY=VALUE pairs are valid, and their types, depend on its runtime
     b = Bundle.load(bundle or _default_bundle())
     opts = parse_options(b, runtime_options or [])
@@ -117,8 +138,8 @@ def convert(
     model: Optional[Path] = typer.Argument(None, help="Model file (.onnx, Ultralytics .pt, TorchScript); default: the bundled reference model."),
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target profile name (see `edgeseg doctor`)."),
     int8: bool = typer.Option(False, "--int8", help="INT8, calibrated (the target's default)."),
-    fp16: bool = typer.Option(False, "--fp16"),
-    fp32: bool = typer.Option(False, "--fp32"),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 weights, no calibration (about half the FP32 size)."),
+    fp32: bool = typer.Option(False, "--fp32", help="FP32, as trained: the reference for --against and fidelity."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Any precision the target offers, e.g. int8w (MNN weight-only)."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images, a video of the deployment scenes, or an Ultralytics dataset .yaml."),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="How many calibration images to sample."),
@@ -195,12 +216,13 @@ def run(
     fps: Optional[float] = typer.Option(None, "--fps", help="Camera frame rate."),
     fourcc: Optional[str] = typer.Option(None, "--fourcc", help="USB camera pixel format, e.g. MJPG (HD at full frame rate over USB 2) or YUYV."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's)."),
+    overlay_fps: bool = typer.Option(False, "--overlay-fps", help="Write the FPS figure on saved frames too "
+                                     "(it is always on --show and --serve)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
     """Stream frames through a bundle: camera, video, images or RTSP; show, save, serve to a browser or write JSON."""
     from .runtime.pipeline import run_pipeline
     from .runtime.sinks import JsonlSink, WindowSink, make_save_sink
-    from .runtime.sources import open_source
 
     if (camera is None) == (source is None):
         raise EdgesegError("pass exactly one of --camera N (or --camera pi) and --source PATH_OR_URL")
@@ -225,21 +247,16 @@ def run(
     def event(msg: str) -> None:
         typer.echo(f"\n{msg}", err=True)  # on its own line, past the live status line
 
-    sensor_camera = getattr(model.backend, "camera", None)  # a camera that runs the network itself (IMX500)
-    if sensor_camera is not None and camera is not None:
-        src = sensor_camera(model.bundle, width, height, fps,
-                            aspect=model.manifest.profile.get("runtime_options", {}).get("aspect", "preserve"),
-                            on_event=event)
-    else:
-        src = open_source(spec, width, height, fps, **({"prefer_pi": True} if camera == "0" else {}),
-                          **({"fourcc": fourcc} if fourcc and camera is not None else {}),
-                          **({"on_event": event} if camera is not None or "://" in str(spec) else {}))
-        if realtime and not src.live and 0 < getattr(src, "fps", 0) <= 1000:  # a video file
-            from .runtime.sources import Paced
+    # the same function opens the frames of Model.stream: a camera that runs the network itself
+    # (IMX500) for a camera spec, camera 0 is the Pi's camera when there is one, ...
+    src = model.open_source(spec, width, height, fps, fourcc=fourcc, on_event=event)
+    if realtime and not src.live and 0 < getattr(src, "fps", 0) <= 1000:  # a video file
+        from .runtime.sources import Paced
 
-            src = Paced(src, src.fps)
+        src = Paced(src, src.fps)
     _refuse_run_inputs(model, src, spec if camera is None else None, save, json_target if json_target is json_out else None)
-    sinks = []
+    sinks: list = []
+    live_views: list = []  # the sinks that show the FPS figure on the picture
     try:
         if save:
             files = getattr(src, "files", None)
@@ -249,11 +266,13 @@ def run(
             sinks.append(JsonlSink(json_target, src.name, on_event=event))
         if show:
             sinks.append(WindowSink())
+            live_views.append(sinks[-1])
         if serve:
             from .runtime.mjpeg import MjpegSink
 
             # a run that ends by itself keeps the page up, showing "run ended", until Ctrl-C
             sinks.append(MjpegSink(serve, token=serve_token, linger=max_frames is None and not src.live))
+            live_views.append(sinks[-1])
             typer.echo(f"streaming annotated frames at {sinks[-1].url} (/stream for the MJPEG itself)", err=True)
     except BaseException:
         for s in sinks:
@@ -263,10 +282,17 @@ def run(
 
     tty = sys.stderr.isatty()
     last = [0.0]
+    files = getattr(src, "files", None)
+    # nothing else reports what was found: one line per image, as Ultralytics prints them
+    per_image = not sinks and files is not None
 
     def status(st, fr, res) -> None:
         import time as _t
 
+        if per_image:
+            typer.echo(f"image {fr.index + 1}/{len(files)} {Path(fr.name).name} {res.width}x{res.height}: "
+                       f"{found(res)}, {sum(st.stage_ms[k][-1] for k in st.stage_ms):.1f} ms")
+            return
         now = _t.monotonic()
         if tty and now - last[0] > 0.5:
             last[0] = now
@@ -276,8 +302,9 @@ def run(
                                                           else f"classes {len(res.classes_present())}   "))
             sys.stderr.flush()
 
-    st = run_pipeline(model, src, sinks, annotate=bool(save or show or serve), max_frames=max_frames, on_frame=status)
-    if tty:
+    st = run_pipeline(model, src, sinks, annotate=bool(save or show or serve), max_frames=max_frames, on_frame=status,
+                      fps_overlay=sinks if overlay_fps else live_views)
+    if tty and not per_image:
         sys.stderr.write("\n")
     s = st.summary()
     typer.echo(f"{s['frames']} frames in {s['elapsed_s']} s: {s['fps']} FPS (pipelined), dropped {s['dropped']}; "
@@ -306,6 +333,19 @@ def _refuse_run_inputs(model, src, source: Optional[str], *outputs: Optional[Pat
                 raise
 
 
+def found(res) -> str:
+    """What one frame holds, in words: "2 circle, 1 star" (semantic: each class's share of it)."""
+    from collections import Counter
+
+    if res.label_map is not None:
+        total = res.label_map.size
+        parts = [f"{res.names[k] if k < len(res.names) else k} {100 * (res.label_map == k).sum() / total:.0f}%"
+                 for k in res.classes_present()]
+        return ", ".join(parts) or "no classes"
+    counts = Counter(i.class_name for i in res.instances)
+    return ", ".join(f"{n} {name}" for name, n in counts.most_common()) or "no objects"
+
+
 @app.command("eval")
 @friendly
 def eval_cmd(
@@ -315,7 +355,7 @@ def eval_cmd(
     against: Optional[Path] = typer.Option(None, "--against", help="FP32 bundle to measure fidelity against."),
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for a visual report (side-by-side, per-class AP)."),
     conf: float = typer.Option(0.001, "--conf", min=0.0, max=1.0, help="Confidence threshold (0.001 as Ultralytics' val)."),
-    iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0),
+    iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
@@ -330,7 +370,7 @@ def eval_cmd(
                       "--json")
     model = _load_model(bundle, conf, iou, runtime_options=runtime_option)
     ref = _load_model(against, conf, iou) if against else None
-    r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=sys.stderr.isatty())
+    r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=True)
     flat = {k: v for k, v in r.items() if not isinstance(v, dict)}
     if "fidelity" in r:
         flat.update({f"fidelity_{k}": v for k, v in r["fidelity"].items()})
@@ -341,8 +381,9 @@ def eval_cmd(
     typer.echo("  ".join(f"{k} {r[k]}" for k in keys if k in r) + f"  ({r['images']} images)")
     if "fidelity" in r:
         f = r["fidelity"]
-        typer.echo(f"fidelity vs {f['reference']}: " + (f"pixel agreement {f['pixel_agreement']}" if "pixel_agreement" in f
-                   else f"detections kept {f['detections_kept']}, mean mask IoU {f['mean_mask_iou']}"))
+        from .fidelity_verdict import verdict
+
+        typer.echo(f"fidelity vs {f['reference']}: {verdict(f, model.manifest.precision)}")
 
 
 @app.command()
@@ -491,12 +532,38 @@ def _usage_message(e: Exception) -> str:
     return f"no such option: {name}" + (f" (did you mean {' or '.join(near)}?)" if near else "")
 
 
+def command():
+    """The click command behind ``app``, its on/off flags shown without a value placeholder (typer
+    labels them ``<bool>`` as if they took one)."""
+    from typer.main import get_command
+
+    def fix(cmd) -> None:
+        for p in cmd.params:
+            if getattr(p, "is_flag", False):
+                p.metavar = ""
+        get_help = cmd.get_help_option
+
+        def get_help_option(ctx):
+            opt = get_help(ctx)
+            if opt is not None:
+                opt.metavar = ""
+            return opt
+
+        cmd.get_help_option = get_help_option
+        for sub in getattr(cmd, "commands", {}).values():
+            fix(sub)
+
+    cmd = get_command(app)
+    fix(cmd)
+    return cmd
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point. Usage errors (bad flag, value out of range) become the same one line as
     edgeseg's own errors, instead of a framed box that a log or a script has to parse."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        code = app(args=argv or ["--help"], prog_name="edgeseg", standalone_mode=False)
+        code = command().main(args=argv or ["--help"], prog_name="edgeseg", standalone_mode=False)
     except _ClickException as e:
         ctx = getattr(e, "ctx", None)
         commands = {c.name or c.callback.__name__ for c in app.registered_commands}

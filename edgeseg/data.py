@@ -132,6 +132,8 @@ def load_dataset(yaml_path: str | Path, split: str = "val") -> Dataset:
     """Read an Ultralytics dataset YAML and return the images of ``split`` (falling back to val/train)."""
     import yaml
 
+    if Path(yaml_path).is_dir():
+        return folder_dataset(yaml_path)
     yp = Path(yaml_path)
     if not yp.is_file():
         raise EdgesegError(f"{yp}: no such dataset file; pass an Ultralytics dataset .yaml")
@@ -168,3 +170,13 @@ def load_dataset(yaml_path: str | Path, split: str = "val") -> Dataset:
         else:
             images += list_images(ep)
     return Dataset(yp, sorted(images), _names(cfg.get("names")))
+
+
+def folder_dataset(folder: str | Path) -> Dataset:
+    """A dataset given as its images folder, as Ultralytics lays one out (``val/images`` with
+    ``val/labels`` beside it; or labels next to the images). Class ids are the model's own."""
+    images = list_images(folder)
+    if not images:
+        raise EdgesegError(f"{folder}: folder has no images; pass a val images folder (labels beside it, in "
+                           "../labels) or a dataset .yaml")
+    return Dataset(Path(folder), images, [])

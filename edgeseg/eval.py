@@ -17,6 +17,7 @@ import numpy as np
 
 from .data import load_dataset
 from .errors import EdgesegError
+from .report_samples import ReportSamples
 from .runtime.decode import FrameResult
 from .runtime.sources import read_image
 
@@ -130,9 +131,9 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         raise EdgesegError(f"{data}: the val split has no images; check its 'path' and 'val' entries")
     semantic = model.manifest.head["type"] == "semantic"
     it: Any = images
-    if progress:
-        from rich.progress import track
-        it = track(images, description=f"eval ({len(images)} images)", transient=True)
+    if progress:  # a bar on a terminal, a line every few seconds in a log
+        from .progress import track
+        it = track(images, "eval")
     to_model = _class_map(ds.names, model.names, data, ids_if_unnamed=not semantic)
     gt: dict = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(model.names)]}
     gt_low: dict = {"images": [], "annotations": [], "categories": gt["categories"]}
@@ -140,7 +141,7 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
     dets_low: list[dict] = []
     inter = union = None
     fid: dict[str, Any] = {"ref": 0, "test": 0, "matched": 0, "ious": [], "pixels": 0, "agree": 0}
-    samples = []
+    samples = ReportSamples(model, against) if report is not None else None  # which pictures the report shows
     missing_labels = 0
     for img_id, p in enumerate(it):
         frame = read_image(p)
@@ -153,6 +154,8 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         x, lb = model.preprocess(frame)
         outs = model.infer(x)
         res = model.decode(outs, lb)
+        if samples is not None:
+            samples.add(p, frame, [(_model_class(c, to_model, model.names, lf), q) for c, q in polys], outs, lb)
         if semantic:
             inter, union = _semantic_acc(res, polys, to_model, model.names, h, w, inter, union, lf)
             if against is not None:
@@ -160,8 +163,6 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
                 ref = against.decode(against.infer(xr), lbr)
                 fid["pixels"] += h * w
                 fid["agree"] += int((ref.label_map == res.label_map).sum())
-                if report is not None and len(samples) < 4:
-                    samples.append((p.name, frame, ref, res))
             continue
         lw, lh = _low_res(w, h, model)
         gt_low["images"].append({"id": img_id, "width": lw, "height": lh})
@@ -191,8 +192,6 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
             fid["test"] += len(dep.instances)
             fid["matched"] += len(pairs)
             fid["ious"] += [mask_iou(ref.instances[r], dep.instances[t], h, w) for r, t, _ in pairs]
-            if report is not None and len(samples) < 4 and dep.instances:
-                samples.append((p.name, frame, ref, dep))
     if missing_labels == len(images):
         raise EdgesegError(f"{data}: none of the {len(images)} val images has a label file "
                            f"(looked for e.g. {ds.label_path(images[0])}); check the dataset's labels/ folder")
@@ -272,8 +271,6 @@ def _semantic_acc(res: FrameResult, polys, to_model: list[int] | None, model_nam
 
 def write_report(folder: Path, metrics: dict, samples: list) -> None:
     """A folder a person would rather look at: side-by-side masks, per-class AP, per-role fidelity."""
-    from .runtime.draw import draw
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     lines = [f"# edgeseg eval: {metrics['bundle']}", "",
@@ -292,8 +289,9 @@ def write_report(folder: Path, metrics: dict, samples: list) -> None:
         lines += [f"| {r} | {cf['cosine'][r]} | {cf['cosine_min'][r]} | {cf['max_abs_error'][r]} |" for r in cf["cosine"]]
     if "fidelity" in metrics:
         lines += ["", "## Against the FP32 bundle", "", "```", json.dumps(metrics["fidelity"], indent=1), "```"]
-    for k, (name, frame, ref, res) in enumerate(samples):
-        pic = np.concatenate([draw(frame, ref, text="FP32"), draw(frame, res, text=metrics["precision"].upper())], 1)
+    if samples is not None:
+        lines += ["", "## Worst agreement first, then the median and the best", ""]
+    for k, (caption, pic, _) in enumerate(samples.pictures() if samples is not None else []):
         cv2.imwrite(str(folder / f"side_by_side_{k}.jpg"), pic)
-        lines += ["", f"![{name}](side_by_side_{k}.jpg)"]
+        lines += ["", caption, "", f"![{caption}](side_by_side_{k}.jpg)"]
     (folder / "report.md").write_text("\n".join(lines) + "\n")

@@ -102,6 +102,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                              tmp, input=model_input, settings=settings, keep_float=list(keep_float or []),
                              platform=platform,
                              simulate_images=simulate, log=log)
+            log(f"{profile.toolchain}: building the {precision} model"
+                + (f", calibrating on {len(cset.images)} images" if precision == "int8" and cset is not None else ""))
             res = toolchain.convert(job)
             spec.update(res.head)
             inp = {"name": imported.input_name,
@@ -122,15 +124,17 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             if res.log:
                 (tmp / "toolchain.log").write_text(res.log)
             if fidelity and cset is not None and cset.holdout:
+                log(f"measuring fidelity to FP32 on {len(cset.holdout)} held-back images")
                 manifest.fidelity.update(_fidelity(tmp, res.reference_onnx or fp32_path, manifest, toolchain, cset,
                                                    model_input))
                 write_manifest(tmp, manifest)
         bundle = Bundle.load(out_dir)
         f = bundle.manifest.fidelity
         if "cosine" in f:
-            log(f"fidelity on {f['images']} held-back images: cosine per role {f['cosine']}"
-                + (f", pixel agreement {f['pixel_agreement']}" if "pixel_agreement" in f else "")
-                + (f", detections kept {f.get('detections_kept')}, mask IoU {f.get('mean_mask_iou')}" if "matched" in f else ""))
+            from ..fidelity_verdict import verdict
+
+            log(f"fidelity on {f['images']} held-back images: {verdict(f, precision)} (cosine per role "
+                + ", ".join(f"{k} {v}" for k, v in f["cosine"].items()) + ")")
         return bundle
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -78,8 +78,8 @@ class CalibrationSet:
         paths = self.images if which == "images" else self.holdout
         it: object = paths
         if progress:
-            from rich.progress import track
-            it = track(paths, description=f"calibration ({len(paths)} images)", transient=True)
+            from ..progress import track
+            it = track(paths, "calibration" if which == "images" else "held-back images")
         for p in it:  # type: ignore[attr-defined]
             x, _ = preprocess(read_image(p), input_hw, layout, dtype)
             yield x

@@ -106,23 +106,26 @@ def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_m
     if not trust_model:
         raise EdgesegError(f"{path}: a .pt checkpoint is a pickle that can run code when loaded; pass --trust-model "
                            "if you trust where it came from, or export it to ONNX yourself")
-    try:
-        from ultralytics import YOLO
-    except ImportError:
-        raise ToolchainMissing(f"{path}: importing an Ultralytics .pt needs the ultralytics package (AGPL-3.0): "
-                               "pip install torch==2.14.1 torchvision==0.29.1 ultralytics, or export to ONNX "
-                               "with `yolo export format=onnx` and pass the .onnx") from None
+    from .ultralytics_quiet import ULTRALYTICS_INSTALL, quiet_ultralytics
+
     # Ultralytics writes the export next to the checkpoint: work on a copy so the user's folder
     # stays untouched.
     import shutil
 
     copy = workdir / path.name
     shutil.copyfile(path, copy)
-    model = YOLO(str(copy))
-    if imgsz is None:
-        args = getattr(model.model, "args", {}) or {}
-        imgsz = int(args.get("imgsz", 640)) if isinstance(args, dict) else 640
-    out = model.export(format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False)
+    try:
+        with quiet_ultralytics(workdir) as YOLO:  # noqa: N806 - Ultralytics' class name
+            model = YOLO(str(copy))
+            if imgsz is None:
+                args = getattr(model.model, "args", {}) or {}
+                imgsz = int(args.get("imgsz", 640)) if isinstance(args, dict) else 640
+            out = model.export(format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False)
+    except ImportError as e:
+        raise ToolchainMissing(f"{path}: importing an Ultralytics .pt needs the ultralytics package (AGPL-3.0)"
+                               + (f", which needs {e.name}" if e.name and not e.name.startswith("ultralytics") else "")
+                               + f": {ULTRALYTICS_INSTALL}; or export to ONNX with `yolo export format=onnx` and "
+                               "pass the .onnx") from None
     return Path(out)
 
 
@@ -135,7 +138,9 @@ def _export_torchscript(path: Path, imgsz: int | None, workdir: Path, trust_mode
     try:
         import torch
     except ImportError:
-        raise ToolchainMissing(f"{path}: importing TorchScript needs torch: pip install torch, "
+        from .ultralytics_quiet import TORCH_INSTALL
+
+        raise ToolchainMissing(f"{path}: importing TorchScript needs torch: {TORCH_INSTALL}, "
                                "or export the model to ONNX and pass the .onnx") from None
     extra = {"config.txt": ""}  # Ultralytics TorchScript exports carry their metadata in this extra file
     module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .decode import FrameResult
-from .draw import draw
+from .draw import draw, draw_text
 from .model import Model
 from .sinks import Sink
 from .sources import Frame, Source
@@ -64,9 +64,13 @@ def _put_latest(q: queue.Queue, item: object) -> bool:
 
 def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: bool = True,
                  max_frames: int | None = None, on_frame: Callable[[RunStats, Frame, FrameResult], None] | None = None,
-                 stop: threading.Event | None = None, queue_size: int = 2) -> RunStats:
+                 stop: threading.Event | None = None, queue_size: int = 2,
+                 fps_overlay: Collection[Sink] = ()) -> RunStats:
     """Run ``source`` through ``model`` into ``sinks`` until the source ends, ``stop`` is set or
-    ``max_frames`` frames are written. Ctrl-C stops cleanly; sinks are always closed."""
+    ``max_frames`` frames are written. Ctrl-C stops cleanly; sinks are always closed.
+
+    The sinks in ``fps_overlay`` (live views: a window, a browser) get the annotated frame with
+    the FPS figure written on it; the others (saved files) get it without."""
     stats = RunStats()
     stop = stop or threading.Event()
     q_in: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -153,9 +157,15 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
                 if len(stats.stage_ms[k]) > 4096:
                     del stats.stage_ms[k][:2048]
             stats.elapsed_s = time.perf_counter() - t_start
-            annotated = draw(fr.image, res, text=f"{stats.fps:.1f} FPS") if annotate else None
+            annotated = draw(fr.image, res) if annotate else None
+            with_fps = None
             for s in sinks:
-                s.write(fr, res, annotated)
+                if annotated is not None and s in fps_overlay:
+                    if with_fps is None:
+                        with_fps = draw_text(annotated.copy(), f"{stats.fps:.1f} FPS")
+                    s.write(fr, res, with_fps)
+                else:
+                    s.write(fr, res, annotated)
             if on_frame:
                 on_frame(stats, fr, res)
             if (max_frames and stats.frames >= max_frames) or any(getattr(s, "quit", False) for s in sinks):
