@@ -29,6 +29,7 @@ def test_int8_bundle_manifest(int8_bundle):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+@pytest.mark.slow  # one more INT8 conversion, for comparison only
 def test_unsplit_int8_loses_the_class_scores(int8_nosplit_bundle):
     f = int8_nosplit_bundle.manifest.fidelity
     assert f["cosine"]["cls"] < 0.5 and f["detections_kept"] < 0.2

@@ -20,6 +20,7 @@ def scores(fp32_bundle, int8_bundle, int8_nosplit_bundle):
     return out
 
 
+@pytest.mark.slow  # the full labeled set at conf 0.001
 def test_fp32_matches_ultralytics_figure(scores):
     s = scores["fp32"]
     assert s["images"] == 100
@@ -28,10 +29,12 @@ def test_fp32_matches_ultralytics_figure(scores):
     assert s["mask_map50_95_full_res"] < s["mask_map50_95"]  # full resolution is the stricter measure
 
 
+@pytest.mark.slow  # the full labeled set at conf 0.001
 def test_int8_within_a_hair_of_fp32(scores):
     assert scores["fp32"]["mask_map50_95"] - scores["int8"]["mask_map50_95"] <= 0.010, (scores["fp32"], scores["int8"])
 
 
+@pytest.mark.slow  # two conversions and two runs over the full labeled set
 def test_yolov8_fp32_and_int8_meet_the_same_goals(tmp_path):
     """The second reference architecture (YOLOv8's C2f head instead of YOLO11's C3k2 + attention)
     through the same import, split and ONNX Runtime INT8."""
@@ -44,6 +47,7 @@ def test_yolov8_fp32_and_int8_meet_the_same_goals(tmp_path):
     assert s["fp32"] - s["int8"] <= 0.010, s
 
 
+@pytest.mark.slow  # the full labeled set at conf 0.001
 def test_unsplit_int8_detects_nothing(scores):
     assert scores["nosplit"]["mask_map50_95"] < 0.05
 

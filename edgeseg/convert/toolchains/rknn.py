@@ -116,7 +116,7 @@ class RknnToolchain(Toolchain):
                      float_tail=[p[1] for p in spec.get("hybrid", [])])
         outputs = [dict(o, quant=None) for o in job.outputs]  # RKNNLite and the simulator return float32
         return ConvertResult([MODEL_FILE], outputs, q, {**res.get("versions", {}), "platform": platform},
-                             input={"layout": "nhwc", "dtype": "uint8", "scale": 1.0,
+                             input={"layout": "nhwc", "dtype": "uint8",
                                     "note": "scale, mean and std folded into the model"},
                              log=text)
 
