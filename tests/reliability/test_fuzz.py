@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,13 +90,23 @@ def test_manifest_parser_only_raises_edgeseg_errors(d):
         pass
 
 
-def test_valid_manifest_survives_field_mutations(int8_bundle):
-    base = json.loads((int8_bundle.path / "edgeseg.json").read_text())
-    Manifest.from_dict(base, "ok")
-    for k in list(base):
-        for bad in (None, 1, "x", [], {}):
-            d = dict(base, **{k: bad})
-            try:
-                Manifest.from_dict(d, "mutated")
-            except EdgesegError as e:
-                assert "rebuild the bundle" in str(e)
+# not wrong, so not in the cases below: an empty record of how the bundle was made, a free-form version
+# string, and format_version 1 (the version this edgeseg reads)
+NOT_BAD = {("source", "{}"), ("quantization", "{}"), ("toolchain", "{}"), ("fidelity", "{}"), ("profile", "{}"),
+           ("edgeseg_version", "'x'"), ("format_version", "1")}
+# accepted today; the manifest schema check (issue 23) refuses them. strict: once it does, drop the mark
+ACCEPTED_TODAY = {("target", "'x'"), ("precision", "'x'"), ("runtime", "'x'"), ("names", "[]"), ("files", "{}")}
+MUTATIONS = [pytest.param(k, bad, id=f"{k}={bad!r}", marks=[pytest.mark.xfail(
+                 strict=True, reason="issue 23: manifest schema check")] if (k, repr(bad)) in ACCEPTED_TODAY else [])
+             for k in Manifest.__dataclass_fields__ for bad in (None, 1, "x", [], {}) if (k, repr(bad)) not in NOT_BAD]
+
+
+def test_valid_manifest_is_accepted(int8_bundle):
+    Manifest.from_dict(json.loads((int8_bundle.path / "edgeseg.json").read_text()), "ok")
+
+
+@pytest.mark.parametrize("k,bad", MUTATIONS)
+def test_a_bad_manifest_value_is_refused(int8_bundle, k, bad):
+    d = dict(json.loads((int8_bundle.path / "edgeseg.json").read_text()), **{k: bad})
+    with pytest.raises(EdgesegError, match="rebuild the bundle"):
+        Manifest.from_dict(d, "mutated")
