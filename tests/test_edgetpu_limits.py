@@ -1,12 +1,17 @@
 """Coral's per-op limits, one case each way: the op view the predictor builds from the flatbuffer
 (options, input shapes, constant inputs, output shapes), checked without converting a model."""
 
+import json
 from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
-from edgeseg.convert.edgetpu import LIMITS
+from edgeseg.convert.edgetpu import EDGETPU_OPS, LIMITS
+
+# Coral's published table as data (source and revision inside), not edgeseg's predictor
+CORAL = json.loads((FIXTURES / "coral_edgetpu_supported_ops.json").read_text())
 
 
 def view(inputs, consts=None, outputs=None, **options):
@@ -49,3 +54,14 @@ def test_coral_limit(op, v, refused):
     why = LIMITS[op](v)
     assert bool(why) is refused, why
     assert why is None or isinstance(why, str)
+
+
+def test_every_op_in_corals_table_is_an_edgetpu_op():
+    listed = {r["builtin"] for r in CORAL["ops"]}
+    assert len(listed) == 28 and not listed - EDGETPU_OPS, sorted(listed - EDGETPU_OPS)
+
+
+@pytest.mark.parametrize("op", [r["builtin"] for r in CORAL["ops"] if "No fused activation function" in r["limitations"]])
+def test_ops_coral_lists_without_fused_activation(op):
+    assert LIMITS[op](view([[1, 8, 8, 16]] * 2, fusedActivationFunction=0)) is None
+    assert LIMITS[op](view([[1, 8, 8, 16]] * 2, fusedActivationFunction=1))  # RELU fused in: refused
