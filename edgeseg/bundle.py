@@ -140,6 +140,7 @@ class Manifest:
 
 
 HEAD_TYPES = {"yolo-seg", "yolo26-seg", "semantic"}
+PRECISIONS = {"int8", "int8w", "fp16", "fp32"}  # every precision a target profile offers
 
 
 def _finite(v: Any) -> bool:
@@ -154,6 +155,15 @@ def _check_ranges(d: dict, bad: Any) -> None:
         raise bad(f"head.type {head['type'][:40]!r} is not one of {sorted(HEAD_TYPES)}")
     if len(d["names"]) > 100_000 or any(len(n) > 1000 for n in d["names"]):
         raise bad("names: too many or too long")
+    if d["precision"] not in PRECISIONS:
+        raise bad(f"precision {d['precision'][:40]!r} is not one of {sorted(PRECISIONS)}")
+    from .runtime.backends import runtime_names  # here: that package imports this module
+
+    if d["runtime"] not in runtime_names():
+        raise bad(f"runtime {d['runtime'][:40]!r} is not one of {', '.join(runtime_names())}")
+    missing = [f for f in d["model_files"] if f not in d["files"]]
+    if missing:
+        raise bad(f"files has no digest for the model file {missing[0][:80]!r}")
     nc = head.get("num_classes")
     if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or not 0 < nc <= 100_000):
         raise bad("head.num_classes must be a positive integer")

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -190,3 +191,23 @@ def test_dataset_reader_on_arbitrary_bytes(tmp_path_factory, raw):
         load_dataset(p)
     except EdgesegError as e:
         assert "\n" not in str(e)
+
+
+# not wrong, so not in the cases below: an empty record of how the bundle was made, a free-form version
+# string, format_version 1 (the version this edgeseg reads), and a target's name (informational: a
+# plugin target may have any name; the runtime that opens the bundle is checked)
+NOT_BAD = {("target", "'x'"), ("source", "{}"), ("quantization", "{}"), ("toolchain", "{}"), ("fidelity", "{}"), ("profile", "{}"),
+           ("edgeseg_version", "'x'"), ("format_version", "1")}
+MUTATIONS = [pytest.param(k, bad, id=f"{k}={bad!r}")
+             for k in Manifest.__dataclass_fields__ for bad in (None, 1, "x", [], {}) if (k, repr(bad)) not in NOT_BAD]
+
+
+def test_valid_manifest_is_accepted(int8_bundle):
+    Manifest.from_dict(json.loads((int8_bundle.path / "edgeseg.json").read_text()), "ok")
+
+
+@pytest.mark.parametrize("k,bad", MUTATIONS)
+def test_a_bad_manifest_value_is_refused(int8_bundle, k, bad):
+    d = dict(json.loads((int8_bundle.path / "edgeseg.json").read_text()), **{k: bad})
+    with pytest.raises(EdgesegError, match="rebuild the bundle"):
+        Manifest.from_dict(d, "mutated")
