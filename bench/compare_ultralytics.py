@@ -5,6 +5,8 @@ Needs edgeseg[host] and ultralytics (AGPL-3.0, for this comparison only) in the 
     pip install torch==2.14.1 torchvision==0.29.1 ultralytics==8.4.190 -e ".[host]"
     edgeseg convert --fp32 --out bundles/ref_fp32 && edgeseg convert --int8 --out bundles/ref_int8
     python bench/compare_ultralytics.py bundles/ref_fp32 bundles/ref_int8 [--frames 200]
+    # 640 px / 80 classes (random weights, bench/make_random_yolo11n_seg.py):
+    python bench/compare_ultralytics.py B_FP32 B_INT8 --model random-yolo11n-seg-640.onnx --imgsz 640
 
 Ultralytics' figure is its own Results.speed (preprocess + inference + postprocess) for the same
 ONNX file, image and thresholds. A second section times decoding alone on dense frames (2x2
@@ -42,12 +44,14 @@ def main() -> None:
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX the bundles were converted from")
+    ap.add_argument("--imgsz", type=int, default=320)
     a = ap.parse_args()
     from ultralytics import YOLO
 
     files = sorted((ASSETS / "shapes" / "val" / "images").iterdir())
     images = [cv2.imread(str(f)) for f in files]
-    yolo = YOLO(str(DEFAULT_MODEL), task="segment")
+    yolo = YOLO(str(a.model), task="segment")
     # ONNX Runtime's default (spinning) thread pool, as in Ultralytics' own session: one frame at
     # a time, like for like. `edgeseg run` turns spinning off for the pipelined case.
     models = {str(b): Model.load(b, spin=True) for b in a.bundles}
@@ -56,7 +60,7 @@ def main() -> None:
     # Runners take turns in blocks of frames: machine noise then hits all of them alike, while
     # each block is long enough that one session's spinning threads do not slow the next.
     def run_ultralytics(img):
-        sp = yolo.predict(img, imgsz=320, conf=0.25, iou=0.7, verbose=False)[0].speed
+        sp = yolo.predict(img, imgsz=a.imgsz, conf=0.25, iou=0.7, verbose=False)[0].speed
         times["ultralytics"].append(sp["preprocess"] + sp["inference"] + sp["postprocess"])
         for s, k in (("pre", "preprocess"), ("inf", "inference"), ("post", "postprocess")):
             stages["ultralytics"][s].append(sp[k])
@@ -100,6 +104,9 @@ def main() -> None:
             n.append(len(res.instances))
         dec[name] = {"decode_ms_median": _med(d), "decode_ms_max": round(max(d), 2), "instances_max": max(n),
                      "instances_mean": round(float(np.mean(n)), 1)}
+    ul = rows["ultralytics"]["end_to_end_ms"]
+    print(f"{a.model.name} at {a.imgsz} px, {a.frames} frames; edgeseg end to end / Ultralytics': "
+          + ", ".join(f"{k} {r['end_to_end_ms'] / ul:.2f}" for k, r in rows.items() if k != "ultralytics"))
     print("| runner | end-to-end ms | preprocess | inference | postprocess/decode |")
     print("| --- | --- | --- | --- | --- |")
     for k, r in rows.items():
@@ -110,7 +117,8 @@ def main() -> None:
     for k, r in dec.items():
         print(f"| {k} | {r['decode_ms_median']} | {r['decode_ms_max']} | {r['instances_max']} | {r['instances_mean']} |")
     if a.json:
-        a.json.write_text(json.dumps({"per_frame": rows, "dense_decode": dec}, indent=2))
+        a.json.write_text(json.dumps({"model": str(a.model), "imgsz": a.imgsz, "per_frame": rows,
+                                      "dense_decode": dec}, indent=2))
 
 
 if __name__ == "__main__":
