@@ -189,12 +189,14 @@ def _check_ranges(d: dict, bad: Any) -> None:
         if shape is not None and (len(shape) > 8 or any(v > 1 << 24 for v in shape)):
             raise bad(f"output '{o['name']}' has an implausible shape")
         q = o.get("quant")
-        if q is not None and (not _finite(q["scale"]) or q["scale"] <= 0 or not -(1 << 31) <= q["zero_point"] < 1 << 31):
+        if q is not None and (not _finite(q["scale"]) or q["scale"] <= 0
+                              or not -(1 << 31) <= q["zero_point"] < 1 << 31):
             raise bad(f"output '{o['name']}' has invalid quantization parameters")
     for f in d["model_files"]:
         if not f or len(f) > 255 or f.startswith("/"):
             raise bad(f"model file name {f[:40]!r} is not a file name inside the bundle")
-    if not all(isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v) for v in d["files"].values()):
+    hexdigits = set("0123456789abcdef")
+    if not all(isinstance(v, str) and len(v) == 64 and set(v) <= hexdigits for v in d["files"].values()):
         raise bad("files must map names to SHA-256 hex digests")
     ro = d.get("profile", {}).get("runtime_options", {})
     if not isinstance(ro, dict):
@@ -256,7 +258,7 @@ class Bundle:
 
 PARTIAL_TAG = "edgeseg-partial"  # in the names of folders being built: ".NAME.edgeseg-partial-PID-XXXX"
 _PARTIAL_RE = re.compile(r"^\..+\." + PARTIAL_TAG + r"-(\d+)-[A-Za-z0-9_]+$")
-_WORK_RE = re.compile(r"^edgeseg-(?:convert|import)-(\d+)-[A-Za-z0-9_]+$")
+_WORK_RE = re.compile(r"^edgeseg-(?:convert|import|calib)-(\d+)-[A-Za-z0-9_]+$")
 # files a bundle holds beyond those its manifest hashes (written after the manifest)
 UNHASHED = {MANIFEST, "toolchain.log"}
 
@@ -436,8 +438,9 @@ def check_outputs(bundle: Bundle, outputs: dict[str, Any]) -> None:
         shape = o.get("shape")
         size = getattr(got, "size", None)
         if shape and size is not None and size != _product(shape):
-            raise EdgesegError(f"{where}: output '{o['name']}' has shape {list(getattr(got, 'shape', []))}, the manifest "
-                               f"says {shape}; the model file does not belong to this manifest: rebuild the bundle")
+            got_shape = list(getattr(got, "shape", []))
+            raise EdgesegError(f"{where}: output '{o['name']}' has shape {got_shape}, the manifest says {shape}; "
+                               "the model file does not belong to this manifest: rebuild the bundle")
 
 
 def _product(shape: list[int]) -> int:

@@ -254,7 +254,8 @@ def run(
         from .runtime.sources import Paced
 
         src = Paced(src, src.fps)
-    _refuse_run_inputs(model, src, spec if camera is None else None, save, json_target if json_target is json_out else None)
+    _refuse_run_inputs(model, src, spec if camera is None else None, save,
+                       json_target if json_target is json_out else None)
     sinks: list = []
     live_views: list = []  # the sinks that show the FPS figure on the picture
     try:

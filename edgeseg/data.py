@@ -112,7 +112,8 @@ def _check_dataset(cfg: dict, yp: Path) -> None:
         raise bad("path", "a folder path")
     for k in ("train", "val", "test"):
         v = cfg.get(k)
-        if v is not None and not isinstance(v, str) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        if v is not None and not isinstance(v, str) and not (isinstance(v, list)
+                                                             and all(isinstance(x, str) for x in v)):
             raise bad(k, "a path or a list of paths")
     names = cfg.get("names")
     if names is not None:

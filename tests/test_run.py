@@ -456,7 +456,8 @@ def test_run_serve_streams_annotated_frames_to_a_viewer(fp32_bundle, tmp_path):
         w.write(frames[i % len(frames)])
     w.release()
     p = subprocess.Popen([sys.executable, "-m", "edgeseg", "run", str(fp32_bundle.path), "--source", str(video),
-                          "--serve", "127.0.0.1:0", "--max-frames", "300", "--no-realtime"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--serve", "127.0.0.1:0", "--max-frames", "300", "--no-realtime"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stderr.readline()
         url = re.search(r"at (http://\S+/) ", line)

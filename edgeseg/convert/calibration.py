@@ -7,7 +7,6 @@ Kept apart from every quantizer (as onnxruntime separates its CalibrationDataRea
 from __future__ import annotations
 
 import shutil
-import tempfile
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,9 @@ class CalibrationSet:
             files = load_dataset(p, split="train").images
         elif p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():
             # a recording of the deployment scenes: evenly spaced frames, gone when the set is
-            frames_dir = Path(tempfile.mkdtemp(prefix="edgeseg-calib-"))
+            from ..bundle import work_dir
+
+            frames_dir = work_dir("calib")  # named so that a later conversion removes it after a kill -9
             try:
                 files = video_frames(p, n + holdout, frames_dir)
             except BaseException:

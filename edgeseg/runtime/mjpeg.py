@@ -170,7 +170,8 @@ class MjpegSink:
         wildcard = host in ("0.0.0.0", "")
         names = set(LOOPBACK_NAMES) | {host.lower()}
         if wildcard:
-            names |= {socket.gethostname().lower(), socket.getfqdn().lower(), f"{socket.gethostname().lower()}.local"}
+            # not getfqdn(): a reverse DNS lookup can stall the start for seconds on a board without DNS
+            names |= {socket.gethostname().lower(), f"{socket.gethostname().lower()}.local"}
         names |= {h.strip().lower() for h in (allowed_hosts or os.environ.get(HOSTS_ENV, "").split(",")) if h.strip()}
         self.allowed_hosts = names
         sink = self

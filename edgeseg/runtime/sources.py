@@ -449,14 +449,15 @@ def open_source(spec: int | str, width: int | None = None, height: int | None = 
     if "://" in s:
         return LiveCapture(s, width, height, fps, **kw)
     if any(ch in s for ch in "*?["):
-        files = regular_files((Path(f) for f in glob.glob(s, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES),
-                              on_skip=kw.get("on_event"))
+        matches = (Path(f) for f in glob.glob(s, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        files = regular_files(matches, on_skip=kw.get("on_event"))
         if not files:
             raise EdgesegError(f"{s}: the pattern matches no images; check the glob")
         return ImageFolder(files, s)
     p = Path(s)
     if p.is_dir():
-        files = regular_files((f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES), on_skip=kw.get("on_event"))
+        files = regular_files((f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES),
+                              on_skip=kw.get("on_event"))
         if not files:
             raise EdgesegError(f"{p}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return ImageFolder(files, p.name)
