@@ -19,11 +19,14 @@ $(VENV)/.host: pyproject.toml | $(BIN)/activate
 # The tests also train a small semantic model and import TorchScript (torch) and an Ultralytics
 # .pt checkpoint (ultralytics, AGPL, test-only). edgeseg itself never needs either on a device.
 # torch 2.14.1 + torchvision 0.29.1 is the pair that installs from this machine kind's local wheels.
-# Sony's IMX500 converter is a Java program (Java >= 17).
+# Sony's IMX500 converter is a Java program (Java >= 17). The MQTT tests start a real broker (Mosquitto).
 $(VENV)/.test: pyproject.toml | $(BIN)/activate
 	@command -v java >/dev/null 2>&1 || { echo "installing Java 17 for imxconv-pt"; \
 	  (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless) || \
 	  (sudo apt-get update -q && sudo apt-get install -y -q openjdk-17-jre-headless); }
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { echo "installing Mosquitto for the MQTT tests"; \
+	  (apt-get update -q && apt-get install -y -q mosquitto) || \
+	  (sudo apt-get update -q && sudo apt-get install -y -q mosquitto); }
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q -e ".[test]" "ultralytics==8.4.190"
 	touch $@

@@ -164,6 +164,13 @@ def run(
     fourcc: Optional[str] = typer.Option(None, "--fourcc", help="USB camera pixel format, e.g. MJPG (HD at full frame rate over USB 2) or YUYV."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
+    # tracking and publishing (edgeseg/runtime/track.py, events.py, mqtt.py)
+    track: bool = typer.Option(False, "--track", help="Give each object a track_id kept across frames (ByteTrack); events and counts in the record."),
+    line: Optional[str] = typer.Option(None, "--line", help="Count crossings of this line: x1,y1,x2,y2 (pixels, or 0..1 of the frame); implies --track."),
+    zone: Optional[str] = typer.Option(None, "--zone", help="Count entries into this polygon: x,y,x,y,x,y,...; implies --track."),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish records and events: mqtt[s]://[user:pass@]host[:port]/topic (or EDGESEG_MQTT_USERNAME/PASSWORD)."),
+    mqtt_events_only: bool = typer.Option(False, "--mqtt-events-only", help="Publish only events and counts, not each frame's record."),
+    mqtt_ha: bool = typer.Option(False, "--mqtt-ha", help="Announce a sensor per class count to Home Assistant (MQTT discovery)."),
 ) -> None:
     """Stream frames through a bundle: camera, video, images or RTSP; show, save, serve to a browser or write JSON."""
     from .runtime.pipeline import run_pipeline
@@ -176,6 +183,10 @@ def run(
         from .runtime.mjpeg import parse_address
 
         parse_address(serve)  # a typo is reported before the model loads
+    if line or zone or mqtt:
+        from .runtime.track import check_run_options
+
+        check_run_options(line, zone, mqtt)
     json_target: Path | TextIO | None = json_out
     if json_out is not None and str(json_out) == "-":
         # JSON lines on stdout for another program; everything else, including what native
@@ -201,7 +212,14 @@ def run(
                           **({"fourcc": fourcc} if fourcc and camera is not None else {}),
                           **({"on_event": event} if camera is not None or "://" in str(spec) else {}))
     sinks = []
+    tracking = None
     try:
+        if track or line or zone or mqtt:
+            from .runtime.track import run_extras
+
+            tracking, extra = run_extras(model, src, track=track, line=line, zone=zone, mqtt=mqtt,
+                                         events_only=mqtt_events_only, ha=mqtt_ha, on_event=event)
+            sinks += extra
         if save:
             files = getattr(src, "files", None)
             sinks.append(make_save_sink(save, getattr(src, "fps", 30.0), len(files) if files is not None else None,
@@ -236,7 +254,8 @@ def run(
                                                           else f"classes {len(res.classes_present())}   "))
             sys.stderr.flush()
 
-    st = run_pipeline(model, src, sinks, annotate=bool(save or show or serve), max_frames=max_frames, on_frame=status)
+    st = run_pipeline(model, src, sinks, annotate=bool(save or show or serve), max_frames=max_frames, on_frame=status,
+                      tracking=tracking)
     if tty:
         sys.stderr.write("\n")
     s = st.summary()

@@ -35,7 +35,7 @@ def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str 
         fg = shown[result.label_map]
         out[fg] = (out[fg] * (1 - alpha) + over[fg] * alpha).astype(np.uint8)
     for inst in result.instances:
-        c = color(inst.class_id)
+        c = color(inst.class_id if inst.track_id is None else inst.track_id)  # tracking: a colour per object
         if inst.mask is not None:
             h, w = inst.mask.shape
             roi = out[inst.mask_y:inst.mask_y + h, inst.mask_x:inst.mask_x + w]
@@ -43,7 +43,7 @@ def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str 
             roi[m] = (roi[m] * (1 - alpha) + np.array(c) * alpha).astype(np.uint8)
         x1, y1, x2, y2 = (int(round(v)) for v in inst.box)
         cv2.rectangle(out, (x1, y1), (x2, y2), c, 2)
-        label = f"{inst.class_name} {inst.score:.2f}"
+        label = ("" if inst.track_id is None else f"#{inst.track_id} ") + f"{inst.class_name} {inst.score:.2f}"
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
         ty = max(y1, th + 4)
         cv2.rectangle(out, (x1, ty - th - 4), (x1 + tw + 2, ty), c, -1)

@@ -98,8 +98,12 @@ class Model:
         self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         return res
 
-    def stream(self, source: str | int, **source_options: Any) -> Iterator[tuple[np.ndarray, FrameResult]]:
-        """Frames of ``source`` (camera index, video, folder, URL) with their results, in order."""
+    def stream(self, source: str | int, track: bool | dict = False,
+               **source_options: Any) -> Iterator[tuple[np.ndarray, FrameResult]]:
+        """Frames of ``source`` (camera index, video, folder, URL) with their results, in order.
+        ``track``: give each instance a ``track_id`` (a dict: tracker options, see track.py)."""
+        from contextlib import nullcontext
+
         from .sources import open_source
 
         sensor_camera = getattr(self.backend, "camera", None)  # the IMX500 runs the network in the camera
@@ -107,10 +111,25 @@ class Model:
             src = sensor_camera(self.bundle, **source_options)
         else:
             src = open_source(source, **source_options)
-        with src:
+        tracking = None
+        if track:
+            from .track import tracking_for
+
+            tracking = tracking_for(self, src, **(track if isinstance(track, dict) else {}))
+        with src, (tracking or nullcontext()):
             for item in src:
-                yield item.image, (self.decode(item.outputs, item.mapping) if item.outputs is not None
-                                   else self(item.image))
+                res = self.decode(item.outputs, item.mapping) if item.outputs is not None else self(item.image)
+                yield item.image, (tracking(item, res) if tracking else res)
+
+    def track(self, frame_or_source: np.ndarray | str | int, t: float | None = None, **options: Any) -> Any:
+        """Tracked results: a frame (BGR array) gives its FrameResult, tracked against the frames
+        of earlier calls (``t``: its capture time in seconds, default now; ``reset=True`` starts
+        over); a source gives ``stream(source, track=True)``."""
+        from .track import track_frame
+
+        if isinstance(frame_or_source, np.ndarray):
+            return track_frame(self, frame_or_source, t, **options)
+        return self.stream(frame_or_source, track=options or True)
 
     def close(self) -> None:
         self.backend.close()
