@@ -43,7 +43,7 @@ class Broker:
                 "user root" if os.geteuid() == 0 else "", f"log_dest file {folder}/mosquitto.log"]
         if password:
             pw = folder / "passwd"
-            subprocess.run([str(Path(MOSQUITTO).with_name("mosquitto_passwd")), "-b", "-c", str(pw), *password],
+            subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", "-c", str(pw), *password],
                            check=True, capture_output=True)
             pw.chmod(0o600)
             conf += ["allow_anonymous false", f"password_file {pw}"]
@@ -87,7 +87,7 @@ class Subscriber:
     def __init__(self, port: int, topic: str, auth: tuple[str, str] | None = None):
         self.messages: list[tuple[str, bytes, bool]] = []
         self.connects = 0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgeseg-test-{port}", clean_session=False)
         if auth:
             c.username_pw_set(*auth)

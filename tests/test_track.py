@@ -241,17 +241,13 @@ def test_tracking_cost_per_frame_is_measured():
 SHAPES = ["circle", "rectangle", "triangle", "star", "hexagon"]
 
 
-def _polygon(kind: str, c: np.ndarray, r: float, phase: float) -> np.ndarray:
-    if kind == "circle":
-        a = np.linspace(0, 2 * math.pi, 48, endpoint=False)
-        rr = np.full(48, r)
-    elif kind == "star":
-        a = np.linspace(0, 2 * math.pi, 10, endpoint=False) + phase
-        rr = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-    else:
-        n = {"rectangle": 4, "triangle": 3, "hexagon": 6}[kind]
-        a = np.linspace(0, 2 * math.pi, n, endpoint=False) + phase
-        rr = np.full(n, r)
+def _polygon(kind: str, c: np.ndarray, r: float) -> np.ndarray:
+    if kind == "rectangle":  # upright and wider than tall, as in the training scenes
+        return np.array([[c[0] - 1.3 * r, c[1] - 0.8 * r], [c[0] + 1.3 * r, c[1] - 0.8 * r],
+                         [c[0] + 1.3 * r, c[1] + 0.8 * r], [c[0] - 1.3 * r, c[1] + 0.8 * r]])
+    n = {"circle": 48, "triangle": 3, "star": 10, "hexagon": 6}[kind]
+    a = np.linspace(0, 2 * math.pi, n, endpoint=False) - math.pi / 2
+    rr = np.where(np.arange(n) % 2 == 0, r, r * 0.45) if kind == "star" else np.full(n, r)
     return np.stack([c[0] + rr * np.cos(a), c[1] + rr * np.sin(a)], axis=1)
 
 
@@ -272,7 +268,7 @@ def shapes_video(frames: int = 150, size=(480, 320), seed: int = 3):
         img = background.copy()
         objs = []
         for k, kind in enumerate(SHAPES):
-            poly = _polygon(kind, pos[k], r[k], 0.3 + 0.01 * f)
+            poly = _polygon(kind, pos[k], r[k])
             cv2.fillPoly(img, [poly.round().astype(np.int32)], colours[k], cv2.LINE_AA)
             objs.append((k, np.concatenate([poly.min(0), poly.max(0)])))
         out.append((img, objs))

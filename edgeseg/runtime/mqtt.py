@@ -75,7 +75,7 @@ def parse_url(url: str, env: dict[str, str] | None = None) -> BrokerUrl:
         raise EdgesegError(f"--mqtt {shown}: expected mqtt://[user:pass@]host[:port]/topic (or mqtts:// for TLS), "
                            "e.g. mqtt://192.168.1.10/edgeseg/cam1")
     topic = parts.path.strip("/") or "edgeseg"
-    if any(c in topic for c in "+#\0"):
+    if any(c in topic for c in "+#\0") or "#" in url:
         raise EdgesegError(f"--mqtt {shown}: a topic to publish on cannot hold the wildcards + or #")
     query = parse_qs(parts.query)
     ca = query.get("ca", [None])[0]

@@ -33,6 +33,7 @@ REF_PERIOD_S = 1 / 30  # ByteTrack's noise figures are per frame of a 30 FPS vid
 STD_POS, STD_VEL = 1 / 20, 1 / 160  # ByteTrack's, relative to the box size
 LOW_SCORE = 0.1  # ByteTrack's second-stage floor: what the decoder keeps while tracking
 AMBIGUOUS_IOU = 0.1  # a track whose predicted box meets two detections (or the reverse) asks the masks
+DUPLICATE_IOU = 0.7  # two boxes of different classes on one object (class-wise NMS keeps both): one track
 BUFFER = 0.3  # C-BIoU's box growth for matching (Yang et al., 2023): irregular motion, dropped frames
 
 
@@ -201,6 +202,7 @@ class Tracker:
         Returns (the instances of confirmed tracks, their ``track_id`` set, in their order;
         the ids confirmed now; (id, class name) of the tracks dropped now)."""
         self.frame += 1
+        instances = self._one_per_object(instances)
         self._predict(0.0 if self.t is None else t - self.t)
         self.t = t if self.t is None else max(self.t, t)  # a clock that steps back predicts nothing
         n = len(instances)
@@ -260,6 +262,32 @@ class Tracker:
         if drop.any():
             self._keep(~drop)
         return out, appeared, left
+
+    @staticmethod
+    def _one_per_object(instances: list[Instance]) -> list[Instance]:
+        """Class-wise NMS keeps two boxes of different classes on one object; tracking wants one.
+        The weaker goes when the boxes overlap by DUPLICATE_IOU and, if both have masks, the
+        masks too (two objects crossing share a box, not a mask)."""
+        if len(instances) < 2:
+            return instances
+        iou = box_iou(*(np.array([i.box for i in instances], dtype=np.float64),) * 2)
+        if not (np.triu(iou, 1) > DUPLICATE_IOU).any():
+            return instances
+        order = sorted(range(len(instances)), key=lambda k: -instances[k].score)
+        kept: list[int] = []
+        for k in order:
+            a = instances[k]
+            dup = False
+            for j in kept:
+                b = instances[j]
+                if iou[k, j] > DUPLICATE_IOU:
+                    if a.mask is None or b.mask is None or mask_iou(
+                            a.mask, a.mask_x, a.mask_y, a.area, b.mask, b.mask_x, b.mask_y, b.area) > DUPLICATE_IOU:
+                        dup = True
+                        break
+            if not dup:
+                kept.append(k)
+        return [instances[k] for k in sorted(kept)]
 
     def _add(self, inst: Instance, xywh: np.ndarray, confirmed: bool) -> None:
         size = self._scale(xywh)
