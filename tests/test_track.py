@@ -163,7 +163,7 @@ def test_short_occlusion_keeps_the_id_and_long_absence_reports_left():
     for f in range(30):
         visible = not 10 <= f < 14 and f < 20  # hidden 4 frames, gone for good at frame 20
         step = np.array([6.0, 0, 6, 0]) * f
-        out, appeared, left = tracker.update([Instance(0, "circle", 0.9, box + step)] if visible else [], f / 30)
+        out, _, left = tracker.update([Instance(0, "circle", 0.9, box + step)] if visible else [], f / 30)
         ids += [i.track_id for i in out]
         left_seen += left
     assert set(ids) == {1} and len(ids) == 20 - 4  # confirmed on frame 1, same id after the occlusion
@@ -338,3 +338,51 @@ def test_tracking_restores_the_threshold(fp32_model):
     assert fp32_model.thresholds.conf == 0.25
     res = FrameResult(10, 10, [])
     assert Tracking().update(res, 0.0).counts == {"tracks": 0, "classes": {}}
+
+
+def test_runs_without_lap_or_paho_until_asked(int8_bundle, tmp_path):
+    """lap and paho-mqtt are extras: a run without --track/--mqtt never imports them, and a run
+    with them says in one line which pip command adds them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.abc\n"
+            "class B(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, n, p, t=None):\n"
+            "        if n.split('.')[0] in ('lap', 'paho'): raise ImportError(n)\n"
+            "sys.meta_path.insert(0, B())\n"
+            "sys.argv = ['edgeseg', *sys.argv[1:]]\n"
+            "from edgeseg.cli import main; main()\n")
+    from conftest import VAL_IMAGES
+
+    base = ["run", str(int8_bundle.path), "--source", str(VAL_IMAGES), "--max-frames", "2"]
+    r = subprocess.run([sys.executable, "-c", code, *base], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    js = tmp_path / "r.jsonl"
+    r = subprocess.run([sys.executable, "-c", code, *base, "--track", "--json", str(js)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: tracking needs the lap package") and "pip install" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not js.exists()
+    r = subprocess.run([sys.executable, "-c", code, *base, "--mqtt", "mqtt://127.0.0.1:1/x"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: --mqtt needs paho-mqtt") and "[mqtt]" in r.stderr
+
+
+def test_serve_frame_json_carries_track_ids_and_counts():
+    """/frame.json of --serve is the --json record, so it has the track ids and counts too."""
+    import urllib.request
+
+    from edgeseg.runtime.mjpeg import MjpegSink
+    from edgeseg.runtime.sources import Frame
+
+    tracking = Tracking(line="0,0.5,1,0.5")
+    sink = MjpegSink("127.0.0.1:0")
+    try:
+        for f in range(6):
+            inst = Instance(1, "star", 0.9, np.array([20.0, 10 + 10 * f, 40, 30 + 10 * f]))  # centre y 20 .. 70
+            res = tracking.update(FrameResult(64, 128, [inst]), f / 30, f)
+            sink.write(Frame(f, np.zeros((128, 64, 3), np.uint8), 0.0, "cam"), res, np.zeros((128, 64, 3), np.uint8))
+        rec = json.loads(urllib.request.urlopen(sink.url + "frame.json", timeout=10).read())
+    finally:
+        sink.close()
+    assert rec["instances"][0]["track_id"] == 1 and rec["counts"]["line"]["in"] == 1
+    assert rec["frame"] == 5 and rec["events"][0]["event"] == "crossed"

@@ -142,7 +142,7 @@ class EventCounter:
         self._resolve(w, h)
         labels = []
         if self.line is not None:
-            a, b = (tuple(int(round(v)) for v in p) for p in self.line)
+            a, b = (tuple(round(float(v)) for v in p) for p in self.line)
             cv2.arrowedLine(img, a, b, (0, 255, 255), 2, cv2.LINE_AA, tipLength=0.02)
             labels.append(f"in {sum(v['in'] for v in self.line_counts.values())}  "
                           f"out {sum(v['out'] for v in self.line_counts.values())}")

@@ -144,7 +144,7 @@ class MqttSink:
         self._sender.start()
 
     # paho's callbacks (its network thread)
-    def _on_connect(self, client, userdata, flags, reason, properties) -> None:  # noqa: ANN001
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
             if self._refused != str(reason):
                 self._refused = str(reason)
@@ -161,7 +161,7 @@ class MqttSink:
             self._counts_sent = None  # the broker may have restarted without its retained messages
             self._cond.notify_all()
 
-    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:  # noqa: ANN001
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         with self._cond:
             was, self._connected = self._connected, False
             self._records_in_flight.clear()
@@ -170,7 +170,7 @@ class MqttSink:
             self.on_event(f"mqtt: lost {self.url.masked()} ({reason}); reconnecting, frame records are dropped "
                           "meanwhile, events wait")
 
-    def _on_publish(self, client, userdata, mid, reason, properties) -> None:  # noqa: ANN001
+    def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._cond:
             if mid == self._in_flight:
                 self._in_flight = None

@@ -113,8 +113,8 @@ class Tracker:
         self.v = np.zeros((0, 4))  # their rates, per second
         self.p = np.zeros((0, 4, 3))  # per coordinate: var(pos), cov(pos, vel), var(vel)
         self.obs = np.zeros((0, 4))  # the box last seen, x1y1x2y2
-        # mask, its x, y and area, the box centre then: for mask IoU where boxes overlap
-        self.masks: list[tuple[np.ndarray, int, int, int, float, float] | None] = []
+        # mask, its x and y, the box centre then: for mask IoU where boxes overlap
+        self.masks: list[tuple[np.ndarray, int, int, float, float] | None] = []
         self.class_names: list[str] = []
 
     def __len__(self) -> int:
@@ -152,22 +152,23 @@ class Tracker:
 
     def _similarity(self, rows: np.ndarray, det_boxes: np.ndarray, dets: list[Instance],
                     observed: bool = False) -> np.ndarray:
-        sim = box_iou((self.obs if observed else self.boxes())[rows], det_boxes, self.buffer)
+        track_boxes = (self.obs if observed else self.boxes())[rows]
+        sim = box_iou(track_boxes, det_boxes, self.buffer)
         if not self.use_masks or sim.size == 0:
             return sim
-        near = sim > AMBIGUOUS_IOU
+        near = box_iou(track_boxes, det_boxes) > AMBIGUOUS_IOU  # really overlapping, not by the buffer
         ambiguous = near & ((near.sum(1) > 1)[:, None] | (near.sum(0) > 1)[None, :])
         areas: dict[int, int] = {}
         for i, j in zip(*np.nonzero(ambiguous)):
             last, d = self.masks[rows[i]], dets[j]
             if last is None or d.mask is None:
                 continue
-            m, mx, my, area, cx, cy = last
+            m, mx, my, cx, cy = last
             if j not in areas:
                 areas[j] = int(np.count_nonzero(d.mask))
             # the last mask, moved by the predicted motion of the box centre
-            dx, dy = int(round(self.x[rows[i], 0] - cx)), int(round(self.x[rows[i], 1] - cy))
-            sim[i, j] = mask_iou(m, mx + dx, my + dy, area, d.mask, d.mask_x, d.mask_y, areas[j])
+            dx, dy = (0, 0) if observed else (round(self.x[rows[i], 0] - cx), round(self.x[rows[i], 1] - cy))
+            sim[i, j] = mask_iou(m, mx + dx, my + dy, int(np.count_nonzero(m)), d.mask, d.mask_x, d.mask_y, areas[j])
         return sim
 
     def _match(self, rows: np.ndarray, cols: np.ndarray, dets: list[Instance], boxes: np.ndarray,
@@ -232,7 +233,7 @@ class Tracker:
         self._take(matched, instances, xywh)
         self.state[[r for r, _ in matched]] = TRACKED
         # 3. what is left of the confident ones against the tracks still waiting for confirmation
-        pairs, dead, rest_high = self._match(tentative, rest_high, instances, boxes, scores, self.new_match_cost, True)
+        pairs, _, rest_high = self._match(tentative, rest_high, instances, boxes, scores, self.new_match_cost, True)
         self._take(pairs, instances, xywh)
         matched += pairs
         appeared = []
@@ -277,15 +278,10 @@ class Tracker:
         kept: list[int] = []
         for k in order:
             a = instances[k]
-            dup = False
-            for j in kept:
-                b = instances[j]
-                if iou[k, j] > DUPLICATE_IOU:
-                    if a.mask is None or b.mask is None or mask_iou(
-                            a.mask, a.mask_x, a.mask_y, a.area, b.mask, b.mask_x, b.mask_y, b.area) > DUPLICATE_IOU:
-                        dup = True
-                        break
-            if not dup:
+            if not any(iou[k, j] > DUPLICATE_IOU and (
+                    a.mask is None or (b := instances[j]).mask is None
+                    or mask_iou(a.mask, a.mask_x, a.mask_y, a.area, b.mask, b.mask_x, b.mask_y, b.area) > DUPLICATE_IOU)
+                       for j in kept):
                 kept.append(k)
         return [instances[k] for k in sorted(kept)]
 
@@ -308,7 +304,7 @@ class Tracker:
     def _mask_of(inst: Instance, xywh: np.ndarray) -> tuple | None:
         if inst.mask is None:
             return None
-        return inst.mask, inst.mask_x, inst.mask_y, int(np.count_nonzero(inst.mask)), float(xywh[0]), float(xywh[1])
+        return inst.mask, inst.mask_x, inst.mask_y, float(xywh[0]), float(xywh[1])
 
     def _keep(self, keep: np.ndarray) -> None:
         for k in ("ids", "state", "hits", "seen", "x", "v", "p", "obs"):
@@ -338,6 +334,7 @@ class Tracking:
         self.trails: dict[int, deque[tuple[int, int]]] = {}
         self._restore: tuple[Any, float] | None = None
         self.last_ms = 0.0
+        self.options: dict = {}  # what model.track(frame, **options) built this with
 
     def __call__(self, frame: Frame, result: FrameResult) -> FrameResult:
         t = frame.time if self.fps is None else frame.index / self.fps
@@ -411,11 +408,10 @@ def track_frame(model: Model, frame: np.ndarray, t: float | None = None, reset: 
     """``model.track(frame)``: one frame, tracked against the frames of the previous calls.
     ``t``: its capture time in seconds (default: now); ``reset``: forget the previous frames."""
     tracking: Tracking | None = getattr(model, "_tracking", None)
-    if tracking is None or reset or options:
-        if tracking is not None:
-            tracking.close()
+    if tracking is None or reset or options != tracking.options:
         tracking = tracking_for(model, None, **options)
         tracking.close()  # the model keeps the user's threshold between calls; lowered per call below
+        tracking.options = options
         model._tracking = tracking  # type: ignore[attr-defined]
     conf = model.thresholds.conf
     model.thresholds.conf = min(conf, tracking.tracker.low)
