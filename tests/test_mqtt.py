@@ -37,10 +37,10 @@ class Broker:
     """A Mosquitto process on 127.0.0.1 with its own config and persistence folder (so a
     subscriber's session and its queued messages survive a restart, as on a real install)."""
 
-    def __init__(self, folder: Path, password: tuple[str, str] | None = None):
+    def __init__(self, folder: Path, password: tuple[str, str] | None = None, tls: list[str] | None = None):
         self.folder, self.port = folder, free_port()
         conf = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {folder}/",
-                "user root" if os.geteuid() == 0 else "", f"log_dest file {folder}/mosquitto.log"]
+                "user root" if os.geteuid() == 0 else "", f"log_dest file {folder}/mosquitto.log", *(tls or [])]
         if password:
             pw = folder / "passwd"
             subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", "-c", str(pw), *password],
@@ -261,3 +261,42 @@ def test_run_publishes_the_same_events_as_the_json_record(int8_bundle, broker, t
     assert {"circle count", "star count", "line in", "line out"} <= set(names)
     assert all(c["state_topic"] == "edgeseg/cam/counts" for c in configs.values())
     sub.close()
+
+
+def test_mqtts_verifies_the_broker_with_the_given_ca(tmp_path):
+    """mqtts:// with ?ca=: TLS to a broker whose certificate a private CA signed; without the CA
+    the connection is refused and the run says so once."""
+    from edgeseg.runtime.mqtt import MqttSink
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make test certificates")
+
+    def ssl(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=tmp_path)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=edgeseg test CA")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.pem", "-days", "1", "-extfile", "ext.cnf")
+    b = Broker(tmp_path, tls=[f"cafile {tmp_path / 'ca.pem'}", f"certfile {tmp_path / 'server.pem'}",
+                              f"keyfile {tmp_path / 'server.key'}"])
+    b.start()
+    try:
+        said: list[str] = []
+        sink = MqttSink(f"mqtts://localhost:{b.port}/tls?ca={tmp_path / 'ca.pem'}", on_event=said.append)
+        f, r = frame_with_events(0, 2)
+        sink.write(f, r, None)
+        assert sink.flush(10) and sink.stats["events_sent"] == 2
+        sink.close()
+        untrusted: list[str] = []
+        sink = MqttSink(f"mqtts://localhost:{b.port}/tls", reconnect=(0.2, 0.5), on_event=untrusted.append)
+        deadline = time.monotonic() + 10
+        while not untrusted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sink.close(timeout=1)
+        assert untrusted and "cannot connect to mqtts://localhost" in untrusted[0] and len(untrusted) == 1, untrusted
+    finally:
+        b.stop()

@@ -133,6 +133,7 @@ class MqttSink:
             c.tls_set(ca_certs=self.url.ca)  # the system's CAs unless ?ca= names the broker's own
         c.reconnect_delay_set(min_delay=reconnect[0], max_delay=reconnect[1])  # doubles after each failure
         c.on_connect, c.on_disconnect, c.on_publish = self._on_connect, self._on_disconnect, self._on_publish
+        c.on_connect_fail = self._on_connect_fail
         c.max_queued_messages_set(0)
         self.client = c
         try:
@@ -160,6 +161,12 @@ class MqttSink:
             self._connected = self._was_connected = True
             self._counts_sent = None  # the broker may have restarted without its retained messages
             self._cond.notify_all()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if self._refused != "unreachable":  # once until it connects, not at every retry
+            self._refused = "unreachable"
+            self.on_event(f"mqtt: cannot connect to {self.url.masked()} (nothing listening there, an unknown name, "
+                          "or TLS refused: check ?ca=); retrying with back-off")
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         with self._cond:
