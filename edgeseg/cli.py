@@ -169,8 +169,8 @@ def run(
     line: Optional[str] = typer.Option(None, "--line", help="Count crossings of this line: x1,y1,x2,y2 (pixels, or 0..1 of the frame); implies --track."),
     zone: Optional[str] = typer.Option(None, "--zone", help="Count entries into this polygon: x,y,x,y,x,y,...; implies --track."),
     mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish records and events: mqtt[s]://[user:pass@]host[:port]/topic (or EDGESEG_MQTT_USERNAME/PASSWORD)."),
-    mqtt_events_only: bool = typer.Option(False, "--mqtt-events-only", help="Publish only events and counts, not each frame's record."),
-    mqtt_ha: bool = typer.Option(False, "--mqtt-ha", help="Announce a sensor per class count to Home Assistant (MQTT discovery)."),
+    mqtt_events_only: bool = typer.Option(False, "--mqtt-events-only", help="Publish only events and counts, not each frame's record; implies --track."),
+    mqtt_ha: bool = typer.Option(False, "--mqtt-ha", help="Announce a sensor per class count to Home Assistant (MQTT discovery); implies --track."),
 ) -> None:
     """Stream frames through a bundle: camera, video, images or RTSP; show, save, serve to a browser or write JSON."""
     from .runtime.pipeline import run_pipeline
@@ -261,7 +261,7 @@ def run(
     s = st.summary()
     typer.echo(f"{s['frames']} frames in {s['elapsed_s']} s: {s['fps']} FPS (pipelined), dropped {s['dropped']}; "
                f"median preprocess {s['preprocess_ms']} ms, inference {s['inference_ms']} ms, decode {s['decode_ms']} ms"
-               + (f"; saved {save}" if save else "") + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}" if json_out else ""))
+               + (f"; {tracking.summary()}" if tracking else "") + (f"; saved {save}" if save else "") + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}" if json_out else ""))
     if st.error == "interrupted":
         raise typer.Exit(130)
 

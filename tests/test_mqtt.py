@@ -184,6 +184,20 @@ def test_broker_restart_loses_no_event_and_drops_frame_records(broker):
     sub.close()
 
 
+def test_events_wait_in_a_bounded_queue_while_no_broker_is_there():
+    """Nothing listens on the port: frame records are dropped at once, events wait, and past
+    ``max_events`` the oldest waiting ones go, counted."""
+    from edgeseg.runtime.mqtt import MqttSink
+
+    said: list[str] = []
+    sink = MqttSink(f"mqtt://127.0.0.1:{free_port()}/none", max_events=5, reconnect=(0.2, 0.5), on_event=said.append)
+    for k in range(4):
+        sink.write(*frame_with_events(k, 2), None)
+    assert sink.pending() == 5 and sink.stats["events_dropped"] == 3 and sink.stats["records_dropped"] == 4
+    sink.close(timeout=1)
+    assert any("cannot connect" in m for m in said) and "5 unsent at the end, 3 dropped" in said[-1], said
+
+
 def test_last_will_says_offline_when_the_process_dies(broker):
     sub = Subscriber(broker.port, "cam2")
     code = ("import sys, time\nfrom edgeseg.runtime.mqtt import MqttSink\n"

@@ -324,6 +324,7 @@ def test_run_track_writes_ids_events_and_counts(int8_bundle, tmp_path):
     last = recs[-1]["counts"]
     assert last["line"]["in"] + last["line"]["out"] == crossed > 0
     assert last["zone"]["entered"] == sum(e["event"] == "entered" for e in events)
+    assert f"line in {last['line']['in']} out {last['line']['out']}" in r.stdout  # the closing summary
     assert sum(last["classes"].values()) == len(recs[-1]["instances"])
 
 

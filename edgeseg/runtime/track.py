@@ -357,6 +357,17 @@ class Tracking:
         self.last_ms = (time.perf_counter() - t0) * 1e3
         return result
 
+    def summary(self) -> str:
+        """One line for the end of a run: objects tracked and the counts."""
+        c = self.counter
+        text = f"tracked {self.tracker.next_id - 1} objects"
+        if c.line_spec is not None:
+            text += (f", line in {sum(v['in'] for v in c.line_counts.values())} "
+                     f"out {sum(v['out'] for v in c.line_counts.values())}")
+        if c.zone_spec is not None:
+            text += f", zone entered {c.zone_counts['entered']} exited {c.zone_counts['exited']}"
+        return text
+
     def draw(self, img: np.ndarray) -> np.ndarray:
         """Trails, the counting line or zone, and the counts, on an annotated frame (in place)."""
         import cv2
@@ -437,9 +448,11 @@ def check_run_options(line: str | None, zone: str | None, mqtt: str | None) -> N
 def run_extras(model: Model, source: Source, *, track: bool, line: str | None, zone: str | None,
                mqtt: str | None, events_only: bool, ha: bool,
                on_event: Callable[[str], None]) -> tuple[Tracking | None, list]:
-    """What ``edgeseg run --track/--line/--zone/--mqtt`` adds: the tracking step (``--line`` and
-    ``--zone`` imply ``--track``) and the MQTT sink."""
-    tracking = tracking_for(model, source, line=line, zone=zone) if track or line or zone else None
+    """What ``edgeseg run --track/--line/--zone/--mqtt`` adds: the tracking step (``--line``,
+    ``--zone``, ``--mqtt-events-only`` and ``--mqtt-ha`` imply ``--track``: their events and counts
+    come from it) and the MQTT sink."""
+    wanted = track or line or zone or (mqtt and (events_only or ha))
+    tracking = tracking_for(model, source, line=line, zone=zone) if wanted else None
     sinks = []
     if mqtt:
         from .mqtt import MqttSink
