@@ -21,13 +21,16 @@ $(VENV)/.host: pyproject.toml | $(BIN)/activate
 # .pt checkpoint (ultralytics, AGPL, test-only). edgeseg itself never needs either on a device.
 # torch 2.14.1 + torchvision 0.29.1 is the pair that installs from this machine kind's local wheels.
 # Sony's IMX500 converter is a Java program (Java >= 17): an older java on PATH counts as none
-# (the IMX500 tests would skip, which fails CI).
+# (the IMX500 tests would skip, which fails CI). The MQTT tests start a real broker (Mosquitto).
 JAVA_MAJOR = java -version 2>&1 | sed -n 's/.* version "\(1\.\)\{0,1\}\([0-9]*\).*/\2/p' | head -1
 $(VENV)/.test: pyproject.toml | $(BIN)/activate
 	@v=$$($(JAVA_MAJOR)); if [ "$${v:-0}" -lt 17 ]; then echo "installing Java 17 for imxconv-pt (java on PATH: $${v:-none})"; \
 	  (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless) || \
 	  (sudo apt-get update -q && sudo apt-get install -y -q openjdk-17-jre-headless); fi
 	@v=$$($(JAVA_MAJOR)); [ "$${v:-0}" -ge 17 ] || { echo "imxconv-pt needs Java >= 17; java on PATH: $${v:-none}"; exit 1; }
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { echo "installing Mosquitto for the MQTT tests"; \
+	  (apt-get update -q && apt-get install -y -q mosquitto) || \
+	  (sudo apt-get update -q && sudo apt-get install -y -q mosquitto); }
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q -e ".[test]" "ultralytics==8.4.190"
 	touch $@

@@ -219,6 +219,13 @@ def run(
     overlay_fps: bool = typer.Option(False, "--overlay-fps", help="Write the FPS figure on saved frames too "
                                      "(it is always on --show and --serve)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
+    # tracking and publishing (edgeseg/runtime/track.py, events.py, mqtt.py)
+    track: bool = typer.Option(False, "--track", help="Give each object a track_id kept across frames (ByteTrack); events and counts in the record."),
+    line: Optional[str] = typer.Option(None, "--line", help="Count crossings of this line: x1,y1,x2,y2 (pixels, or 0..1 of the frame); implies --track."),
+    zone: Optional[str] = typer.Option(None, "--zone", help="Count entries into this polygon: x,y,x,y,x,y,...; implies --track."),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish records and events: mqtt[s]://[user:pass@]host[:port]/topic (or EDGESEG_MQTT_USERNAME/PASSWORD)."),
+    mqtt_events_only: bool = typer.Option(False, "--mqtt-events-only", help="Publish only events and counts, not each frame's record; implies --track."),
+    mqtt_ha: bool = typer.Option(False, "--mqtt-ha", help="Announce a sensor per class count to Home Assistant (MQTT discovery); implies --track."),
 ) -> None:
     """Stream frames through a bundle: camera, video, images or RTSP; show, save, serve to a browser or write JSON."""
     from .runtime.pipeline import run_pipeline
@@ -232,6 +239,10 @@ def run(
         from .runtime.mjpeg import parse_address
 
         parse_address(serve)  # a typo is reported before the model loads
+    if line or zone or mqtt:
+        from .runtime.track import check_run_options
+
+        check_run_options(line, zone, mqtt)
     json_target: Path | TextIO | None = json_out
     if json_out is not None and str(json_out) == "-":
         # JSON lines on stdout for another program; everything else, including what native
@@ -258,7 +269,14 @@ def run(
                        json_target if json_target is json_out else None)
     sinks: list = []
     live_views: list = []  # the sinks that show the FPS figure on the picture
+    tracking = None
     try:
+        if track or line or zone or mqtt:
+            from .runtime.track import run_extras
+
+            tracking, extra = run_extras(model, src, track=track, line=line, zone=zone, mqtt=mqtt,
+                                         events_only=mqtt_events_only, ha=mqtt_ha, on_event=event)
+            sinks += extra
         if save:
             files = getattr(src, "files", None)
             sinks.append(make_save_sink(save, getattr(src, "fps", 30.0), len(files) if files is not None else None,
@@ -304,13 +322,13 @@ def run(
             sys.stderr.flush()
 
     st = run_pipeline(model, src, sinks, annotate=bool(save or show or serve), max_frames=max_frames, on_frame=status,
-                      fps_overlay=sinks if overlay_fps else live_views)
+                      fps_overlay=sinks if overlay_fps else live_views, tracking=tracking)
     if tty and not per_image:
         sys.stderr.write("\n")
     s = st.summary()
     typer.echo(f"{s['frames']} frames in {s['elapsed_s']} s: {s['fps']} FPS (pipelined), dropped {s['dropped']}; "
                f"median preprocess {s['preprocess_ms']} ms, inference {s['inference_ms']} ms, decode {s['decode_ms']} ms"
-               + (f"; saved {save}" if save else "") + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}" if json_out else ""))
+               + (f"; {tracking.summary()}" if tracking else "") + (f"; saved {save}" if save else "") + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}" if json_out else ""))
     if st.error == "interrupted":
         raise typer.Exit(130)
     lingering = next((s for s in sinks if getattr(s, "linger", False)), None)

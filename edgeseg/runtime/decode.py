@@ -38,6 +38,7 @@ class Instance:
     mask: np.ndarray | None = None  # bool, cropped to the box
     mask_x: int = 0
     mask_y: int = 0
+    track_id: int | None = None  # set when tracking (--track, model.track): the same object keeps it
 
     def full_mask(self, height: int, width: int) -> np.ndarray:
         """The instance mask as a full-frame bool array (allocates; use for export only)."""
@@ -66,6 +67,9 @@ class FrameResult:
     instances: list[Instance] = field(default_factory=list)
     label_map: np.ndarray | None = None  # semantic heads: [H, W] class ids, NOT_ASKED where filtered out
     names: list[str] = field(default_factory=list)
+    # set when tracking: what happened this frame (appeared, left, line/zone crossings) and the counts
+    events: list[dict] | None = None
+    counts: dict | None = None
 
     def classes_present(self) -> list[int]:
         """Semantic heads: the class ids in the label map, without the filtered-out pixels."""

@@ -65,6 +65,10 @@ def draw_text(out: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+def _color_of(inst) -> tuple[int, int, int]:
+    return color(inst.class_id if inst.track_id is None else inst.track_id)  # tracking: a colour per object
+
+
 def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str | None = None,
          inplace: bool = False, line_width_px: int | None = None, font_scale: float | None = None,
          show_score: bool = True) -> np.ndarray:
@@ -90,14 +94,15 @@ def draw(frame: np.ndarray, result: FrameResult, alpha: float = 0.45, text: str 
             mh, mw = inst.mask.shape
             roi = out[inst.mask_y:inst.mask_y + mh, inst.mask_x:inst.mask_x + mw]
             m = inst.mask[:roi.shape[0], :roi.shape[1]]
-            roi[m] = (roi[m] * (1 - alpha) + np.array(color(inst.class_id)) * alpha).astype(np.uint8)
+            roi[m] = (roi[m] * (1 - alpha) + np.array(_color_of(inst)) * alpha).astype(np.uint8)
     for inst in order:
         x1, y1, x2, y2 = np.rint(inst.box).astype(int).tolist()
-        cv2.rectangle(out, (x1, y1), (x2, y2), color(inst.class_id), lw)
+        cv2.rectangle(out, (x1, y1), (x2, y2), _color_of(inst), lw)
     pad = max(lw // 2, 1) + 1
     for inst in order:
-        c = color(inst.class_id)
-        label = f"{inst.class_name} {inst.score:.2f}" if show_score else inst.class_name
+        c = _color_of(inst)
+        label = ("" if inst.track_id is None else f"#{inst.track_id} ") + (
+            f"{inst.class_name} {inst.score:.2f}" if show_score else inst.class_name)
         (tw, th), base = cv2.getTextSize(label, _FONT, fs, ft)
         left, top, right, bottom = label_box(inst.box[0] - lw / 2, inst.box[1] - lw / 2, tw, th + base, pad, h, w)
         cv2.rectangle(out, (left, top), (right, bottom), c, -1)

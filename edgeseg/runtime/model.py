@@ -191,14 +191,35 @@ class Model:
             kw["on_event"] = on_event
         return open_source(spec, width, height, fps, **kw)
 
-    def stream(self, source: str | int | os.PathLike, **source_options: Any) -> Iterator[tuple[np.ndarray, Result]]:
+    def stream(self, source: str | int | os.PathLike, track: bool | dict = False,
+               **source_options: Any) -> Iterator[tuple[np.ndarray, Result]]:
         """Frames of ``source`` with their results, in order: a camera index or "pi", a video, a
-        folder, a glob or a URL (``source_options``: width, height, fps, fourcc, on_event)."""
-        with self.open_source(source, **source_options) as src:
+        folder, a glob or a URL (``source_options``: width, height, fps, fourcc, on_event).
+        ``track``: give each instance a ``track_id`` (a dict: tracker options, see track.py)."""
+        from contextlib import nullcontext
+
+        src = self.open_source(source, **source_options)
+        tracking = None
+        if track:
+            from .track import tracking_for
+
+            tracking = tracking_for(self, src, **(track if isinstance(track, dict) else {}))
+        with src, (tracking or nullcontext()):
             for item in src:
                 res = (self.decode(item.outputs, item.mapping) if item.outputs is not None
                        else self.predict(item.image))
-                yield item.image, Result.of(res, item.image, item.name or src.name, item.index, item.time)
+                res = Result.of(res, item.image, item.name or src.name, item.index, item.time)
+                yield item.image, (tracking(item, res) if tracking else res)
+
+    def track(self, frame_or_source: np.ndarray | str | int, t: float | None = None, **options: Any) -> Any:
+        """Tracked results: a frame (BGR array) gives its FrameResult, tracked against the frames
+        of earlier calls (``t``: its capture time in seconds, default now; ``reset=True`` starts
+        over); a source gives ``stream(source, track=True)``."""
+        from .track import track_frame
+
+        if isinstance(frame_or_source, np.ndarray):
+            return track_frame(self, frame_or_source, t, **options)
+        return self.stream(frame_or_source, track=options or True)
 
     def close(self) -> None:
         self.backend.close()

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -65,12 +66,14 @@ def _put_latest(q: queue.Queue, item: object) -> bool:
 def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: bool = True,
                  max_frames: int | None = None, on_frame: Callable[[RunStats, Frame, FrameResult], None] | None = None,
                  stop: threading.Event | None = None, queue_size: int = 2,
-                 fps_overlay: Collection[Sink] = ()) -> RunStats:
+                 fps_overlay: Collection[Sink] = (), tracking: Any = None) -> RunStats:
     """Run ``source`` through ``model`` into ``sinks`` until the source ends, ``stop`` is set or
     ``max_frames`` frames are written. Ctrl-C stops cleanly; sinks are always closed.
 
     The sinks in ``fps_overlay`` (live views: a window, a browser) get the annotated frame with
-    the FPS figure written on it; the others (saved files) get it without."""
+    the FPS figure written on it; the others (saved files) get it without. ``tracking``: a
+    :class:`~edgeseg.runtime.track.Tracking` (``--track``), called on each result in capture order
+    before it is drawn or written."""
     stats = RunStats()
     stop = stop or threading.Event()
     q_in: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -153,11 +156,16 @@ def run_pipeline(model: Model, source: Source, sinks: list[Sink], *, annotate: b
             stats.stage_ms["preprocess"].append(pre_ms)
             stats.stage_ms["inference"].append(inf_ms)
             stats.stage_ms["decode"].append(dec_ms)
+            if tracking is not None:
+                tracking(fr, res)
+                stats.stage_ms.setdefault("track", []).append(tracking.last_ms)
             for k in stats.stage_ms:  # bounded memory on week-long runs
                 if len(stats.stage_ms[k]) > 4096:
                     del stats.stage_ms[k][:2048]
             stats.elapsed_s = time.perf_counter() - t_start
             annotated = draw(fr.image, res) if annotate else None
+            if annotated is not None and tracking is not None:
+                tracking.draw(annotated)
             with_fps = None
             for s in sinks:
                 if annotated is not None and s in fps_overlay:

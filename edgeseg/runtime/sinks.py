@@ -76,8 +76,9 @@ def rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")}
 
 
-def result_record(frame: Frame, result: FrameResult, source: str) -> dict:
-    """The JSON-lines record of one frame, in source-frame pixels."""
+def result_record(frame: Frame, result: FrameResult, source: str, masks: bool = True) -> dict:
+    """The JSON-lines record of one frame, in source-frame pixels (``masks=False``: without the
+    RLE masks, a few kilobytes a frame, for a message bus)."""
     h, w = result.height, result.width
     inst = []
     if result.label_map is not None:
@@ -86,13 +87,16 @@ def result_record(frame: Frame, result: FrameResult, source: str) -> dict:
             ys, xs = np.nonzero(m)
             inst.append({"class_id": int(k), "class_name": result.names[k] if k < len(result.names) else str(k),
                          "score": 1.0, "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
-                         "mask": rle(m)})
+                         **({"mask": rle(m)} if masks else {})})
     for i in result.instances:
         inst.append({"class_id": i.class_id, "class_name": i.class_name, "score": round(i.score, 5),
-                     "box": [round(float(v), 2) for v in i.box], "mask": rle(i.full_mask(h, w))})
+                     "box": [round(float(v), 2) for v in i.box],
+                     **({"mask": rle(i.full_mask(h, w))} if masks else {}),
+                     **({} if i.track_id is None else {"track_id": i.track_id})})
     # an image source names each file; a video or stream names itself
     return {"frame": frame.index, "source": frame.name or source, "width": w, "height": h, "time": round(frame.time, 6),
-            "instances": inst}
+            "instances": inst, **({} if result.counts is None else {"events": result.events or [],
+                                                                    "counts": result.counts})}
 
 
 class JsonlSink(_FileSink):

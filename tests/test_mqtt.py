@@ -1,0 +1,316 @@
+"""``--mqtt`` against a real broker: Mosquitto started here on a free loopback port, stopped and
+started again mid-run; a paho subscriber checks that every event arrived once and in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli
+
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.decode import FrameResult, Instance
+from edgeseg.runtime.sources import Frame
+
+mqtt = pytest.importorskip("paho.mqtt.client", reason="--mqtt needs paho-mqtt (pip install paho-mqtt)")
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="no Mosquitto broker: apt-get install mosquitto (make test does)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A Mosquitto process on 127.0.0.1 with its own config and persistence folder (so a
+    subscriber's session and its queued messages survive a restart, as on a real install)."""
+
+    def __init__(self, folder: Path, password: tuple[str, str] | None = None, tls: list[str] | None = None):
+        self.folder, self.port = folder, free_port()
+        conf = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {folder}/",
+                "user root" if os.geteuid() == 0 else "", f"log_dest file {folder}/mosquitto.log", *(tls or [])]
+        if password:
+            pw = folder / "passwd"
+            subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", "-c", str(pw), *password],
+                           check=True, capture_output=True)
+            pw.chmod(0o600)
+            conf += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            conf += ["allow_anonymous true"]
+        (folder / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()}")
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not listen within 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: it saves its persistence file, like a service restart
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """A paho client with a persistent session that keeps what arrives on ``topic/#``."""
+
+    def __init__(self, port: int, topic: str, auth: tuple[str, str] | None = None):
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.connects = 0
+        self.lock = threading.RLock()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgeseg-test-{port}", clean_session=False)
+        if auth:
+            c.username_pw_set(*auth)
+        c.reconnect_delay_set(0.1, 0.5)
+
+        def on_connect(client, userdata, flags, reason, properties):
+            client.subscribe(f"{topic}/#", qos=1)
+            client.subscribe("homeassistant/#", qos=1)
+            with self.lock:
+                self.connects += 1
+
+        def on_message(client, userdata, msg):
+            with self.lock:
+                self.messages.append((msg.topic, msg.payload, msg.retain))
+
+        c.on_connect, c.on_message = on_connect, on_message
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        self.client = c
+        self.wait(lambda: self.connects >= 1)
+        time.sleep(0.2)  # the SUBACK
+
+    def wait(self, cond, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if cond():
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def on(self, suffix: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def frame_with_events(k: int, n_events: int) -> tuple[Frame, FrameResult]:
+    inst = Instance(0, "circle", 0.9, np.array([10.0, 10, 50, 50]), track_id=1)
+    res = FrameResult(64, 64, [inst])
+    res.events = [{"event": "crossed", "track_id": 1, "class_name": "circle", "frame": k, "direction": "in",
+                   "n": f"{k}.{j}"} for j in range(n_events)]
+    res.counts = {"tracks": 1, "classes": {"circle": 1}, "line": {"in": k, "out": 0}}
+    return Frame(k, np.zeros((64, 64, 3), np.uint8), time.time(), "cam"), res
+
+
+def test_broker_restart_loses_no_event_and_drops_frame_records(broker):
+    """Events written before, during and after a broker restart all arrive, once each and in
+    order; the frame records written while it was down are dropped and counted."""
+    from edgeseg.runtime.mqtt import MqttSink
+
+    sub = Subscriber(broker.port, "cam")
+    said: list[str] = []
+    sink = MqttSink(f"mqtt://127.0.0.1:{broker.port}/cam", reconnect=(0.2, 1.0), on_event=said.append)
+    assert sub.wait(lambda: b"online" in [p for t, p, _ in sub.messages if t == "cam/status"])
+    sent = []
+
+    def write(k: int) -> None:
+        f, r = frame_with_events(k, 1 + k % 2)
+        sent.extend(e["n"] for e in r.events)
+        sink.write(f, r, None)
+        time.sleep(0.01)
+
+    for k in range(20):
+        write(k)
+    assert sink.flush(10)
+    broker.stop()
+    assert sub.wait(lambda: not sink._connected, 10)
+    for k in range(20, 40):  # the broker is away: records dropped, events wait
+        write(k)
+    assert sink.stats["records_dropped"] == 20 and sink.pending() == sum(1 + k % 2 for k in range(20, 40))
+    broker.start()
+    assert sink.flush(30), "the sink did not reconnect by itself"
+    assert sub.wait(lambda: sub.connects >= 2)
+    time.sleep(0.3)
+    for k in range(40, 50):
+        write(k)
+    sink.close()
+    assert sub.wait(lambda: len(sub.on("/events")) >= len(sent))
+    time.sleep(0.3)  # anything duplicated would arrive by now
+    got = [json.loads(p) for p in sub.on("/events")]
+    assert [e["n"] for e in got] == sent  # each once, in order
+    assert [e["seq"] for e in got] == list(range(1, len(sent) + 1))
+    assert len(sub.on("/frame")) == sink.stats["records_sent"] == 30 and sink.stats["records_dropped"] == 20
+    record = json.loads(sub.on("/frame")[0])
+    assert record["instances"][0]["track_id"] == 1 and "mask" not in record["instances"][0]
+    assert [p for p in sub.on("cam/status")][-1] == b"offline"  # said on a clean stop
+    assert any("lost mqtt://127.0.0.1" in m for m in said) and any("reconnected" in m for m in said)
+    assert any("20 dropped while the broker was away" in m for m in said), said
+    assert json.loads(sub.on("/counts")[-1])["line"]["in"] == 49
+    sub.close()
+
+
+def test_events_wait_in_a_bounded_queue_while_no_broker_is_there():
+    """Nothing listens on the port: frame records are dropped at once, events wait, and past
+    ``max_events`` the oldest waiting ones go, counted."""
+    from edgeseg.runtime.mqtt import MqttSink
+
+    said: list[str] = []
+    sink = MqttSink(f"mqtt://127.0.0.1:{free_port()}/none", max_events=5, reconnect=(0.2, 0.5), on_event=said.append)
+    for k in range(4):
+        sink.write(*frame_with_events(k, 2), None)
+    assert sink.pending() == 5 and sink.stats["events_dropped"] == 3 and sink.stats["records_dropped"] == 4
+    sink.close(timeout=1)
+    assert any("cannot connect" in m for m in said) and "5 unsent at the end, 3 dropped" in said[-1], said
+
+
+def test_last_will_says_offline_when_the_process_dies(broker):
+    sub = Subscriber(broker.port, "cam2")
+    code = ("import sys, time\nfrom edgeseg.runtime.mqtt import MqttSink\n"
+            "s = MqttSink(sys.argv[1])\nprint('started', flush=True)\ntime.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, f"mqtt://127.0.0.1:{broker.port}/cam2"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert sub.wait(lambda: (b"online" in [x for t, x, _ in sub.messages if t == "cam2/status"]))
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert sub.wait(lambda: sub.on("cam2/status")[-1:] == [b"offline"], 10), sub.messages
+    sub.close()
+
+
+def test_credentials_from_the_environment_and_never_printed(tmp_path, monkeypatch):
+    from edgeseg.runtime.mqtt import MqttSink, parse_url
+
+    b = Broker(tmp_path, password=("cam", "s3cret-pw"))
+    b.start()
+    try:
+        said: list[str] = []
+        monkeypatch.setenv("EDGESEG_MQTT_USERNAME", "cam")
+        monkeypatch.setenv("EDGESEG_MQTT_PASSWORD", "wrong-pw")
+        bad = MqttSink(f"mqtt://127.0.0.1:{b.port}/cam3", reconnect=(0.2, 0.5), on_event=said.append)
+        deadline = time.monotonic() + 10
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bad.close(timeout=1)
+        assert said and "refused" in said[0] and "wrong-pw" not in " ".join(said) and "cam:***@" in said[0], said
+        monkeypatch.setenv("EDGESEG_MQTT_PASSWORD", "s3cret-pw")
+        sub = Subscriber(b.port, "cam3", auth=("cam", "s3cret-pw"))
+        good = MqttSink(f"mqtt://127.0.0.1:{b.port}/cam3", on_event=said.append)
+        f, r = frame_with_events(0, 1)
+        good.write(f, r, None)
+        assert good.flush(10)
+        good.close()
+        assert sub.wait(lambda: len(sub.on("/events")) == 1)
+        assert "s3cret" not in " ".join(said)
+        sub.close()
+    finally:
+        b.stop()
+    assert parse_url("mqtt://u:p%40ss@h/x", env={}).password == "p@ss"
+    assert "p@ss" not in parse_url("mqtt://u:p%40ss@h/x", env={}).masked()
+    with pytest.raises(EdgesegError, match=r"expected mqtt://") as e:
+        parse_url("http://u:hidden@h/x", env={})
+    assert "hidden" not in str(e.value)
+    with pytest.raises(EdgesegError, match="wildcards"):
+        parse_url("mqtt://h/a/#", env={})
+
+
+def test_run_publishes_the_same_events_as_the_json_record(int8_bundle, broker, tmp_path):
+    """``edgeseg run --track --line --mqtt --mqtt-ha``: the events on the broker are the events of
+    the --json records, in the same order; Home Assistant gets a sensor per class."""
+    import cv2
+    from test_track import shapes_video
+
+    path = tmp_path / "shapes.mp4"
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (480, 320))
+    for img, _ in shapes_video(frames=60):
+        wr.write(img)
+    wr.release()
+    sub = Subscriber(broker.port, "edgeseg/cam")
+    js = tmp_path / "r.jsonl"
+    r = cli("run", str(int8_bundle.path), "--source", str(path), "--line", "0,0.5,1,0.5", "--json", str(js),
+            "--mqtt", f"mqtt://127.0.0.1:{broker.port}/edgeseg/cam", "--mqtt-events-only", "--mqtt-ha")
+    assert r.returncode == 0, r.stderr
+    events = [e for line in js.read_text().splitlines() for e in json.loads(line)["events"]]
+    assert events and sub.wait(lambda: len(sub.on("/events")) >= len(events))
+    got = [json.loads(p) for p in sub.on("/events")]
+    assert [{k: v for k, v in e.items() if k not in ("seq", "source")} for e in got] == events
+    assert not sub.on("/frame")  # events only
+    configs = {t: json.loads(p) for t, p, _ in sub.messages if t.startswith("homeassistant/")}
+    names = [c["name"] for c in configs.values()]
+    assert {"circle count", "star count", "line in", "line out"} <= set(names)
+    assert all(c["state_topic"] == "edgeseg/cam/counts" for c in configs.values())
+    sub.close()
+
+
+def test_mqtts_verifies_the_broker_with_the_given_ca(tmp_path):
+    """mqtts:// with ?ca=: TLS to a broker whose certificate a private CA signed; without the CA
+    the connection is refused and the run says so once."""
+    from edgeseg.runtime.mqtt import MqttSink
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make test certificates")
+
+    def ssl(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=tmp_path)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=edgeseg test CA")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.pem", "-days", "1", "-extfile", "ext.cnf")
+    b = Broker(tmp_path, tls=[f"cafile {tmp_path / 'ca.pem'}", f"certfile {tmp_path / 'server.pem'}",
+                              f"keyfile {tmp_path / 'server.key'}"])
+    b.start()
+    try:
+        said: list[str] = []
+        sink = MqttSink(f"mqtts://localhost:{b.port}/tls?ca={tmp_path / 'ca.pem'}", on_event=said.append)
+        f, r = frame_with_events(0, 2)
+        sink.write(f, r, None)
+        assert sink.flush(10) and sink.stats["events_sent"] == 2
+        sink.close()
+        untrusted: list[str] = []
+        sink = MqttSink(f"mqtts://localhost:{b.port}/tls", reconnect=(0.2, 0.5), on_event=untrusted.append)
+        deadline = time.monotonic() + 10
+        while not untrusted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sink.close(timeout=1)
+        assert untrusted and "cannot connect to mqtts://localhost" in untrusted[0] and len(untrusted) == 1, untrusted
+    finally:
+        b.stop()
