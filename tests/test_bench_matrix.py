@@ -58,3 +58,29 @@ def test_bench_model_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: --targets nosuch: no such target"), r.stderr
     r = _bench(tmp_path, "--targets", "onnxruntime", "--json", str(tmp_path))
     assert r.returncode == 2 and "is a folder" in r.stderr, r.stderr
+
+
+def test_table_json_and_plot_from_rows(tmp_path):
+    """The collation alone: a timed row, a simulator-scored row, a failed row."""
+    from edgeseg import benchmark
+
+    rows = [{"target": "onnxruntime", "precision": "fp32", "size_mb": 10.9, "mask_map50_95": 0.82, "fidelity": 1.0,
+             "preprocess_ms": 0.2, "inference_ms": 16.0, "decode_ms": 1.0, "end_to_end_ms": 17.3, "pipeline_fps": 55.0,
+             "best_threads": 2, "peak_rss_mb": 160.0, "timed": True, "backend": "onnxruntime"},
+            {"target": "rknn", "precision": "int8", "size_mb": 3.5, "mask_map50_95": 0.80, "timed": False,
+             "backend": "replay"},
+            {"target": "ncnn", "precision": "int8", "timed": True, "error": "pnnx: crashed"}]
+    benchmark._drops(rows)
+    assert rows[0]["drop"] == 0.0 and rows[1]["drop"] == -0.02 and "drop" not in rows[2]
+    text = benchmark.table(rows).splitlines()
+    assert text[0].split()[:4] == ["target", "prec", "MB", "mAP50-95"]
+    rk = next(line for line in text if line.startswith("rknn"))
+    assert rk.split().count("sim") == 7 and rk.rstrip().endswith("replay")  # every timing cell, and what ran
+    assert text[text.index(next(line for line in text if line.startswith("ncnn"))) + 1].strip() == "error: pnnx: crashed"
+    js = benchmark.json_rows(rows)["rows"]
+    fixed = ["target", "precision", "size_mb", "mask_map50_95", "drop", "inference_ms", "decode_ms", "end_to_end_ms",
+             "pipeline_fps", "peak_rss_mb", "error"]
+    assert all(list(r)[:len(fixed)] == fixed for r in js) and js[2]["error"] == "pnnx: crashed"
+    png = tmp_path / "p.png"
+    assert benchmark.plot(rows, png) and cv2.imread(str(png)).shape == (600, 960, 3)
+    assert not benchmark.plot(rows[1:], tmp_path / "none.png")  # nothing timed: no plot
