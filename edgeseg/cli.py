@@ -76,7 +76,7 @@ def _default_bundle() -> Path:
 
 
 def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Optional[list[str]] = None,
-                threads: Optional[int] = None, runtime_options: Optional[list[str]] = None):
+                threads: Optional[int] = None, runtime_options: Optional[list[str]] = None, max_det: int = 300):
     from . import load
     from .bundle import Bundle
     from .runtime.backends import parse_options
@@ -86,9 +86,16 @@ def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Option
     opts = parse_options(b, runtime_options or [])
     if threads is not None:
         opts["threads"] = threads
-    model = load(b, conf=conf, iou=iou, classes=classes, **opts)
+    model = load(b, conf=conf, iou=iou, classes=classes, max_det=max_det, **opts)
     _closing.callback(model.close)
+    if b.manifest.fidelity.get("unusable"):
+        typer.echo(f"warning: {b.path}: marked unusable at conversion: {b.manifest.fidelity['unusable']}", err=True)
     return model
+
+
+def _max_det_flag():
+    return typer.Option(300, "--max-det", min=1, max=10000,
+                        help="At most this many instances per frame (Ultralytics' default 300).")
 
 
 def _runtime_option_flag():
@@ -156,6 +163,7 @@ def run(
     serve: Optional[str] = typer.Option(None, "--serve", help="Stream the annotated frames to a browser (MJPEG over HTTP): PORT or HOST:PORT, e.g. 8080."),
     conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
+    max_det: int = _max_det_flag(),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
     width: Optional[int] = typer.Option(None, "--width", help="Camera capture width."),
@@ -183,7 +191,7 @@ def run(
         sys.stdout.flush()
         json_target = os.fdopen(os.dup(1), "w", encoding="utf-8")
         os.dup2(2, 1)
-    model = _load_model(bundle, conf, iou, classes, threads, runtime_option)
+    model = _load_model(bundle, conf, iou, classes, threads, runtime_option, max_det=max_det)
     spec = camera if camera is not None else source
     if camera is not None and camera != "pi" and not camera.isdigit():
         raise EdgesegError(f"--camera {camera}: expected a camera index (0, 1, ...) or 'pi'")
@@ -257,6 +265,7 @@ def eval_cmd(
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for a visual report (side-by-side, per-class AP)."),
     conf: float = typer.Option(0.001, "--conf", min=0.0, max=1.0, help="Confidence threshold (0.001 as Ultralytics' val)."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0),
+    max_det: int = _max_det_flag(),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
@@ -264,8 +273,8 @@ def eval_cmd(
     from .defaults import DEFAULT_DATA
     from .eval import evaluate
 
-    model = _load_model(bundle, conf, iou, runtime_options=runtime_option)
-    ref = _load_model(against, conf, iou) if against else None
+    model = _load_model(bundle, conf, iou, runtime_options=runtime_option, max_det=max_det)
+    ref = _load_model(against, conf, iou, max_det=max_det) if against else None
     r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=sys.stderr.isatty())
     flat = {k: v for k, v in r.items() if not isinstance(v, dict)}
     if "fidelity" in r:

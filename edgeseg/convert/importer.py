@@ -18,8 +18,8 @@ import onnx
 
 from ..bundle import sha256_file
 from ..errors import EdgesegError, ToolchainMissing
-
-HEADS = ("yolo-seg", "semantic")
+from ..heads import HEAD_TYPES, all_heads, get_head
+from ..heads.base import Head
 
 
 @dataclass
@@ -219,57 +219,24 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
     input_hw = (int(dims[2]), int(dims[3]))
 
     outs = [(o.name, _dims(o)) for o in m.graph.output]
-    proto_nm = None
-    guess = None
-    if len(outs) == 2 and len(outs[0][1]) == 3 and len(outs[1][1]) == 4:
-        guess = "yolo-seg"
-    elif len(outs) == 1 and len(outs[0][1]) in (3, 4):
-        guess = "semantic"
-    chosen = head or guess
-    if chosen not in HEADS:
-        shapes = ", ".join(f"{n}{s}" for n, s in outs)
-        raise EdgesegError(f"{src}: unknown head (outputs {shapes}); pass --head yolo-seg or --head semantic")
-
-    meta_names = parse_names(names, str(src)) or parse_names(meta.get("names"), str(src))
-    if chosen == "yolo-seg":
-        if len(outs) != 2:
-            raise EdgesegError(f"{src}: --head yolo-seg needs two outputs (detections, prototypes), found {len(outs)}")
-        (det, ddims), (pro, pdims) = outs
-        if len(ddims) != 3 or len(pdims) != 4 or not isinstance(pdims[1], int) or not isinstance(ddims[1], int):
-            raise EdgesegError(f"{src}: outputs {det}{ddims}, {pro}{pdims} are not [1,4+nc+nm,A] and [1,nm,H,W]; "
-                               "pass --head semantic or export with Ultralytics")
-        proto_nm = int(pdims[1])
-        args = str(meta.get("args", ""))
-        if ("'nms': True" in args or str(meta.get("end2end", "")).lower() == "true"
-                or (isinstance(ddims[2], int) and ddims[2] == 6 + proto_nm)):
-            # [1, max_det, x1 y1 x2 y2 score class + nm]: already past NMS, nothing left to split
-            raise EdgesegError(f"{src}: output {det}{ddims} is an export with NMS inside the model; edgeseg needs "
-                               "the raw head (it splits it before INT8 and runs NMS itself): export again without an nms "
-                               "argument (Ultralytics' default keeps the raw head; nms=True or, on NMS-free models, "
-                               "nms=False puts the top-k in the model)")
-        nc = int(ddims[1]) - 4 - proto_nm
-        if nc < 1:
-            raise EdgesegError(f"{src}: output {det}{ddims} is too small for 4 box values and {proto_nm} mask coefficients")
-        names_list = meta_names or [f"class{i}" for i in range(nc)]
-        if len(names_list) != nc:
-            raise EdgesegError(f"{src}: {len(names_list)} class names given but the model has {nc} classes; "
-                               "fix --names")
-        spec = {"type": "yolo-seg", "layout": "concat", "num_classes": nc, "num_masks": proto_nm, "reg_max": 16}
-        roles = [{"name": det, "role": "det", "shape": ddims}, {"name": pro, "role": "protos", "shape": pdims}]
-    else:
-        (out, odims), = outs[:1] if len(outs) >= 1 else [(None, [])]
-        if len(outs) != 1:
-            raise EdgesegError(f"{src}: --head semantic needs one output, found {len(outs)}")
-        kind = "labels" if len(odims) == 3 else "logits"
-        nc = int(odims[1]) if kind == "logits" and isinstance(odims[1], int) else None
-        names_list = meta_names or ([f"class{i}" for i in range(max(nc or 0, 2))] if nc != 1 else ["background", "foreground"])
-        if nc and nc > 1 and len(names_list) != nc:
-            raise EdgesegError(f"{src}: {len(names_list)} class names given but the model outputs {nc} classes; fix --names")
-        spec = {"type": "semantic", "output": kind, "num_classes": nc or len(names_list)}
-        if nc == 1:
-            # one channel: foreground where the logit is > 0, or the probability > 0.5 when the
-            # model ends in its own sigmoid
-            last = next((n for n in m.graph.node if out in n.output), None)
-            spec["threshold"] = 0.5 if last is not None and last.op_type == "Sigmoid" else 0.0
-        roles = [{"name": out, "role": kind, "shape": odims}]
+    family = _recognise(src, m, outs, meta, head)
+    spec, roles, names_list = family.describe(src, m, outs, meta, parse_names(names, str(src))
+                                              or parse_names(meta.get("names"), str(src)))
     return ImportedModel(m, src, digest, fmt, spec, names_list, inp.name, input_hw, roles, meta)
+
+
+def _recognise(src: Path, m: onnx.ModelProto, outs: list[tuple[str, list]], meta: dict[str, str],
+               head: str | None) -> Head:
+    """The head family: the one named by --head (or a more specific one it covers), else the first that
+    recognises the graph."""
+    if head is not None and head not in HEAD_TYPES:
+        raise EdgesegError(f"{src}: --head {head} is not a head edgeseg knows; choose one of {', '.join(HEAD_TYPES)}")
+    for family in all_heads():
+        if head is not None and head not in (family.name, family.refines):
+            continue
+        if family.recognise(m, outs, meta):
+            return family
+    if head is not None:
+        return get_head(head)  # let its describe() say what does not fit
+    shapes = ", ".join(f"{n}{s}" for n, s in outs)
+    raise EdgesegError(f"{src}: unknown head (outputs {shapes}); pass --head " + " or --head ".join(HEAD_TYPES))
