@@ -33,6 +33,9 @@ class YoloSegHead(Head):
         if report.get("detections_fp32") and not report.get("detections_converted"):
             return (f"it detects nothing on {report.get('images')} held-back images where FP32 finds "
                     f"{report['detections_fp32']} objects")
+        kept = report.get("detections_kept")
+        if report.get("detections_fp32", 0) >= 5 and kept is not None and kept < 0.5:
+            return f"it keeps only {kept:.0%} of the FP32 detections on {report.get('images')} held-back images"
         return super().dud(report)
 
 
