@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -30,6 +31,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thres: f
     n = len(boxes)
     if n == 0 or max_det <= 0:
         return np.zeros(0, dtype=np.int64)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    if n > 64 and (wh > 0).all() and np.isfinite(boxes).all() and np.isfinite(scores).all():
+        # OpenCV's batched NMS: the same greedy rule (score order, suppress IoU > threshold, per
+        # class) in C++, ~10x faster on thousands of candidates; degenerate boxes take the loop below
+        xywh = np.concatenate([boxes[:, :2], wh], 1).astype(np.float64)
+        cls = np.zeros(n, np.int32) if agnostic else classes.astype(np.int32)
+        kept = cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float32), cls, float(np.min(scores)) - 1.0,
+                                       float(iou_thres))
+        return np.asarray(kept, dtype=np.int64).reshape(-1)[:max_det]
     order = np.argsort(-scores, kind="stable")
     b = boxes[order].astype(np.float32, copy=False)
     c = classes[order]
