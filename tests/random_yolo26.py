@@ -7,7 +7,6 @@ tests/test_yolo26.py in a subprocess, as Ultralytics (AGPL) is optional.
 """
 import shutil
 import sys
-
 from pathlib import Path
 
 import cv2

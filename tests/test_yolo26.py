@@ -23,7 +23,7 @@ def random26(tmp_path_factory):
                         "pip install torch==2.14.1 torchvision==0.29.1 ultralytics==8.4.190")
     d = tmp_path_factory.mktemp("random26")
     r = subprocess.run([sys.executable, str(Path(__file__).parent / "random_yolo26.py"), str(VAL_IMAGES)],
-                       cwd=d, capture_output=True, text=True, timeout=900)
+                       check=False, cwd=d, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     return d
 
@@ -82,7 +82,8 @@ def test_default_export_split_decodes_as_its_concat_output(random26, tmp_path):
 
 @pytest.mark.slow
 def test_pt_import_makes_a_bundle_that_runs(random26, tmp_path):
-    r = cli("convert", str(random26 / "rand26.pt"), "--trust-model", "--fp32", "--out", str(tmp_path / "b"), timeout=900)
+    r = cli("convert", str(random26 / "rand26.pt"), "--trust-model", "--fp32", "--out", str(tmp_path / "b"),
+            timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     head = json.loads((tmp_path / "b" / "edgeseg.json").read_text())["head"]
     assert head["type"] == "yolo26-seg" and head["reg_max"] == 1

@@ -22,7 +22,8 @@ def describe(src: Path, model: onnx.ModelProto, outputs: list[tuple[str, list]],
     nc = int(odims[1]) if kind == "logits" and isinstance(odims[1], int) else None
     names_list = names or ([f"class{i}" for i in range(max(nc or 0, 2))] if nc != 1 else ["background", "foreground"])
     if nc and nc > 1 and len(names_list) != nc:
-        raise EdgesegError(f"{src}: {len(names_list)} class names given but the model outputs {nc} classes; fix --names")
+        raise EdgesegError(f"{src}: {len(names_list)} class names given but the model outputs {nc} classes; "
+                           "fix --names")
     spec: dict = {"type": "semantic", "output": kind, "num_classes": nc or len(names_list)}
     if nc == 1:
         # one channel: foreground where the logit is > 0, or the probability > 0.5 when the

@@ -54,7 +54,8 @@ def describe(src: Path, model: onnx.ModelProto, outputs: list[tuple[str, list]],
                                "`yolo export model=MODEL.pt format=onnx simplify=True`")
         nc = channels("cls")
         spec = {"type": "yolo26-seg", "layout": "end2end", "variant": "one2one", "num_classes": nc,
-                "num_masks": nm, "reg_max": reg_max, "topk": int(ddims[1]) if isinstance(ddims[1], int) else TOPK_DEFAULT}
+                "num_masks": nm, "reg_max": reg_max,
+                "topk": int(ddims[1]) if isinstance(ddims[1], int) else TOPK_DEFAULT}
     else:
         nc = int(ddims[1]) - 4 - nm
         if nc < 1:
