@@ -95,3 +95,17 @@ def test_ultralytics_torchscript_export_converts(tmp_path, fp32_model):
     m = Bundle.load(tmp_path / "b").manifest
     assert m.source["format"] == "torchscript" and m.names == fp32_model.names and m.head["layout"] == "split"
     _same_instances(fp32_model, tmp_path / "b")
+
+
+def test_fp16_onnx_export_is_cast_back_to_fp32(tmp_path, fp32_model):
+    """`half=True`: a Cast in, an FP16 graph and Casts out. The import computes it in FP32 (its FP16
+    weights kept), so the head splits for INT8 as any export, and the manifest says which it was."""
+    pytest.importorskip("ultralytics", reason=ULTRALYTICS)
+    from edgeseg.bundle import Bundle
+
+    onnx_path = _export(tmp_path, "onnx", ".onnx", half=True, simplify=True, opset=17)
+    r = cli("convert", str(onnx_path), "--fp32", "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = Bundle.load(tmp_path / "b").manifest
+    assert m.head["layout"] == "split" and m.precision == "fp32" and m.source["metadata"]["weights"] == "fp16"
+    _same_instances(fp32_model, tmp_path / "b")

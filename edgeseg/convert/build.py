@@ -103,7 +103,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                 target=target, precision=precision, runtime=profile.runtime, model_files=res.model_files,
                 input=inp, head=spec, names=imported.names, outputs=res.outputs,
                 source={"path": model_path.name, "sha256": imported.sha256, "format": imported.format,
-                        "metadata": {k: v for k, v in imported.metadata.items() if k in ("version", "task", "imgsz", "stride")}},
+                        "metadata": {k: v for k, v in imported.metadata.items()
+                                     if k in ("version", "task", "imgsz", "stride", "weights")}},
                 profile=profile.as_dict(), quantization=quant, toolchain=res.toolchain,
                 fidelity={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
             )

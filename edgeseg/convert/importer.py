@@ -101,6 +101,62 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
     return m
 
 
+def _fp16_to_fp32(m: onnx.ModelProto) -> bool:
+    """Cast an FP16 export (Ultralytics ``half=True``: Cast in, FP16 graph, Cast out) back to FP32.
+
+    The weights keep their FP16-rounded values; the graph computes in FP32 from then on, so the
+    head splits, calibrates and quantizes like any other export and a bundle's precision label is
+    what it computes in (the manifest's source records the FP16 weights). Returns whether it did.
+    """
+    from onnx import numpy_helper
+
+    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    g = m.graph
+    if not any(t.data_type == F16 for t in g.initializer):
+        return False
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # noqa: BLE001 - shape inference raises assorted types on odd graphs
+        inferred = m
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *g.input, *g.output)}
+    half = {n for n, t in types.items() if t == F16} | {t.name for t in g.initializer if t.data_type == F16}
+    for t in g.initializer:
+        if t.data_type == F16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype("float32"), t.name))
+    drop = []
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.t.data_type == F16:
+                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype("float32"), a.t.name))
+        elif n.op_type == "Cast":
+            to = next(a for a in n.attribute if a.name == "to")
+            src_float = n.input[0] in half or types.get(n.input[0]) == F32
+            if to.i == F16:
+                half.add(n.output[0])
+                if src_float:
+                    drop.append(n)  # float -> fp16 becomes float -> float: gone
+                else:
+                    to.i = F32  # an integer cast into the FP16 graph now lands in FP32
+            elif to.i == F32 and n.input[0] in half:
+                drop.append(n)  # fp16 -> float at an output: gone
+    outputs = {o.name for o in g.output}
+    for n in drop:
+        src, dst = n.input[0], n.output[0]
+        g.node.remove(n)
+        if dst in outputs:  # the tensor before the Cast takes the output's name
+            for k in g.node:
+                k.input[:] = [dst if i == src else i for i in k.input]
+                k.output[:] = [dst if o == src else o for o in k.output]
+        else:
+            for k in g.node:
+                k.input[:] = [src if i == dst else i for i in k.input]
+    for v in g.value_info:
+        if v.type.tensor_type.elem_type == F16:
+            v.type.tensor_type.elem_type = F32
+    return True
+
+
 def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_model: bool) -> Path:
     if not trust_model:
         raise EdgesegError(f"{path}: a .pt checkpoint is a pickle that can run code when loaded; pass --trust-model "
@@ -189,6 +245,8 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         fmt, onnx_path = "ultralytics-pt", _export_ultralytics_pt(src, imgsz, workdir, trust_model)
     m = _load_onnx(onnx_path)
     meta = {p.key: p.value for p in m.metadata_props}
+    if _fp16_to_fp32(m):
+        meta["weights"] = "fp16"  # exported with half=True: computed in FP32 from here on
 
     inputs = [i for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
     if len(inputs) != 1:
