@@ -93,6 +93,17 @@ def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Option
     return model
 
 
+def _imgsz_value(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        from .convert.importer import parse_imgsz
+
+        try:
+            parse_imgsz(value)
+        except EdgesegError as e:
+            raise typer.BadParameter(str(e).removeprefix(f"--imgsz {value}: ")) from None
+    return value
+
+
 def _max_det_flag():
     return typer.Option(300, "--max-det", min=1, max=10000,
                         help="At most this many instances per frame (Ultralytics' default 300).")
@@ -115,7 +126,8 @@ def convert(
     precision: Optional[str] = typer.Option(None, "--precision", help="Any precision the target offers, e.g. int8w (MNN weight-only)."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images, a video of the deployment scenes, or an Ultralytics dataset .yaml."),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="How many calibration images to sample."),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", min=32, help="Input size, for models with a dynamic input."),
+    imgsz: Optional[str] = typer.Option(None, "--imgsz", callback=_imgsz_value,
+                                        help="Input size N or H,W, for models with a dynamic input."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default bundles/<model>_<target>_<precision>)."),
     head: Optional[str] = typer.Option(None, "--head", help="yolo-seg or semantic (default: detected)."),
     names: Optional[str] = typer.Option(None, "--names", help="Class names: a,b,c or a .txt file."),

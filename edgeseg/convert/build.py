@@ -23,7 +23,7 @@ from .toolchains import ConvertJob, get_toolchain
 
 
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
-            calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | None = None,
+            calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | tuple[int, int] | str | None = None,
             out: str | Path | None = None, head: str | None = None, names: str | None = None,
             split: bool = True, trust_model: bool = False, fidelity: bool = True, platform: str | None = None,
             verify_data: str | Path | None = None, options: dict[str, Any] | None = None, log=print) -> Bundle:

@@ -157,7 +157,27 @@ def _fp16_to_fp32(m: onnx.ModelProto) -> bool:
     return True
 
 
-def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_model: bool) -> Path:
+def parse_imgsz(text: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``--imgsz``: ``N`` (square) or ``H,W`` (also ``HxW``) -> (height, width); EdgesegError if neither."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return (text, text)
+    if isinstance(text, tuple):
+        return (int(text[0]), int(text[1]))
+    parts = [p for p in str(text).lower().replace("x", ",").split(",") if p.strip()]
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = (hw[0], hw[0])
+    if len(hw) != 2 or not all(32 <= v <= 8192 for v in hw):
+        raise EdgesegError(f"--imgsz {text}: expected N or H,W (each 32..8192), e.g. --imgsz 320 or --imgsz 320,480")
+    return hw  # type: ignore[return-value]
+
+
+def _export_ultralytics_pt(path: Path, imgsz: tuple[int, int] | None, workdir: Path, trust_model: bool) -> Path:
     if not trust_model:
         raise EdgesegError(f"{path}: a .pt checkpoint is a pickle that can run code when loaded; pass --trust-model "
                            "if you trust where it came from, or export it to ONNX yourself")
@@ -174,14 +194,17 @@ def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_m
     copy = workdir / path.name
     shutil.copyfile(path, copy)
     model = YOLO(str(copy))
+    size: int | list[int]
     if imgsz is None:
         args = getattr(model.model, "args", {}) or {}
-        imgsz = int(args.get("imgsz", 640)) if isinstance(args, dict) else 640
-    out = model.export(format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False)
+        size = int(args.get("imgsz", 640)) if isinstance(args, dict) else 640
+    else:
+        size = list(imgsz)
+    out = model.export(format="onnx", imgsz=size, opset=17, simplify=True, dynamic=False)
     return Path(out)
 
 
-def _export_torchscript(path: Path, imgsz: int | None, workdir: Path) -> Path:
+def _export_torchscript(path: Path, imgsz: tuple[int, int] | None, workdir: Path) -> Path:
     try:
         import torch
     except ImportError:
@@ -198,11 +221,11 @@ def _export_torchscript(path: Path, imgsz: int | None, workdir: Path) -> Path:
     cfg_size = cfg.get("imgsz") if isinstance(cfg, dict) else None
     if isinstance(cfg_size, list) and cfg_size:
         cfg_size = cfg_size[0]
-    size = imgsz or (int(cfg_size) if isinstance(cfg_size, (int, float)) else 0)
+    size = imgsz or ((int(cfg_size),) * 2 if isinstance(cfg_size, (int, float)) else None)
     if not size:
-        raise EdgesegError(f"{path}: TorchScript has no input size in its metadata; pass --imgsz N")
+        raise EdgesegError(f"{path}: TorchScript has no input size in its metadata; pass --imgsz N or H,W")
     dst = workdir / (path.stem + ".onnx")
-    x = torch.zeros(1, 3, size, size)
+    x = torch.zeros(1, 3, *size)
     with torch.no_grad():
         y = module(x)
     n_out = len(y) if isinstance(y, (tuple, list)) else 1
@@ -225,7 +248,8 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or n.endswith("/code/__torch__.py") or "/code/" in n for n in z.namelist())
 
 
-def import_model(path: str | Path, *, head: str | None = None, names: str | None = None, imgsz: int | None = None,
+def import_model(path: str | Path, *, head: str | None = None, names: str | None = None,
+                 imgsz: int | tuple[int, int] | str | None = None,
                  trust_model: bool = False, workdir: Path | None = None) -> ImportedModel:
     """Load ``path`` as a canonical FP32 ONNX and describe its head. Raises EdgesegError on bad input."""
     src = Path(path)
@@ -235,6 +259,7 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         raise EdgesegError(f"{src}: is a folder; pass a model file (.onnx, .pt, .torchscript)")
     if src.stat().st_size == 0:
         raise EdgesegError(f"{src}: file is empty; export the model again")
+    imgsz = parse_imgsz(imgsz)
     digest = sha256_file(src)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeseg-import-"))
     fmt = "onnx"
@@ -257,13 +282,13 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         raise EdgesegError(f"{src}: input '{inp.name}' has shape {dims}; edgeseg needs [1,3,H,W] (RGB, NCHW)")
     if not all(isinstance(d, int) and d > 0 for d in dims[2:]) or not (dims[0] == 1 or not isinstance(dims[0], int)):
         if imgsz is None:
-            raise EdgesegError(f"{src}: input '{inp.name}' has dynamic shape {dims}; pass --imgsz N "
+            raise EdgesegError(f"{src}: input '{inp.name}' has dynamic shape {dims}; pass --imgsz N (or H,W) "
                                "or export with a fixed size (yolo export ... dynamic=False)")
     if imgsz is not None or not isinstance(dims[0], int) or dims[0] != 1:
-        h = w = imgsz if imgsz is not None else int(dims[2])  # type: ignore[arg-type]
+        h, w = imgsz if imgsz is not None else (int(dims[2]), int(dims[3]))  # type: ignore[arg-type]
         if imgsz is not None and all(isinstance(d, int) and d > 0 for d in dims[2:]) and (dims[2], dims[3]) != (h, w):
-            raise EdgesegError(f"{src}: input is fixed at {dims[2]}x{dims[3]} but --imgsz is {imgsz}; "
-                               f"drop --imgsz or re-export the model at {imgsz}")
+            raise EdgesegError(f"{src}: input is fixed at {dims[2]}x{dims[3]} but --imgsz is {h},{w}; "
+                               f"drop --imgsz or re-export the model at imgsz=({h},{w})")
         for d, v in zip(inp.type.tensor_type.shape.dim, (1, 3, h, w)):
             d.Clear()
             d.dim_value = v
