@@ -60,6 +60,8 @@ def describe(src: Path, model: onnx.ModelProto, outputs: list[tuple[str, list]],
         reg_max = 16  # a graph edgeseg cannot walk still decodes in the concat layout, where DFL is inside
     spec = {"type": "yolo-seg", "layout": "concat", "variant": "one2many", "num_classes": nc, "num_masks": nm,
             "reg_max": reg_max}
+    if meta.get("head"):
+        spec["ultralytics_head"] = str(meta["head"])[:64]  # the exporting head class: YOLOE needs its own advice
     roles = [{"name": det, "role": "det", "shape": ddims}, {"name": pro, "role": "protos", "shape": pdims}]
     return spec, roles, class_names(src, names, nc)
 
@@ -69,7 +71,16 @@ def split(model: onnx.ModelProto, spec: dict, roles: list[dict]) -> tuple[onnx.M
 
     det = next(o["name"] for o in roles if o["role"] == "det")
     pro = next(o["name"] for o in roles if o["role"] == "protos")
-    m, outputs = split_yolo_seg(model, det, pro, int(spec["num_masks"]))
+    try:
+        m, outputs = split_yolo_seg(model, det, pro, int(spec["num_masks"]))
+    except EdgesegError:
+        if str(spec.get("ultralytics_head", "")).startswith("YOLOE"):
+            # prompt-free YOLOE filters proposals inside the graph (LRPC): no per-scale class convs
+            raise EdgesegError(
+                "cannot split outputs: a prompt-free YOLOE head filters its proposals inside the graph; export it "
+                "with fixed prompts instead (model.set_classes(names, model.get_text_pe(names)); "
+                "model.export(format='onnx', simplify=True)) or convert with --no-split --fp32/--fp16") from None
+        raise
     box = next(o for o in outputs if o["role"] == "box_dfl")
     return m, outputs, {"layout": "split", "reg_max": box["shape"][1] // 4,
                         "strides": sorted({o["stride"] for o in outputs if o["role"] != "protos"})}
