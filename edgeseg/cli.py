@@ -94,7 +94,7 @@ MODEL_SUFFIXES = {".onnx", ".pt", ".pth", ".torchscript"}
 
 
 def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Optional[list[str]] = None,
-                threads: Optional[int] = None, runtime_options: Optional[list[str]] = None):
+                threads: Optional[int] = None, runtime_options: Optional[list[str]] = None, max_det: int = 300):
     from . import load
     from .bundle import Bundle
     from .runtime.backends import parse_options
@@ -111,9 +111,27 @@ def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Option
         from .bundle import check_threads
 
         check_threads(opts["threads"], "--threads")
-    model = load(b, conf=conf, iou=iou, classes=classes, **opts)
+    model = load(b, conf=conf, iou=iou, classes=classes, max_det=max_det, **opts)
     _closing.callback(model.close)
+    if b.manifest.fidelity.get("unusable"):
+        typer.echo(f"warning: {b.path}: marked unusable at conversion: {b.manifest.fidelity['unusable']}", err=True)
     return model
+
+
+def _imgsz_value(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        from .convert.importer import parse_imgsz
+
+        try:
+            parse_imgsz(value)
+        except EdgesegError as e:
+            raise typer.BadParameter(str(e).removeprefix(f"--imgsz {value}: ")) from None
+    return value
+
+
+def _max_det_flag():
+    return typer.Option(300, "--max-det", min=1, max=10000,
+                        help="At most this many instances per frame (Ultralytics' default 300).")
 
 
 def _runtime_option_flag():
@@ -143,7 +161,8 @@ def convert(
     precision: Optional[str] = typer.Option(None, "--precision", help="Any precision the target offers, e.g. int8w (MNN weight-only)."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images, a video of the deployment scenes, or an Ultralytics dataset .yaml."),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="How many calibration images to sample."),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", min=32, help="Input size, for models with a dynamic input."),
+    imgsz: Optional[str] = typer.Option(None, "--imgsz", callback=_imgsz_value,
+                                        help="Input size N or H,W, for models with a dynamic input."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default bundles/<model>_<target>_<precision>)."),
     head: Optional[str] = typer.Option(None, "--head", help="yolo-seg or semantic (default: detected)."),
     names: Optional[str] = typer.Option(None, "--names", help="Class names: a,b,c or a .txt file."),
@@ -209,6 +228,7 @@ def run(
     realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Deliver a video file at its frame rate, as a camera would (default with --serve)."),
     conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
+    max_det: int = _max_det_flag(),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
     width: Optional[int] = typer.Option(None, "--width", help="Camera capture width."),
@@ -250,7 +270,7 @@ def run(
         sys.stdout.flush()
         json_target = os.fdopen(os.dup(1), "w", encoding="utf-8")
         os.dup2(2, 1)
-    model = _load_model(bundle, conf, iou, classes, threads, runtime_option)
+    model = _load_model(bundle, conf, iou, classes, threads, runtime_option, max_det=max_det)
     spec = camera if camera is not None else source
     if camera is not None and camera != "pi" and not (camera.isascii() and camera.isdigit()):
         raise EdgesegError(f"--camera {camera}: expected a camera index (0, 1, ...) or 'pi'")
@@ -375,6 +395,7 @@ def eval_cmd(
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for a visual report (side-by-side, per-class AP)."),
     conf: float = typer.Option(0.001, "--conf", min=0.0, max=1.0, help="Confidence threshold (0.001 as Ultralytics' val)."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
+    max_det: int = _max_det_flag(),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
 ) -> None:
@@ -387,8 +408,8 @@ def eval_cmd(
 
         refuse_inputs(json_out, [data or DEFAULT_DATA, *(Path(b) / "edgeseg.json" for b in (bundle, against) if b)],
                       "--json")
-    model = _load_model(bundle, conf, iou, runtime_options=runtime_option)
-    ref = _load_model(against, conf, iou) if against else None
+    model = _load_model(bundle, conf, iou, runtime_options=runtime_option, max_det=max_det)
+    ref = _load_model(against, conf, iou, max_det=max_det) if against else None
     r = evaluate(model, data or DEFAULT_DATA, against=ref, report=report, limit=limit, progress=True)
     flat = {k: v for k, v in r.items() if not isinstance(v, dict)}
     if "fidelity" in r:

@@ -18,6 +18,7 @@ import numpy as np
 from .data import load_dataset
 from .errors import EdgesegError
 from .report_samples import ReportSamples
+from .heads import get_head
 from .runtime.decode import FrameResult
 from .runtime.sources import read_image
 
@@ -129,7 +130,7 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
     images = ds.images[:limit] if limit else ds.images
     if not images:
         raise EdgesegError(f"{data}: the val split has no images; check its 'path' and 'val' entries")
-    semantic = model.manifest.head["type"] == "semantic"
+    semantic = get_head(model.manifest.head["type"]).kind == "semantic"
     it: Any = images
     if progress:  # a bar on a terminal, a line every few seconds in a log
         from .progress import track
@@ -196,7 +197,10 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         raise EdgesegError(f"{data}: none of the {len(images)} val images has a label file "
                            f"(looked for e.g. {ds.label_path(images[0])}); check the dataset's labels/ folder")
     out: dict[str, Any] = {"images": len(images), "bundle": str(model.bundle.path), "target": model.manifest.target,
-                           "precision": model.manifest.precision, "missing_labels": missing_labels}
+                           "precision": model.manifest.precision, "head": model.manifest.head["type"],
+                           "missing_labels": missing_labels}
+    if model.manifest.fidelity.get("unusable"):
+        out["unusable"] = model.manifest.fidelity["unusable"]  # marked at conversion: say so beside the figures
     if semantic:
         iou = inter / np.maximum(union, 1)
         present = union > 0

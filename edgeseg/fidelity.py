@@ -27,7 +27,7 @@ def _role_arrays(outs: dict, outputs: list[dict], nc: int | None) -> dict[str, n
             acc.setdefault("cls", []).append(d[4:4 + nc].ravel())
             acc.setdefault("coef", []).append(d[4 + nc:].ravel())
         elif o["role"] == "cls_logits":
-            acc.setdefault("cls", []).append((1 / (1 + np.exp(-x))).ravel())
+            acc.setdefault("cls", []).append((1 / (1 + np.exp(-np.clip(x, -80, 80)))).ravel())
         else:
             role = {"box_dfl": "box", "protos": "proto"}.get(o["role"], o["role"])
             acc.setdefault(role, []).append(x.ravel())
@@ -36,7 +36,9 @@ def _role_arrays(outs: dict, outputs: list[dict], nc: int | None) -> dict[str, n
 
 def role_vectors(outs: dict, manifest) -> dict[str, np.ndarray]:
     """Per-role vectors of one frame's outputs, for a bundle's manifest."""
-    nc = manifest.head.get("num_classes") if manifest.head.get("layout") == "concat" else None
+    from .heads import get_head
+
+    nc = get_head(manifest.head["type"]).concat_classes(manifest.head)
     return _role_arrays(outs, manifest.outputs, nc)
 
 

@@ -20,6 +20,8 @@ DATA_YAML = ASSETS / "shapes" / "shapes.yaml"
 MODEL = ASSETS / "shapes-yolo11n-seg.onnx"
 # the reference YOLOv8n-seg: no attention block, the architecture the Edge TPU maps whole
 MODEL_V8 = FIXTURES / "shapes-yolov8n-seg.onnx"
+# the reference YOLO26n-seg, default export: one-to-many head, no DFL (reg_max 1)
+MODEL_Y26 = FIXTURES / "shapes-yolo26n-seg.onnx"
 
 # -- skips in CI ------------------------------------------------------------------------------------
 # `make test` installs every toolchain and runtime the suite uses, so in CI (.ci/run sets
@@ -85,11 +87,11 @@ def convert_without(modules: set[str], target: str, out: Path) -> subprocess.Com
     return subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
 
 
-def _convert(tmp_path_factory, name: str, **kw):
+def _convert(tmp_path_factory, name: str, model: Path = MODEL, **kw):
     from edgeseg.convert import convert
 
     out = tmp_path_factory.mktemp("bundles") / name
-    return convert(MODEL, target="onnxruntime", out=out, log=lambda m: None, **kw)
+    return convert(model, target="onnxruntime", out=out, log=lambda m: None, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +107,16 @@ def int8_bundle(tmp_path_factory):
 @pytest.fixture(scope="session")
 def int8_nosplit_bundle(tmp_path_factory):
     return _convert(tmp_path_factory, "int8_nosplit", precision="int8", split=False)
+
+
+@pytest.fixture(scope="session")
+def y26_fp32_bundle(tmp_path_factory):
+    return _convert(tmp_path_factory, "y26_fp32", precision="fp32", model=MODEL_Y26)
+
+
+@pytest.fixture(scope="session")
+def y26_int8_bundle(tmp_path_factory):
+    return _convert(tmp_path_factory, "y26_int8", precision="int8", model=MODEL_Y26)
 
 
 @pytest.fixture(scope="session")

@@ -70,3 +70,15 @@ def test_degenerate_boxes_do_not_produce_nan():
     boxes = np.array([[5, 5, 5, 5], [5, 5, 5, 5]], np.float32)
     iou = box_iou(boxes, boxes)
     assert np.isfinite(iou).all()
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(65, 400), st.integers(0, 2**31 - 1), st.floats(0.1, 0.9), st.integers(1, 400))
+def test_many_candidates_take_the_same_greedy_rule(n, seed, thr, max_det):
+    """Above 64 candidates OpenCV's batched NMS does the work: the same answer, best first, cut at max_det."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 300, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 80, (n, 2))], 1).astype(np.float32)
+    scores = rng.permutation(n).astype(np.float32) / n
+    classes = rng.integers(0, 4, n)
+    assert list(nms(boxes, scores, classes, thr, max_det=max_det)) == reference_nms(boxes, scores, classes, thr)[:max_det]

@@ -1,5 +1,6 @@
 """Ultralytics .pt checkpoints: refused without --trust-model; imported through Ultralytics' exporter."""
 
+import cv2
 import pytest
 from conftest import FIXTURES, VAL_IMAGES, cli
 
@@ -75,6 +76,21 @@ def test_dynamic_onnx_export_converts_at_any_imgsz(tmp_path, fp32_model):
         assert r.returncode == 0, r.stderr[-2000:]
         assert Model.load(tmp_path / f"b{size}").input_hw == (size, size)
     _same_instances(fp32_model, tmp_path / "b320")
+    # rectangular: --imgsz H,W fixes height and width; the anchors and letterbox follow
+    # (split per stride on 40x60 ... 10x15 grids, decoded as the graph's own output decodes)
+    for name, extra in (("rect", []), ("rect_whole", ["--no-split"])):
+        r = cli("convert", str(onnx_path), "--fp32", "--imgsz", "320,480", "--out", str(tmp_path / name), *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+    rect, whole = Model.load(tmp_path / "rect"), Model.load(tmp_path / "rect_whole")
+    assert rect.input_hw == (320, 480) and rect.manifest.head["layout"] == "split"
+    n = 0
+    for f in sorted(VAL_IMAGES.iterdir())[:5]:
+        wide = cv2.resize(cv2.imread(str(f)), (480, 320))
+        a, b = rect(wide), whole(wide)
+        assert [i.class_id for i in a.instances] == [i.class_id for i in b.instances]
+        assert all(abs(x.box - y.box).max() < 0.01 for x, y in zip(a.instances, b.instances))
+        n += len(a.instances)
+    assert n > 0
     # eval --against a reference of another input size: each bundle undoes its own letterbox
     from conftest import DATA_YAML
 
@@ -94,4 +110,18 @@ def test_ultralytics_torchscript_export_converts(tmp_path, fp32_model):
 
     m = Bundle.load(tmp_path / "b").manifest
     assert m.source["format"] == "torchscript" and m.names == fp32_model.names and m.head["layout"] == "split"
+    _same_instances(fp32_model, tmp_path / "b")
+
+
+def test_fp16_onnx_export_is_cast_back_to_fp32(tmp_path, fp32_model):
+    """`half=True`: a Cast in, an FP16 graph and Casts out. The import computes it in FP32 (its FP16
+    weights kept), so the head splits for INT8 as any export, and the manifest says which it was."""
+    pytest.importorskip("ultralytics", reason=ULTRALYTICS)
+    from edgeseg.bundle import Bundle
+
+    onnx_path = _export(tmp_path, "onnx", ".onnx", half=True, simplify=True, opset=17)
+    r = cli("convert", str(onnx_path), "--fp32", "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = Bundle.load(tmp_path / "b").manifest
+    assert m.head["layout"] == "split" and m.precision == "fp32" and m.source["metadata"]["weights"] == "fp16"
     _same_instances(fp32_model, tmp_path / "b")

@@ -128,3 +128,16 @@ def test_bundle_on_an_arm_board_decodes_as_here(ov_bundles, aarch64, tmp_path, p
     edgeseg tells it) on an emulated Cortex-A76, against this machine over the same frames."""
     a = agreement_on_aarch64(aarch64, ov_bundles[precision].path, tmp_path, *options)
     assert_same_detections(a)
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_yolo26_int8_within_0_010_of_its_fp32(tmp_path, y26_fp32_bundle):
+    """YOLO26n-seg (no DFL, one-to-many head split per stride) quantized by NNCF."""
+    from conftest import MODEL_Y26
+
+    from edgeseg.convert import convert
+
+    b = convert(MODEL_Y26, target="openvino", precision="int8", out=tmp_path / "y26", log=lambda m: None)
+    assert b.manifest.head["type"] == "yolo26-seg" and "unusable" not in b.manifest.fidelity
+    assert _score(y26_fp32_bundle.path) - _score(b.path) <= 0.010

@@ -14,17 +14,17 @@ from .. import __version__
 from ..bundle import Bundle, Manifest, atomic_bundle_dir, check_out, refuse_inputs, work_dir, write_manifest
 from ..defaults import DEFAULT_CALIB, DEFAULT_MODEL, default_bundle_dir
 from ..errors import EdgesegError
+from ..heads import get_head
 from ..profiles import Profile, load_profile
 from ..runtime.preprocess import InputSpec, fit
 from ..runtime.sources import read_image
 from .calibration import DEFAULT_IMAGES, CalibrationSet
 from .importer import import_model
-from .split import split_yolo_seg
 from .toolchains import ConvertJob, get_toolchain, load_toolchain, resolve_options
 
 
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
-            calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | None = None,
+            calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | tuple[int, int] | str | None = None,
             out: str | Path | None = None, head: str | None = None, names: str | None = None,
             split: bool = True, trust_model: bool = False, fidelity: bool = True, platform: str | None = None,
             verify_data: str | Path | None = None, options: Mapping[str, Any] | Iterable[str] | None = None,
@@ -71,19 +71,18 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         spec = dict(imported.head)
         outputs = imported.output_roles
         fp32 = imported.model
-        do_split = split and spec["type"] == "yolo-seg" and bool(profile.quantization.get("split_outputs", True))
+        family = get_head(spec["type"])
+        do_split = split and family.splittable(spec) and bool(profile.quantization.get("split_outputs", True))
         if do_split:
-            det, pro = outputs[0]["name"], outputs[1]["name"]
-            fp32, outputs = split_yolo_seg(fp32, det, pro)
-            spec["layout"] = "split"
-            spec["strides"] = sorted({o["stride"] for o in outputs if o["role"] != "protos"})
+            fp32, outputs, changes = family.split(fp32, spec, outputs)
+            spec.update(changes)
         fp32_path = work / "fp32.onnx"
         onnx.save(fp32, str(fp32_path))
         model_input = input_spec(profile, imported.input_hw, mean, std, resize)
 
         tgt = f"{target}-{platform}" if platform else target
         out_dir = (Path(out) if out else default_bundle_dir(model_path, tgt, precision,
-                                                             do_split or spec["type"] != "yolo-seg")).absolute()
+                                                             do_split or not family.splittable(spec))).absolute()
         check_out(out_dir, force)
         parent = next(a for a in out_dir.parents if a.exists())  # before minutes of work, not after
         if not parent.is_dir():
@@ -116,7 +115,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                 target=target, precision=precision, runtime=profile.runtime, model_files=res.model_files,
                 input=inp, head=spec, names=imported.names, outputs=res.outputs,
                 source={"path": model_path.name, "sha256": imported.sha256, "format": imported.format,
-                        "metadata": {k: v for k, v in imported.metadata.items() if k in ("version", "task", "imgsz", "stride")}},
+                        "metadata": {k: v for k, v in imported.metadata.items()
+                                     if k in ("version", "task", "imgsz", "stride", "weights")}},
                 profile=profile.as_dict(), quantization=quant, toolchain=res.toolchain,
                 fidelity={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
             )
@@ -127,6 +127,13 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                 log(f"measuring fidelity to FP32 on {len(cset.holdout)} held-back images")
                 manifest.fidelity.update(_fidelity(tmp, res.reference_onnx or fp32_path, manifest, toolchain, cset,
                                                    model_input))
+                problem = family.dud(manifest.fidelity)
+                if problem:
+                    # kept (a --no-split bundle is how one sees what splitting buys) but never silent:
+                    # the manifest says so, and so do convert, run and eval
+                    manifest.fidelity["unusable"] = problem
+                    log(f"warning: {out_dir}: this bundle does not work: {problem}"
+                        + ("; convert without --no-split" if not do_split and family.splittable(spec) else ""))
                 write_manifest(tmp, manifest)
         bundle = Bundle.load(out_dir)
         f = bundle.manifest.fidelity
@@ -202,7 +209,7 @@ def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, 
         return (xf, xt), lb
 
     rep = compare((read_image(p) for p in cset.holdout), run_ref, lambda x: run_test(x[1]), prep, dec,
-                  manifest.outputs, manifest.head.get("num_classes") if manifest.head.get("layout") == "concat" else None)
+                  manifest.outputs, get_head(manifest.head["type"]).concat_classes(manifest.head))
     rep["reference"] = "FP32 ONNX (outputs split as in this bundle) on ONNX Runtime"
     rep["edgeseg_version"] = __version__
     return rep

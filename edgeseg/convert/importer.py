@@ -19,8 +19,8 @@ import onnx
 
 from ..bundle import sha256_file
 from ..errors import EdgesegError, ToolchainMissing
-
-HEADS = ("yolo-seg", "semantic")
+from ..heads import HEAD_TYPES, all_heads, get_head
+from ..heads.base import Head
 
 
 @dataclass
@@ -102,7 +102,83 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
     return m
 
 
-def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_model: bool) -> Path:
+def _fp16_to_fp32(m: onnx.ModelProto) -> bool:
+    """Cast an FP16 export (Ultralytics ``half=True``: Cast in, FP16 graph, Cast out) back to FP32.
+
+    The weights keep their FP16-rounded values; the graph computes in FP32 from then on, so the
+    head splits, calibrates and quantizes like any other export and a bundle's precision label is
+    what it computes in (the manifest's source records the FP16 weights). Returns whether it did.
+    """
+    from onnx import numpy_helper
+
+    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    g = m.graph
+    if not any(t.data_type == F16 for t in g.initializer):
+        return False
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # noqa: BLE001 - shape inference raises assorted types on odd graphs
+        inferred = m
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *g.input, *g.output)}
+    half = {n for n, t in types.items() if t == F16} | {t.name for t in g.initializer if t.data_type == F16}
+    for t in g.initializer:
+        if t.data_type == F16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype("float32"), t.name))
+    drop = []
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.t.data_type == F16:
+                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype("float32"), a.t.name))
+        elif n.op_type == "Cast":
+            to = next(a for a in n.attribute if a.name == "to")
+            src_float = n.input[0] in half or types.get(n.input[0]) == F32
+            if to.i == F16:
+                half.add(n.output[0])
+                if src_float:
+                    drop.append(n)  # float -> fp16 becomes float -> float: gone
+                else:
+                    to.i = F32  # an integer cast into the FP16 graph now lands in FP32
+            elif to.i == F32 and n.input[0] in half:
+                drop.append(n)  # fp16 -> float at an output: gone
+    outputs = {o.name for o in g.output}
+    for n in drop:
+        src, dst = n.input[0], n.output[0]
+        g.node.remove(n)
+        if dst in outputs:  # the tensor before the Cast takes the output's name
+            for k in g.node:
+                k.input[:] = [dst if i == src else i for i in k.input]
+                k.output[:] = [dst if o == src else o for o in k.output]
+        else:
+            for k in g.node:
+                k.input[:] = [src if i == dst else i for i in k.input]
+    for v in g.value_info:
+        if v.type.tensor_type.elem_type == F16:
+            v.type.tensor_type.elem_type = F32
+    return True
+
+
+def parse_imgsz(text: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``--imgsz``: ``N`` (square) or ``H,W`` (also ``HxW``) -> (height, width); EdgesegError if neither."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return (text, text)
+    if isinstance(text, tuple):
+        return (int(text[0]), int(text[1]))
+    parts = [p for p in str(text).lower().replace("x", ",").split(",") if p.strip()]
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = (hw[0], hw[0])
+    if len(hw) != 2 or not all(32 <= v <= 8192 for v in hw):
+        raise EdgesegError(f"--imgsz {text}: expected N or H,W (each 32..8192), e.g. --imgsz 320 or --imgsz 320,480")
+    return hw  # type: ignore[return-value]
+
+
+def _export_ultralytics_pt(path: Path, imgsz: tuple[int, int] | None, workdir: Path, trust_model: bool) -> Path:
     if not trust_model:
         raise EdgesegError(f"{path}: a .pt checkpoint is a pickle that can run code when loaded; pass --trust-model "
                            "if you trust where it came from, or export it to ONNX yourself")
@@ -117,10 +193,13 @@ def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_m
     try:
         with quiet_ultralytics(workdir) as YOLO:  # noqa: N806 - Ultralytics' class name
             model = YOLO(str(copy))
+            size: int | list[int]
             if imgsz is None:
                 args = getattr(model.model, "args", {}) or {}
-                imgsz = int(args.get("imgsz", 640)) if isinstance(args, dict) else 640
-            out = model.export(format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False)
+                size = int(args.get("imgsz", 640)) if isinstance(args, dict) else 640
+            else:
+                size = list(imgsz)
+            out = model.export(format="onnx", imgsz=size, opset=17, simplify=True, dynamic=False)
     except ImportError as e:
         raise ToolchainMissing(f"{path}: importing an Ultralytics .pt needs the ultralytics package (AGPL-3.0)"
                                + (f", which needs {e.name}" if e.name and not e.name.startswith("ultralytics") else "")
@@ -129,7 +208,7 @@ def _export_ultralytics_pt(path: Path, imgsz: int | None, workdir: Path, trust_m
     return Path(out)
 
 
-def _export_torchscript(path: Path, imgsz: int | None, workdir: Path, trust_model: bool) -> Path:
+def _export_torchscript(path: Path, imgsz: tuple[int, int] | None, workdir: Path, trust_model: bool) -> Path:
     if not trust_model:
         # a TorchScript program can read and write any file (torch.from_file(..., shared=True)),
         # and loading it runs __setstate__ methods: gated exactly as pickles are
@@ -153,11 +232,11 @@ def _export_torchscript(path: Path, imgsz: int | None, workdir: Path, trust_mode
     cfg_size = cfg.get("imgsz") if isinstance(cfg, dict) else None
     if isinstance(cfg_size, list) and cfg_size:
         cfg_size = cfg_size[0]
-    size = imgsz or (int(cfg_size) if isinstance(cfg_size, (int, float)) else 0)
+    size = imgsz or ((int(cfg_size),) * 2 if isinstance(cfg_size, (int, float)) else None)
     if not size:
-        raise EdgesegError(f"{path}: TorchScript has no input size in its metadata; pass --imgsz N")
+        raise EdgesegError(f"{path}: TorchScript has no input size in its metadata; pass --imgsz N or H,W")
     dst = workdir / (path.stem + ".onnx")
-    x = torch.zeros(1, 3, size, size)
+    x = torch.zeros(1, 3, *size)
     with torch.no_grad():
         y = module(x)
     n_out = len(y) if isinstance(y, (tuple, list)) else 1
@@ -180,7 +259,8 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or n.endswith("/code/__torch__.py") or "/code/" in n for n in z.namelist())
 
 
-def import_model(path: str | Path, *, head: str | None = None, names: str | None = None, imgsz: int | None = None,
+def import_model(path: str | Path, *, head: str | None = None, names: str | None = None,
+                 imgsz: int | tuple[int, int] | str | None = None,
                  trust_model: bool = False, workdir: Path | None = None) -> ImportedModel:
     """Load ``path`` as a canonical FP32 ONNX and describe its head. Raises EdgesegError on bad input."""
     src = Path(path)
@@ -190,6 +270,7 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         raise EdgesegError(f"{src}: is a folder; pass a model file (.onnx, .pt, .torchscript)")
     if src.stat().st_size == 0:
         raise EdgesegError(f"{src}: file is empty; export the model again")
+    imgsz = parse_imgsz(imgsz)
     digest = sha256_file(src)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeseg-import-"))
     fmt = "onnx"
@@ -200,6 +281,8 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         fmt, onnx_path = "ultralytics-pt", _export_ultralytics_pt(src, imgsz, workdir, trust_model)
     m = _load_onnx(onnx_path)
     meta = {p.key: p.value for p in m.metadata_props}
+    if _fp16_to_fp32(m):
+        meta["weights"] = "fp16"  # exported with half=True: computed in FP32 from here on
 
     inputs = [i for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
     if len(inputs) != 1:
@@ -210,13 +293,13 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         raise EdgesegError(f"{src}: input '{inp.name}' has shape {dims}; edgeseg needs [1,3,H,W] (RGB, NCHW)")
     if not all(isinstance(d, int) and d > 0 for d in dims[2:]) or not (dims[0] == 1 or not isinstance(dims[0], int)):
         if imgsz is None:
-            raise EdgesegError(f"{src}: input '{inp.name}' has dynamic shape {dims}; pass --imgsz N "
+            raise EdgesegError(f"{src}: input '{inp.name}' has dynamic shape {dims}; pass --imgsz N (or H,W) "
                                "or export with a fixed size (yolo export ... dynamic=False)")
     if imgsz is not None or not isinstance(dims[0], int) or dims[0] != 1:
-        h = w = imgsz if imgsz is not None else int(dims[2])  # type: ignore[arg-type]
+        h, w = imgsz if imgsz is not None else (int(dims[2]), int(dims[3]))  # type: ignore[arg-type]
         if imgsz is not None and all(isinstance(d, int) and d > 0 for d in dims[2:]) and (dims[2], dims[3]) != (h, w):
-            raise EdgesegError(f"{src}: input is fixed at {dims[2]}x{dims[3]} but --imgsz is {imgsz}; "
-                               f"drop --imgsz or re-export the model at {imgsz}")
+            raise EdgesegError(f"{src}: input is fixed at {dims[2]}x{dims[3]} but --imgsz is {h},{w}; "
+                               f"drop --imgsz or re-export the model at imgsz=({h},{w})")
         for d, v in zip(inp.type.tensor_type.shape.dim, (1, 3, h, w)):
             d.Clear()
             d.dim_value = v
@@ -230,57 +313,24 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
     input_hw = (int(dims[2]), int(dims[3]))
 
     outs = [(o.name, _dims(o)) for o in m.graph.output]
-    proto_nm = None
-    guess = None
-    if len(outs) == 2 and len(outs[0][1]) == 3 and len(outs[1][1]) == 4:
-        guess = "yolo-seg"
-    elif len(outs) == 1 and len(outs[0][1]) in (3, 4):
-        guess = "semantic"
-    chosen = head or guess
-    if chosen not in HEADS:
-        shapes = ", ".join(f"{n}{s}" for n, s in outs)
-        raise EdgesegError(f"{src}: unknown head (outputs {shapes}); pass --head yolo-seg or --head semantic")
-
-    meta_names = parse_names(names, str(src)) or parse_names(meta.get("names"), str(src))
-    if chosen == "yolo-seg":
-        if len(outs) != 2:
-            raise EdgesegError(f"{src}: --head yolo-seg needs two outputs (detections, prototypes), found {len(outs)}")
-        (det, ddims), (pro, pdims) = outs
-        if len(ddims) != 3 or len(pdims) != 4 or not isinstance(pdims[1], int) or not isinstance(ddims[1], int):
-            raise EdgesegError(f"{src}: outputs {det}{ddims}, {pro}{pdims} are not [1,4+nc+nm,A] and [1,nm,H,W]; "
-                               "pass --head semantic or export with Ultralytics")
-        proto_nm = int(pdims[1])
-        args = str(meta.get("args", ""))
-        if ("'nms': True" in args or str(meta.get("end2end", "")).lower() == "true"
-                or (isinstance(ddims[2], int) and ddims[2] == 6 + proto_nm)):
-            # [1, max_det, x1 y1 x2 y2 score class + nm]: already past NMS, nothing left to split
-            raise EdgesegError(f"{src}: output {det}{ddims} is an export with NMS inside the model; edgeseg needs "
-                               "the raw head (it splits it before INT8 and runs NMS itself): export again without an nms "
-                               "argument (Ultralytics' default keeps the raw head; nms=True or, on NMS-free models, "
-                               "nms=False puts the top-k in the model)")
-        nc = int(ddims[1]) - 4 - proto_nm
-        if nc < 1:
-            raise EdgesegError(f"{src}: output {det}{ddims} is too small for 4 box values and {proto_nm} mask coefficients")
-        names_list = meta_names or [f"class{i}" for i in range(nc)]
-        if len(names_list) != nc:
-            raise EdgesegError(f"{src}: {len(names_list)} class names given but the model has {nc} classes; "
-                               "fix --names")
-        spec = {"type": "yolo-seg", "layout": "concat", "num_classes": nc, "num_masks": proto_nm, "reg_max": 16}
-        roles = [{"name": det, "role": "det", "shape": ddims}, {"name": pro, "role": "protos", "shape": pdims}]
-    else:
-        (out, odims), = outs[:1] if len(outs) >= 1 else [(None, [])]
-        if len(outs) != 1:
-            raise EdgesegError(f"{src}: --head semantic needs one output, found {len(outs)}")
-        kind = "labels" if len(odims) == 3 else "logits"
-        nc = int(odims[1]) if kind == "logits" and isinstance(odims[1], int) else None
-        names_list = meta_names or ([f"class{i}" for i in range(max(nc or 0, 2))] if nc != 1 else ["background", "foreground"])
-        if nc and nc > 1 and len(names_list) != nc:
-            raise EdgesegError(f"{src}: {len(names_list)} class names given but the model outputs {nc} classes; fix --names")
-        spec = {"type": "semantic", "output": kind, "num_classes": nc or len(names_list)}
-        if nc == 1:
-            # one channel: foreground where the logit is > 0, or the probability > 0.5 when the
-            # model ends in its own sigmoid
-            last = next((n for n in m.graph.node if out in n.output), None)
-            spec["threshold"] = 0.5 if last is not None and last.op_type == "Sigmoid" else 0.0
-        roles = [{"name": out, "role": kind, "shape": odims}]
+    family = _recognise(src, m, outs, meta, head)
+    spec, roles, names_list = family.describe(src, m, outs, meta, parse_names(names, str(src))
+                                              or parse_names(meta.get("names"), str(src)))
     return ImportedModel(m, src, digest, fmt, spec, names_list, inp.name, input_hw, roles, meta)
+
+
+def _recognise(src: Path, m: onnx.ModelProto, outs: list[tuple[str, list]], meta: dict[str, str],
+               head: str | None) -> Head:
+    """The head family: the one named by --head (or a more specific one it covers), else the first that
+    recognises the graph."""
+    if head is not None and head not in HEAD_TYPES:
+        raise EdgesegError(f"{src}: --head {head} is not a head edgeseg knows; choose one of {', '.join(HEAD_TYPES)}")
+    for family in all_heads():
+        if head is not None and head not in (family.name, family.refines):
+            continue
+        if family.recognise(m, outs, meta):
+            return family
+    if head is not None:
+        return get_head(head)  # let its describe() say what does not fit
+    shapes = ", ".join(f"{n}{s}" for n, s in outs)
+    raise EdgesegError(f"{src}: unknown head (outputs {shapes}); pass --head " + " or --head ".join(HEAD_TYPES))

@@ -39,29 +39,6 @@ def _conv_through_reshape(name: str, prod: dict[str, onnx.NodeProto]) -> str | N
     return name if node is not None and node.op_type == "Conv" else None
 
 
-def _find_scale_concat(start: str, prod: dict[str, onnx.NodeProto]) -> list[str] | None:
-    """Walk up from ``start`` to the first Concat whose every input is Reshape(Conv(...)).
-
-    That Concat joins the per-scale head convolutions of one role; its inputs' Conv outputs are
-    returned in anchor order.
-    """
-    seen, todo = set(), deque([start])
-    while todo:
-        name = todo.popleft()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = prod.get(name)
-        if node is None:
-            continue
-        if node.op_type == "Concat" and len(node.input) >= 2:
-            convs = [_conv_through_reshape(i, prod) for i in node.input]
-            if all(convs):
-                return convs  # type: ignore[return-value]
-        todo.extend(node.input)
-    return None
-
-
 def _shape(vi: onnx.ValueInfoProto) -> list[int]:
     return [d.dim_value for d in vi.type.tensor_type.shape.dim]
 
@@ -101,25 +78,100 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
                 n.output[k] = new
 
 
-def split_yolo_seg(model: onnx.ModelProto, det_output: str, proto_output: str) -> tuple[onnx.ModelProto, list[dict]]:
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def find_head_convs(model: onnx.ModelProto, det_output: str, num_masks: int | None) -> dict[str, list[str]]:
+    """The per-scale head convolutions above ``det_output``, by role: ``box``, ``cls``, ``coef``.
+
+    Walks up from the output to every Concat joining Reshape(Conv) branches (one per role,
+    strides in anchor order) without walking above them. Roles come from the graph, not the
+    channel order of ``output0``, so the same walk serves the raw head (boxes, scores and
+    coefficients concatenated) and an end-to-end export whose top-k sits below them: the class
+    branch is the one that feeds a Sigmoid, the coefficients have ``num_masks`` channels, the box
+    regression (4 x reg_max channels) is the third.
+    """
+    g = model.graph
+    prod, cons = _producers(g), _consumers(g)
+    found: list[tuple[str, list[str]]] = []
+    seen, todo = set(), deque([det_output])
+    while todo:
+        name = todo.popleft()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = prod.get(name)
+        if node is None:
+            continue
+        if node.op_type == "Concat" and len(node.input) >= 2:
+            convs = [_conv_through_reshape(i, prod) for i in node.input]
+            if all(convs):
+                found.append((name, convs))  # type: ignore[arg-type]
+                continue
+        todo.extend(i for i in node.input if i)
+    if len(found) != 3 or len({len(c) for _, c in found}) != 1:
+        raise EdgesegError(
+            f"cannot split outputs: no per-scale head convolutions (box, class, coefficient branches) found above "
+            f"'{det_output}'; export with `yolo export format=onnx simplify=True` or pass --no-split")
+    inits = {t.name: t for t in g.initializer}
+
+    def channels(conv_out: str) -> int:
+        w = inits.get(prod[conv_out].input[1])
+        return int(w.dims[0]) if w is not None else -1
+
+    roles: dict[str, list[str]] = {}
+    rest = []
+    for name, convs in found:
+        if any(c.op_type == "Sigmoid" for c in cons.get(name, [])) and "cls" not in roles:
+            roles["cls"] = convs
+        else:
+            rest.append(convs)
+    if "cls" not in roles or len(rest) != 2:
+        raise EdgesegError(f"cannot split outputs: no class branch (Concat -> Sigmoid) above '{det_output}'; "
+                           "export with `yolo export format=onnx simplify=True` or pass --no-split")
+    a, b = rest
+    if num_masks is not None and channels(a[0]) == num_masks and channels(b[0]) != num_masks:
+        roles["coef"], roles["box"] = a, b
+    elif num_masks is not None and channels(b[0]) == num_masks and channels(a[0]) != num_masks:
+        roles["coef"], roles["box"] = b, a
+    else:
+        raise EdgesegError(f"cannot tell the box branch from the mask coefficients above '{det_output}' "
+                           f"({channels(a[0])} and {channels(b[0])} channels, {num_masks} masks); pass --no-split")
+    if channels(roles["box"][0]) % 4:
+        raise EdgesegError(f"cannot split outputs: the box branch above '{det_output}' has "
+                           f"{channels(roles['box'][0])} channels, not 4 x reg_max; pass --no-split")
+    return roles
+
+
+def reg_max_of(model: onnx.ModelProto, det_output: str, num_masks: int) -> int:
+    """DFL bins of a YOLO head (16 for YOLOv8/11, 1 for YOLO26): its box convolutions' channels / 4."""
+    convs = find_head_convs(model, det_output, num_masks)["box"]
+    w = next(t for t in model.graph.initializer if t.name == _producers(model.graph)[convs[0]].input[1])
+    return int(w.dims[0]) // 4
+
+
+def split_yolo_seg(model: onnx.ModelProto, det_output: str, proto_output: str,
+                   num_masks: int | None = None) -> tuple[onnx.ModelProto, list[dict]]:
     """Return a copy of ``model`` cut at its per-scale head convs, and the output descriptions.
 
     Each description is ``{"name", "role", "scale", "stride", "shape"}`` with role one of
-    ``box_dfl``, ``cls_logits``, ``coef`` or ``protos``, in the order the decoder expects.
+    ``box_dfl`` (4 x reg_max box regression channels; reg_max 1 is YOLO26's plain ltrb distances),
+    ``cls_logits``, ``coef`` or ``protos``, in the order the decoder expects. Everything below the
+    convolutions goes, including the top-k of an end-to-end export.
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    prod = _producers(g)
-    final = prod.get(det_output)
-    if final is None or final.op_type != "Concat" or len(final.input) != 3:
-        raise EdgesegError(
-            f"cannot split outputs: '{det_output}' is not the Concat(boxes, scores, coefficients) of an "
-            "Ultralytics YOLO-seg export; export with `yolo export format=onnx simplify=True` or pass --no-split")
-    branches = [_find_scale_concat(i, prod) for i in final.input]
-    if not all(branches) or len({len(b) for b in branches}) != 1:  # type: ignore[arg-type]
-        raise EdgesegError(
-            f"cannot split outputs: no per-scale head convolutions found above '{det_output}'; pass --no-split")
+    if num_masks is None:
+        pro = next((o for o in g.output if o.name == proto_output), None)
+        num_masks = _shape(pro)[1] if pro is not None else None
+    found = find_head_convs(m, det_output, num_masks)
+    branches = [found["box"], found["cls"], found["coef"]]
 
     inferred = onnx.shape_inference.infer_shapes(m)
     shapes = {v.name: _shape(v) for v in list(inferred.graph.value_info) + list(inferred.graph.output)}

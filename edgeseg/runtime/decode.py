@@ -1,12 +1,18 @@
 """Turn a bundle's raw outputs into instances (or a label map) in source-frame pixels, in numpy.
 
-Two YOLO-seg layouts are decoded:
+Three YOLO-seg layouts are decoded:
 
 * ``split`` — the per-scale head outputs edgeseg's converter exposes (DFL logits, class logits,
-  coefficients per stride, plus prototypes). DFL, anchors and sigmoid happen here, and only for
-  anchors whose best class logit passes the threshold, so most of the grid is never decoded.
+  coefficients per stride, plus prototypes). DFL (none for YOLO26: reg_max 1), anchors and sigmoid
+  happen here, and only for anchors whose best class logit passes the threshold, so most of the
+  grid is never decoded.
 * ``concat`` — Ultralytics' own ``output0`` [1, 4+nc+nm, A] (xywh in input pixels, scores,
   coefficients) with ``output1`` prototypes.
+* ``end2end`` — a YOLO26 end-to-end export's [1, k, 6+nm] (xyxy, score, class, coefficients),
+  already past its top-k.
+
+The one-to-many heads (YOLOv8/11, YOLO26's default export) go through NMS; YOLO26's one-to-one
+head (``variant: one2one``) is decoded as Ultralytics does, top-k and no NMS.
 
 Masks follow Ultralytics' ``process_mask(upsample=True)``: logits = coef @ protos, bilinearly
 upsampled, thresholded at 0, cropped to the box. We evaluate that only inside each kept box and
@@ -24,7 +30,10 @@ import numpy as np
 from .nms import nms
 from .preprocess import Letterbox
 
-MAX_NMS = 30000  # as Ultralytics: candidates kept for NMS
+# Candidates kept (best scores first) before NMS or top-k: Ultralytics keeps 30000, more than
+# the 8400 anchors of a 640 px model; this bound is what keeps a very low --conf (or a badly
+# calibrated model) from costing seconds and gigabytes per frame.
+MAX_NMS = 30000
 
 
 @dataclass
@@ -129,6 +138,7 @@ class YoloSegDecoder:
         self.nc = int(head["num_classes"])
         self.nm = int(head["num_masks"])
         self.reg_max = int(head.get("reg_max") or 16)
+        self.one2one = head.get("variant") == "one2one"
         self.names = list(names)
         self.input_hw = input_hw
         self.quant = {o["name"]: o.get("quant") for o in outputs}
@@ -155,7 +165,7 @@ class YoloSegDecoder:
             self.anchor_y = np.concatenate(ay)
             self.anchor_stride = np.concatenate(st)
             self.dfl_bins = np.arange(self.reg_max, dtype=np.float32)
-        elif self.layout == "concat":
+        elif self.layout in ("concat", "end2end"):
             self.det_name = by_role["det"][0]["name"]
         else:
             raise ValueError(f"unknown YOLO-seg layout {self.layout!r}")
@@ -164,48 +174,81 @@ class YoloSegDecoder:
         parts = [dequantize(outs[n], self.quant.get(n)) for n in names]
         return np.concatenate([p.reshape(p.shape[1], -1) for p in parts], axis=1)
 
-    def candidates(self, outs: dict, conf: float, classes: list[int] | None):
-        """Boxes (xyxy, input pixels), scores, class ids and coefficients above ``conf``."""
-        with np.errstate(all="ignore"):  # non-finite runtime outputs are filtered below, not warned about
-            return self._candidates(outs, conf, classes)
+    def candidates(self, outs: dict, conf: float, classes: list[int] | None, max_det: int = 300):
+        """Boxes (xyxy, input pixels), scores, class ids and coefficients above ``conf``.
 
-    def _candidates(self, outs: dict, conf: float, classes: list[int] | None):
-        if self.layout == "split":
-            cls = self._flat(outs, self.cls_names)  # [nc, A] logits
-            thr = -np.inf if conf <= 0 else (np.inf if conf >= 1 else math.log(conf / (1 - conf)))
+        For a one-to-one head these are already the final detections (top-k, no NMS to follow)."""
+        with np.errstate(all="ignore"):  # non-finite runtime outputs are filtered below, not warned about
+            return self._candidates(outs, conf, classes, max_det)
+
+    def _top(self, score: np.ndarray, k: int) -> np.ndarray:
+        """Indices of the ``k`` best scores, best first, ties in anchor order (as a stable sort)."""
+        if len(score) <= k:
+            return np.argsort(-score, kind="stable")
+        part = np.argpartition(-score, k - 1)[:k]
+        return part[np.argsort(-score[part], kind="stable")]
+
+    def _candidates(self, outs: dict, conf: float, classes: list[int] | None, max_det: int):
+        if self.layout == "end2end":
+            det = dequantize(outs[self.det_name], self.quant.get(self.det_name))[0]  # [k, 6+nm], top-k done
+            score = det[:, 4]
+            keep = np.flatnonzero(score > conf)
+            cid = det[keep, 5].astype(np.int64)
+            if classes is not None:
+                keep, cid = keep[np.isin(cid, classes)], cid[np.isin(cid, classes)]
+            keep, cid = keep[:max_det], cid[:max_det]
+            boxes, score, coef = det[keep, :4], score[keep], det[keep, 6:6 + self.nm]
+            idx = keep
+        else:
+            if self.layout == "split":
+                cls = self._flat(outs, self.cls_names)  # [nc, A] logits
+                thr = -np.inf if conf <= 0 else (np.inf if conf >= 1 else math.log(conf / (1 - conf)))
+            else:
+                det = dequantize(outs[self.det_name], self.quant.get(self.det_name))[0]  # [4+nc+nm, A]
+                cls = det[4:4 + self.nc]
+                thr = conf
             best = cls.max(0)
             idx = np.flatnonzero(best > thr)
             if len(idx) == 0:
                 return None
-            cid = cls[:, idx].argmax(0)
-            score = _sigmoid(best[idx])
-        else:
-            det = dequantize(outs[self.det_name], self.quant.get(self.det_name))[0]  # [4+nc+nm, A]
-            sc = det[4:4 + self.nc]
-            best = sc.max(0)
-            idx = np.flatnonzero(best > conf)
-            if len(idx) == 0:
-                return None
-            cid = sc[:, idx].argmax(0)
-            score = best[idx]
-        if classes is not None:
-            keep = np.isin(cid, classes)
-            idx, cid, score = idx[keep], cid[keep], score[keep]
-        if len(idx) > MAX_NMS:
-            top = np.argsort(-score, kind="stable")[:MAX_NMS]
-            idx, cid, score = idx[top], cid[top], score[top]
-        if self.layout == "split":
-            dfl = self._flat(outs, self.box_names)[:, idx].reshape(4, self.reg_max, -1)
-            dfl = np.exp(dfl - dfl.max(1, keepdims=True))
-            dist = (dfl * self.dfl_bins[None, :, None]).sum(1) / dfl.sum(1)  # [4, n] ltrb in grid cells
-            s = self.anchor_stride[idx]
-            x, y = self.anchor_x[idx], self.anchor_y[idx]
-            boxes = np.stack([(x - dist[0]) * s, (y - dist[1]) * s, (x + dist[2]) * s, (y + dist[3]) * s], 1)
-            coef = self._flat(outs, self.coef_names)[:, idx].T
-        else:
-            xywh = det[:4, idx].T
-            boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
-            coef = det[4 + self.nc:4 + self.nc + self.nm, idx].T
+            if self.one2one:
+                # Ultralytics' end-to-end top-k: the max_det best anchors, then the max_det best
+                # (anchor, class) pairs among them; an anchor may yield several classes.
+                idx = idx[self._top(best[idx], max_det)]
+                sub = cls[:, idx]
+                ci, ai = np.nonzero(sub > thr)
+                pick = self._top(sub[ci, ai], max_det)
+                ci, ai = ci[pick], ai[pick]
+                idx, cid, score = idx[ai], ci, sub[ci, ai]
+            else:
+                cid = cls[:, idx].argmax(0)
+                score = best[idx]
+            if self.layout == "split":
+                score = _sigmoid(score)
+            if classes is not None:
+                keep = np.isin(cid, classes)
+                idx, cid, score = idx[keep], cid[keep], score[keep]
+            if len(idx) > MAX_NMS:
+                top = self._top(score, MAX_NMS)
+                idx, cid, score = idx[top], cid[top], score[top]
+            if self.layout == "split":
+                box = self._flat(outs, self.box_names)[:, idx]
+                if self.reg_max > 1:
+                    dfl = box.reshape(4, self.reg_max, -1)
+                    dfl = np.exp(dfl - dfl.max(1, keepdims=True))
+                    dist = (dfl * self.dfl_bins[None, :, None]).sum(1) / dfl.sum(1)  # [4, n] ltrb in grid cells
+                else:
+                    dist = box  # YOLO26: the regression is the ltrb distance itself
+                s = self.anchor_stride[idx]
+                x, y = self.anchor_x[idx], self.anchor_y[idx]
+                boxes = np.stack([(x - dist[0]) * s, (y - dist[1]) * s, (x + dist[2]) * s, (y + dist[3]) * s], 1)
+                coef = self._flat(outs, self.coef_names)[:, idx].T
+            else:
+                xywh = det[:4, idx].T
+                boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+                coef = det[4 + self.nc:4 + self.nc + self.nm, idx].T
+        if len(idx) == 0:
+            return None
         # A runtime can hand back NaN/inf (overflowed FP16, a broken INT8 scale): such anchors are
         # dropped rather than allowed to poison NMS or the masks.
         ok = np.isfinite(boxes).all(1) & np.isfinite(coef).all(1) & np.isfinite(score)
@@ -218,11 +261,14 @@ class YoloSegDecoder:
     def __call__(self, outs: dict, lb: Letterbox, conf: float = 0.25, iou: float = 0.7,
                  classes: list[int] | None = None, max_det: int = 300, masks: bool = True) -> FrameResult:
         res = FrameResult(lb.src_w, lb.src_h, names=self.names)
-        cand = self.candidates(outs, conf, classes)
+        cand = self.candidates(outs, conf, classes, max_det)
         if cand is None:
             return res
         boxes, score, cid, coef = cand
-        keep = nms(boxes, score, cid, iou, max_det)
+        if self.one2one or self.layout == "end2end":
+            keep = np.arange(min(len(score), max_det))  # trained NMS-free: the top-k is the answer
+        else:
+            keep = nms(boxes, score, cid, iou, max_det)
         boxes, score, cid, coef = boxes[keep], score[keep], cid[keep], coef[keep]
         src_boxes = lb.to_source(boxes)
         protos = np.nan_to_num(dequantize(outs[self.protos_name], self.quant.get(self.protos_name))[0],
@@ -282,8 +328,7 @@ class SemanticDecoder:
 
 
 def make_decoder(head: dict, outputs: list[dict], names: list[str], input_hw: tuple[int, int]):
-    if head["type"] == "yolo-seg":
-        return YoloSegDecoder(head, outputs, names, input_hw)
-    if head["type"] == "semantic":
-        return SemanticDecoder(head, outputs, names, input_hw)
-    raise ValueError(f"unknown head type {head['type']!r}")
+    """The decoder of the manifest's head family (see :mod:`edgeseg.heads`)."""
+    from ..heads import get_head
+
+    return get_head(head["type"]).decoder(head, outputs, names, input_hw)
