@@ -118,6 +118,8 @@ def convert(
     platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
     option: Optional[list[str]] = typer.Option(None, "--option", help="KEY=VALUE overriding the target profile's [quantization], e.g. imx500: mixed_precision=true; repeatable."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=1.0, help="INT8: search for the cheapest model within this mask mAP50-95 (mIoU) of FP32, estimated without labels, e.g. 0.005."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labeled dataset .yaml: the report puts the measured drop beside the label-free estimate."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
     try:
@@ -139,7 +141,7 @@ def convert(
     b = do_convert(model, target=target, precision=chosen[0] if chosen else None, calib=calib,
                    calib_images=calib_images, imgsz=imgsz, out=out, head=head, names=names, split=not no_split,
                    trust_model=trust_model, platform=platform, verify_data=verify_data,
-                   options={"keep_float": keep_float or [], "set": sets},
+                   options={"keep_float": keep_float or [], "set": sets}, max_drop=max_drop, data=data,
                    log=lambda m: typer.echo(m, err=True))
     typer.echo(str(b.path))
 

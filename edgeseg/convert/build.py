@@ -26,8 +26,12 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | None = None,
             out: str | Path | None = None, head: str | None = None, names: str | None = None,
             split: bool = True, trust_model: bool = False, fidelity: bool = True, platform: str | None = None,
-            verify_data: str | Path | None = None, options: dict[str, Any] | None = None, log=print) -> Bundle:
-    """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``."""
+            verify_data: str | Path | None = None, options: dict[str, Any] | None = None, log=print,
+            max_drop: float | None = None, data: str | Path | None = None) -> Bundle:
+    """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``.
+
+    ``max_drop``: search for the cheapest INT8 model whose label-free estimated mask mAP50-95 drop
+    is within it (convert/accuracy.py); ``data``: a labeled dataset to measure the real drop too."""
     profile = load_profile(target)
     precision = precision or profile.default_precision
     if precision not in profile.precisions:
@@ -45,6 +49,13 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     model_path = Path(model).absolute() if model else DEFAULT_MODEL
     verify_data = Path(verify_data).absolute() if verify_data else None
 
+    if max_drop is not None and precision != "int8":
+        raise EdgesegError(f"--max-drop bounds what INT8 loses; it does not apply to {precision} (drop --max-drop)")
+    if data is not None:  # a bad dataset fails now, not after minutes of conversion
+        from ..data import load_dataset
+
+        data = Path(data).absolute()
+        load_dataset(data, split="val")
     # Read the images before minutes of toolchain work, so a bad set fails at once.
     n = calib_images or int(profile.quantization.get("calibration_images", DEFAULT_IMAGES))
     calib_path = Path(calib).absolute() if calib else DEFAULT_CALIB
@@ -81,6 +92,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             f"{', outputs split' if do_split else ''})")
         opts = dict(options or {})
         opts.update(log=log, platform=platform)
+        sets = opts.pop("set", None) or {}
         # toolchains that can only simulate while building (RKNN) need every image up front
         opts["simulate_images"] = list(cset.holdout if cset is not None and fidelity else [])
         if verify_data:
@@ -88,34 +100,53 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
 
             opts["simulate_images"] += load_dataset(verify_data, split="val").images
         with atomic_bundle_dir(out_dir) as tmp:
-            job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
-                             tmp, opts)
-            res = toolchain.convert(job)
-            spec.update(res.head)
-            h, w = imported.input_hw
-            inp = {"name": imported.input_name, "height": h, "width": w, "layout": "nchw", "dtype": "float32",
-                   "color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
-                   "letterbox": {"pad_value": 114, "center": True}}
-            inp.update(res.input)
-            quant = dict(res.quantization)
-            if cset is not None and precision == "int8":
-                quant["calibration"] = cset.summary()
-            manifest = Manifest(
-                target=target, precision=precision, runtime=profile.runtime, model_files=res.model_files,
-                input=inp, head=spec, names=imported.names, outputs=res.outputs,
-                source={"path": model_path.name, "sha256": imported.sha256, "format": imported.format,
-                        "metadata": {k: v for k, v in imported.metadata.items() if k in ("version", "task", "imgsz", "stride")}},
-                profile=profile.as_dict(), quantization=quant, toolchain=res.toolchain,
-                fidelity={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-            )
-            write_manifest(tmp, manifest)
-            if res.log:
-                (tmp / "toolchain.log").write_text(res.log)
+            def attempt(folder: Path, extra: dict, prof=profile, tc=toolchain, prec=precision) -> tuple:
+                """One conversion into ``folder``, manifest written (the search runs several)."""
+                folder.mkdir(parents=True, exist_ok=True)
+                job = ConvertJob(imported, fp32_path, outputs, prof, prec, cset if prec == "int8" else None,
+                                 folder, {**opts, **extra, "set": {**sets, **(extra.get("set") or {})}})
+                res = tc.convert(job)
+                spec_ = {**spec, **res.head}
+                h, w = imported.input_hw
+                inp = {"name": imported.input_name, "height": h, "width": w, "layout": "nchw", "dtype": "float32",
+                       "color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                       "letterbox": {"pad_value": 114, "center": True}}
+                inp.update(res.input)
+                quant = dict(res.quantization)
+                if cset is not None and prec == "int8":
+                    quant["calibration"] = cset.summary()
+                manifest = Manifest(
+                    target=prof.name, precision=prec, runtime=prof.runtime, model_files=res.model_files,
+                    input=inp, head=spec_, names=imported.names, outputs=res.outputs,
+                    source={"path": model_path.name, "sha256": imported.sha256, "format": imported.format,
+                            "metadata": {k: v for k, v in imported.metadata.items() if k in ("version", "task", "imgsz", "stride")}},
+                    profile=prof.as_dict(), quantization=quant, toolchain=res.toolchain,
+                    fidelity={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                )
+                write_manifest(folder, manifest)
+                if res.log:
+                    (folder / "toolchain.log").write_text(res.log)
+                return res, manifest
+
+            acc = None
+            if precision != "fp32" and cset is not None and cset.holdout and spec["type"] in ("yolo-seg", "semantic"):
+                from .accuracy import Accuracy
+
+                acc = Accuracy(fp32_path, spec, outputs, imported, cset, work, toolchain, log)
+            if max_drop is not None and acc is not None:
+                res, manifest = acc.bounded(attempt, tmp, max_drop)
+            else:
+                res, manifest = attempt(tmp, {})
             if fidelity and cset is not None and cset.holdout:
                 manifest.fidelity.update(_fidelity(tmp, res.reference_onnx or fp32_path, manifest, toolchain, cset))
                 write_manifest(tmp, manifest)
+            if acc is not None:
+                manifest.quantization.update(acc.report(tmp, attempt, data))
+                write_manifest(tmp, manifest)
         bundle = Bundle.load(out_dir)
         f = bundle.manifest.fidelity
+        for line in acc.lines() if acc is not None else []:
+            log(line)
         if "cosine" in f:
             log(f"fidelity on {f['images']} held-back images: cosine per role {f['cosine']}"
                 + (f", pixel agreement {f['pixel_agreement']}" if "pixel_agreement" in f else "")

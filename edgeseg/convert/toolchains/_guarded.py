@@ -83,6 +83,7 @@ def _openvino(spec: dict) -> object:
         preset = nncf.QuantizationPreset.MIXED if spec["preset"] == "mixed" else nncf.QuantizationPreset.PERFORMANCE
         ignored = spec.get("ignored") or []
         model = nncf.quantize(model, nncf.Dataset(data), preset=preset, subset_size=len(data),
+                              fast_bias_correction=bool(spec.get("fast_bias_correction", True)),
                               ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
     ov.save_model(model, spec["xml"], compress_to_fp16=spec["precision"] == "fp16")
     return True

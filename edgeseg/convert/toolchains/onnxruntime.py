@@ -75,7 +75,10 @@ class OnnxRuntimeToolchain(Toolchain):
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         assert job.calib is not None
-        pq = job.profile.quantization
+        pq = job.settings  # the profile's [quantization], with the options a --max-drop search tries
+        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy, "distribution": CalibrationMethod.Distribution}
+        method = str(pq.get("calibration_method", "minmax")).lower()
         pre = job.workdir.parent / (job.workdir.name + ".pre.onnx")
         try:
             quant_pre_process(str(job.fp32_path), str(pre), skip_symbolic_shape=True)
@@ -87,16 +90,20 @@ class OnnxRuntimeToolchain(Toolchain):
                 per_channel=bool(pq.get("weights_per_channel", True)),
                 activation_type=QuantType.QUInt8 if pq.get("activations", "uint8") == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=methods[method],
                 nodes_to_exclude=keep_float,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
+            if keep_float:
+                from ..accuracy import keep_inputs_float
+
+                keep_inputs_float(out, job.fp32_path, keep_float)
         finally:
             pre.unlink(missing_ok=True)
             pre.with_suffix(".onnx.data").unlink(missing_ok=True)
         return {"scheme": "static QDQ", "weights": "int8 per-channel symmetric",
                 "activations": pq.get("activations", "uint8") + " per-tensor asymmetric",
-                "calibration_method": "MinMax", "kept_float": keep_float}
+                "calibration_method": methods[method].name, "kept_float": keep_float}
 
 
 TOOLCHAIN = OnnxRuntimeToolchain()

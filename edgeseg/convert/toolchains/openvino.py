@@ -28,10 +28,12 @@ class OpenVinoToolchain(Toolchain):
         import numpy as np
 
         work, log = job.scratch("openvino"), job.log_path("openvino")
-        preset = str(job.profile.quantization.get("preset", "mixed"))
+        preset = str(job.settings.get("preset", "mixed"))
+        fbc = str(job.settings.get("fast_bias_correction", True)).lower() not in ("false", "0", "no")
         ignored = list(job.options.get("keep_float") or [])
         spec = {"tool": "openvino", "op": "convert", "onnx": str(job.fp32_path), "precision": job.precision,
-                "xml": str(job.workdir / XML), "preset": preset, "ignored": ignored}
+                "xml": str(job.workdir / XML), "preset": preset, "ignored": ignored,
+                "fast_bias_correction": fbc}
         try:
             if job.precision == "int8":
                 assert job.calib is not None
@@ -46,7 +48,8 @@ class OpenVinoToolchain(Toolchain):
                    "telemetry": "off: " + (", ".join(rep.get("refused_imports") or []) or "nothing") + " refused"}
         if job.precision == "int8":
             q.update(scheme="NNCF post-training quantization (FakeQuantize)", preset=preset,
-                     weights="int8 per-channel symmetric", activations="int8/uint8 per-tensor", kept_float=ignored)
+                     bias_correction="fast" if fbc else "full", weights="int8 per-channel symmetric",
+                     activations="int8/uint8 per-tensor", kept_float=ignored)
         elif job.precision == "fp16":
             q.update(scheme="FP16 weights (compressed IR); compute precision set by the runtime hint")
         outputs = [dict(o, quant=None) for o in job.outputs]  # the runtime returns float32
