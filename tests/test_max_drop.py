@@ -16,6 +16,11 @@ from onnx import TensorProto, helper, numpy_helper, save
 NAMES = "background,circle,rectangle,triangle,star,hexagon"  # the shapes dataset's classes, for --data
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "cache"))  # the layer ranking is cached there
+
+
 @pytest.fixture(scope="module")
 def outlier_model(tmp_path_factory):
     rng = np.random.default_rng(0)
@@ -82,6 +87,7 @@ def test_max_drop_keeps_the_sensitive_layer_in_float(outlier_model, tmp_path):
     # ranked by measurement: conv_b reads the outlier activation, the other two layers do not
     top = md["sensitivity_top"]
     assert top[0]["layer"] == "conv_b" and top[0]["sensitivity"] > 10 * top[1]["sensitivity"], top
+    assert list((tmp_path / "cache" / "sensitivity").glob("*.json"))  # kept for the next target or run
     # the fewest layers: conv_b alone, and the model really runs it on float inputs
     assert [k["layer"] for k in md["layers_kept_float"]] == ["conv_b"]
     assert q["kept_float"] == ["conv_b"]
