@@ -154,3 +154,20 @@ def test_max_drop_on_the_reference_model_holds_on_labeled_scenes(tmp_path):
         assert r.returncode == 0, r.stderr
         scores[b.name] = json.loads((tmp_path / f"{b.name}.json").read_text())["mask_map50_95"]
     assert scores["fp32"] - scores["bounded"] <= 0.005, scores
+
+
+def test_simulator_targets_are_not_estimated_on_views_they_never_ran(outlier_model, tmp_path):
+    """RKNN and IMX500 run their simulator once, at build time, on the held-back files: their replay
+    has no outputs for the mirrored and zoomed views, so the estimate says so instead of failing."""
+    from edgeseg.convert.accuracy import DropEstimator
+    from edgeseg.convert.calibration import CalibrationSet
+    from edgeseg.convert.toolchains import load_toolchain
+    from edgeseg.defaults import DEFAULT_CALIB
+
+    b, _ = _convert(outlier_model, tmp_path / "plain")
+    m = b.manifest
+    est = DropEstimator(b.path / "model.onnx", m.head, m.outputs, m.names, m.input_hw,
+                        CalibrationSet.from_path(DEFAULT_CALIB, 16).holdout[:2])
+    assert est.estimate_bundle(b.path, load_toolchain("onnxruntime"))["estimated_drop"] is not None
+    for name in ("rknn", "imx500"):
+        assert est.estimate_bundle(b.path, load_toolchain(name)) is None

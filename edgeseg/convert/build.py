@@ -129,7 +129,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                 return res, manifest
 
             acc = None
-            if precision != "fp32" and cset is not None and cset.holdout and spec["type"] in ("yolo-seg", "semantic"):
+            if (precision != "fp32" and cset is not None and cset.holdout and spec["type"] in ("yolo-seg", "semantic")
+                    and (fidelity or max_drop is not None or data is not None)):
                 from .accuracy import Accuracy
 
                 acc = Accuracy(fp32_path, spec, outputs, imported, cset, work, toolchain, log)
