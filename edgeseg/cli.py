@@ -185,6 +185,8 @@ def convert(
     help_options: bool = typer.Option(
         False, "--help-options", help="List the --option keys of --target, with types and defaults, and exit."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out bundle (only an edgeseg bundle; atomically)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=1.0, help="INT8: search for the cheapest model within this mask mAP50-95 (mIoU) of FP32, estimated without labels, e.g. 0.005."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labeled dataset .yaml: the report puts the measured drop beside the label-free estimate."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
     if help_options:
@@ -210,7 +212,7 @@ def convert(
                    trust_model=trust_model, platform=platform, verify_data=verify_data,
                    options=option or [], keep_float=keep_float, mean=_floats("--mean", mean),
                    std=_floats("--std", std), resize=resize,
-                   log=lambda m: typer.echo(m, err=True), force=force)
+                   max_drop=max_drop, data=data, log=lambda m: typer.echo(m, err=True), force=force)
     typer.echo(str(b.path))
 
 

@@ -226,6 +226,9 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
                            "detections_kept": round(fid["matched"] / fid["ref"], 4) if fid["ref"] else 1.0,
                            "mean_mask_iou": round(float(np.mean(fid["ious"])), 4) if fid["ious"] else None}
     out["conversion_fidelity"] = model.manifest.fidelity
+    q = model.manifest.quantization
+    if "accuracy" in q:  # the label-free estimate (and --max-drop search) recorded at conversion
+        out["conversion_accuracy"] = {k: q[k] for k in ("accuracy", "max_drop") if k in q}
     if report is not None:
         write_report(Path(report), out, samples)
     return out
@@ -291,6 +294,10 @@ def write_report(folder: Path, metrics: dict, samples: list) -> None:
         lines += ["", "## Fidelity per output role (held-back calibration images)", "",
                   "| role | mean cosine | min cosine | max abs error |", "| --- | --- | --- | --- |"]
         lines += [f"| {r} | {cf['cosine'][r]} | {cf['cosine_min'][r]} | {cf['max_abs_error'][r]} |" for r in cf["cosine"]]
+    if "conversion_accuracy" in metrics:
+        from .convert.accuracy import report_lines
+
+        lines += report_lines(metrics["conversion_accuracy"])
     if "fidelity" in metrics:
         lines += ["", "## Against the FP32 bundle", "", "```", json.dumps(metrics["fidelity"], indent=1), "```"]
     if samples is not None:

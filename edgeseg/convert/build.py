@@ -20,7 +20,7 @@ from ..runtime.preprocess import InputSpec, fit
 from ..runtime.sources import read_image
 from .calibration import DEFAULT_IMAGES, CalibrationSet
 from .importer import import_model
-from .toolchains import ConvertJob, get_toolchain, load_toolchain, resolve_options
+from .toolchains import ConvertJob, ConvertResult, Toolchain, get_toolchain, load_toolchain, resolve_options
 
 
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
@@ -30,7 +30,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             verify_data: str | Path | None = None, options: Mapping[str, Any] | Iterable[str] | None = None,
             keep_float: Iterable[str] | None = None, mean: Sequence[float] | None = None,
             std: Sequence[float] | None = None, resize: str | None = None,
-            log: Callable[[str], None] = print, force: bool = False) -> Bundle:
+            log: Callable[[str], None] = print, force: bool = False, max_drop: float | None = None,
+            data: str | Path | None = None) -> Bundle:
     """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``.
 
     An existing ``out`` is refused, or with ``force`` replaced when it is an edgeseg bundle.
@@ -39,6 +40,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     (``edgeseg convert --target X --help-options`` lists them); ``keep_float``: node names left in float.
     ``mean``/``std``: the normalisation the model expects, in 0..255 pixel units (ImageNet:
     123.675,116.28,103.53 and 58.395,57.12,57.375); ``resize``: letterbox (default) or stretch.
+    ``max_drop``: search for the cheapest INT8 model whose label-free estimated mask mAP50-95 drop
+    is within it (convert/accuracy.py); ``data``: a labeled dataset to measure the real drop too.
     """
     profile = load_profile(target)
     precision = precision or profile.default_precision
@@ -51,6 +54,13 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     # a path relative to the user's shell no longer points anywhere.
     model_path = Path(model).absolute() if model else DEFAULT_MODEL
     verify_data = Path(verify_data).absolute() if verify_data else None
+    if max_drop is not None and precision != "int8":
+        raise EdgesegError(f"--max-drop bounds what INT8 loses; it does not apply to {precision} (drop --max-drop)")
+    if data is not None:  # a bad dataset fails now, not after minutes of conversion
+        from ..data import load_dataset
+
+        data = Path(data).absolute()
+        load_dataset(data, split="val")
 
     # Read the images before minutes of toolchain work, so a bad set fails at once.
     n = calib_images or int(profile.quantization.get("calibration_images", DEFAULT_IMAGES))
@@ -97,32 +107,53 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
 
             simulate += load_dataset(verify_data, split="val").images
         with atomic_bundle_dir(out_dir, overwrite=force) as tmp:
-            job = ConvertJob(imported, fp32_path, outputs, profile, precision, cset if precision == "int8" else None,
-                             tmp, input=model_input, settings=settings, keep_float=list(keep_float or []),
-                             platform=platform,
-                             simulate_images=simulate, log=log)
-            log(f"{profile.toolchain}: building the {precision} model"
-                + (f", calibrating on {len(cset.images)} images" if precision == "int8" and cset is not None else ""))
-            res = toolchain.convert(job)
+            def attempt(folder: Path, extra: dict, prof: Profile = profile, tc: Toolchain = toolchain,
+                        prec: str = precision) -> tuple[ConvertResult, Manifest]:
+                """One conversion into ``folder``, manifest written (a --max-drop search runs several):
+                ``extra["set"]`` overrides the toolchain's options, ``extra["keep_float"]`` adds nodes."""
+                folder.mkdir(parents=True, exist_ok=True)
+                sets = extra.get("set") or {}
+                base = settings if tc is toolchain else resolve_options(tc, prof)
+                job = ConvertJob(imported, fp32_path, outputs, prof, prec, cset if prec == "int8" else None,
+                                 folder, input=model_input,
+                                 settings={**base, **{k: v for k, v in resolve_options(tc, prof, sets).items()
+                                                      if k in sets}},
+                                 keep_float=[*(keep_float or []), *(extra.get("keep_float") or [])],
+                                 platform=platform, simulate_images=simulate, log=log)
+                log(f"{prof.toolchain}: building the {prec} model"
+                    + (f", calibrating on {len(cset.images)} images" if prec == "int8" and cset is not None else ""))
+                res = tc.convert(job)
+                inp = {"name": imported.input_name,
+                       **model_input.as_(prof.input.get("layout"), prof.input.get("dtype")).to_dict()}
+                inp.update(res.input)
+                quant = dict(res.quantization)
+                if cset is not None and prec == "int8":
+                    quant["calibration"] = cset.summary()
+                manifest = Manifest(
+                    target=prof.name, precision=prec, runtime=prof.runtime, model_files=res.model_files,
+                    input=inp, head={**spec, **res.head}, names=imported.names, outputs=res.outputs,
+                    source={"path": model_path.name, "sha256": imported.sha256, "format": imported.format,
+                            "metadata": {k: v for k, v in imported.metadata.items()
+                                         if k in ("version", "task", "imgsz", "stride", "weights")}},
+                    profile=prof.as_dict(), quantization=quant, toolchain=res.toolchain,
+                    fidelity={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                )
+                write_manifest(folder, manifest)
+                if res.log:
+                    (folder / "toolchain.log").write_text(res.log)
+                return res, manifest
+
+            acc = None
+            if (precision != "fp32" and cset is not None and cset.holdout
+                    and (fidelity or max_drop is not None or data is not None)):
+                from .accuracy import Accuracy
+
+                acc = Accuracy(fp32_path, spec, outputs, imported, cset, work, toolchain, log, model_input)
+            if max_drop is not None and acc is not None:
+                res, manifest = acc.bounded(attempt, tmp, max_drop)
+            else:
+                res, manifest = attempt(tmp, {})
             spec.update(res.head)
-            inp = {"name": imported.input_name,
-                   **model_input.as_(profile.input.get("layout"), profile.input.get("dtype")).to_dict()}
-            inp.update(res.input)
-            quant = dict(res.quantization)
-            if cset is not None and precision == "int8":
-                quant["calibration"] = cset.summary()
-            manifest = Manifest(
-                target=target, precision=precision, runtime=profile.runtime, model_files=res.model_files,
-                input=inp, head=spec, names=imported.names, outputs=res.outputs,
-                source={"path": model_path.name, "sha256": imported.sha256, "format": imported.format,
-                        "metadata": {k: v for k, v in imported.metadata.items()
-                                     if k in ("version", "task", "imgsz", "stride", "weights")}},
-                profile=profile.as_dict(), quantization=quant, toolchain=res.toolchain,
-                fidelity={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-            )
-            write_manifest(tmp, manifest)
-            if res.log:
-                (tmp / "toolchain.log").write_text(res.log)
             if fidelity and cset is not None and cset.holdout:
                 log(f"measuring fidelity to FP32 on {len(cset.holdout)} held-back images")
                 manifest.fidelity.update(_fidelity(tmp, res.reference_onnx or fp32_path, manifest, toolchain, cset,
@@ -135,8 +166,13 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                     log(f"warning: {out_dir}: this bundle does not work: {problem}"
                         + ("; convert without --no-split" if not do_split and family.splittable(spec) else ""))
                 write_manifest(tmp, manifest)
+            if acc is not None:
+                manifest.quantization.update(acc.report(tmp, attempt, data))
+                write_manifest(tmp, manifest)
         bundle = Bundle.load(out_dir)
         f = bundle.manifest.fidelity
+        for line in acc.lines() if acc is not None else []:
+            log(line)
         if "cosine" in f:
             from ..fidelity_verdict import verdict
 

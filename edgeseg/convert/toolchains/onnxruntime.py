@@ -94,6 +94,10 @@ class OnnxRuntimeToolchain(Toolchain):
                 nodes_to_exclude=keep_float,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
+            if keep_float:
+                from ..accuracy import keep_inputs_float
+
+                keep_inputs_float(out, job.fp32_path, keep_float)
         finally:
             pre.unlink(missing_ok=True)
             pre.with_suffix(".onnx.data").unlink(missing_ok=True)

@@ -21,7 +21,8 @@ INSTALL = pip_extra("openvino-host")
 class OpenVinoToolchain(Toolchain):
     name = "openvino"
     OPTIONS = {"preset": Option(str, "NNCF preset: mixed (asymmetric activations) or performance (symmetric)",
-                                "mixed", ("mixed", "performance"))}
+                                "mixed", ("mixed", "performance")),
+               "fast_bias_correction": Option(bool, "NNCF's fast bias correction (false: the full, slower one)", True)}
 
     # without it OpenVINO and NNCF fall back to their own no-op telemetry stubs
     guard_fallback = frozenset({"openvino_telemetry"})
@@ -43,6 +44,7 @@ class OpenVinoToolchain(Toolchain):
                 nncf.QuantizationPreset.PERFORMANCE
             ignored = spec.get("ignored") or []
             model = nncf.quantize(model, nncf.Dataset(data), preset=preset, subset_size=len(data),
+                                  fast_bias_correction=bool(spec.get("fast_bias_correction", True)),
                                   ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
         ov.save_model(model, spec["xml"], compress_to_fp16=spec["precision"] == "fp16")
         return True
@@ -52,9 +54,11 @@ class OpenVinoToolchain(Toolchain):
 
         work, log = job.scratch("openvino"), job.log_path("openvino")
         preset = job.settings["preset"]
+        fbc = job.settings["fast_bias_correction"]
         ignored = list(job.keep_float)
         spec = {"tool": "openvino", "op": "convert", "onnx": str(job.fp32_path), "precision": job.precision,
-                "xml": str(job.workdir / XML), "preset": preset, "ignored": ignored}
+                "xml": str(job.workdir / XML), "preset": preset, "ignored": ignored,
+                "fast_bias_correction": fbc}
         try:
             if job.precision == "int8":
                 spec["calibration"] = str(work / "calibration.npy")
@@ -68,7 +72,8 @@ class OpenVinoToolchain(Toolchain):
                    "telemetry": "off: " + (", ".join(rep.get("refused_imports") or []) or "nothing") + " refused"}
         if job.precision == "int8":
             q.update(scheme="NNCF post-training quantization (FakeQuantize)", preset=preset,
-                     weights="int8 per-channel symmetric", activations="int8/uint8 per-tensor", kept_float=ignored)
+                     bias_correction="fast" if fbc else "full", weights="int8 per-channel symmetric",
+                     activations="int8/uint8 per-tensor", kept_float=ignored)
         elif job.precision == "fp16":
             q.update(scheme="FP16 weights (compressed IR); compute precision set by the runtime hint")
         outputs = [dict(o, quant=None) for o in job.outputs]  # the runtime returns float32
