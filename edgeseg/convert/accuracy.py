@@ -192,14 +192,14 @@ class DropEstimator:
                 close()
 
 
-def role_error(ref: dict, test: dict, outputs: list[dict]) -> float:
+def role_error(ref: dict, test: dict, outputs: list[dict], head: dict) -> float:
     """How far ``test``'s outputs are from ``ref``'s: the sum over roles of 1 - cosine (for small
     errors about half the noise-to-signal power, which adds up over independent error sources)."""
     from types import SimpleNamespace
 
     from ..fidelity import cosine, role_vectors
 
-    m = SimpleNamespace(head={"layout": "split"}, outputs=outputs)  # the two fields role_vectors reads
+    m = SimpleNamespace(head=head, outputs=outputs)  # the two fields role_vectors reads
     ra, ta = role_vectors(ref, m), role_vectors(test, m)
     return float(sum(1.0 - cosine(ra[k], ta[k]) for k in ra))
 
@@ -410,7 +410,7 @@ def qdq_sensitivity(graph: QdqGraph, est: DropEstimator, images: int = 3,
     for k, (name, members) in enumerate(graph.units.items()):
         sess = ort.InferenceSession(graph.variant(everything - set(members)), so, providers=["CPUExecutionProvider"])
         onames = [o.name for o in sess.get_outputs()]
-        err = float(np.mean([role_error(r, dict(zip(onames, sess.run(None, {est.input_name: x}))), est.outputs)
+        err = float(np.mean([role_error(r, dict(zip(onames, sess.run(None, {est.input_name: x}))), est.outputs, est.head)
                              for x, r in zip(xs, refs)]))
         out.append((name, err))
         if progress is not None:
