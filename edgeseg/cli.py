@@ -164,7 +164,7 @@ def convert(
     imgsz: Optional[str] = typer.Option(None, "--imgsz", callback=_imgsz_value,
                                         help="Input size N or H,W, for models with a dynamic input."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default bundles/<model>_<target>_<precision>)."),
-    head: Optional[str] = typer.Option(None, "--head", help="yolo-seg or semantic (default: detected)."),
+    head: Optional[str] = typer.Option(None, "--head", help="yolo-seg, yolo26-seg or semantic (default: detected)."),
     names: Optional[str] = typer.Option(None, "--names", help="Class names: a,b,c or a .txt file."),
     no_split: bool = typer.Option(False, "--no-split", help="Keep Ultralytics' concatenated output (for comparison: INT8 then detects nothing)."),
     trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint or a TorchScript model (both run code from the file; ONNX never does)."),

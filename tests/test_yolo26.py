@@ -93,10 +93,18 @@ def test_pt_import_makes_a_bundle_that_runs(random26, tmp_path):
 
 
 @pytest.mark.slow
-def test_reference_int8_keeps_the_fp32_detections(y26_int8_bundle):
+def test_reference_int8_is_within_0_010_mask_map_of_fp32(y26_int8_bundle, y26_fp32_bundle):
+    from conftest import DATA_YAML
+
+    from edgeseg.eval import evaluate
+    from edgeseg.runtime.model import Model, Thresholds
+
     f = y26_int8_bundle.manifest.fidelity
     assert y26_int8_bundle.manifest.head["layout"] == "split" and "unusable" not in f
     assert f["cosine"]["cls"] > 0.95 and f["detections_kept"] > 0.85, f
+    fp32, int8 = (evaluate(Model.load(b.path, thresholds=Thresholds(conf=0.001)), DATA_YAML, progress=False)
+                  ["mask_map50_95"] for b in (y26_fp32_bundle, y26_int8_bundle))
+    assert fp32 > 0.5 and fp32 - int8 <= 0.010, (fp32, int8)
 
 
 def test_unsplit_int8_is_marked_unusable(int8_nosplit_bundle, tmp_path):
