@@ -21,6 +21,7 @@ from typing import Any
 
 from . import __version__
 from .errors import EdgesegError
+from .heads import HEAD_TYPES  # light (no onnx): the one list of head families
 
 MANIFEST = "edgeseg.json"
 FORMAT_VERSION = 1
@@ -107,12 +108,12 @@ class Manifest:
             raise bad("files must map names to SHA-256 hex digests")
         if not isinstance(d["head"].get("type"), str):
             raise bad("head.type is missing")
-        if d["head"]["type"] == "yolo-seg":
+        if d["head"]["type"] in ("yolo-seg", "yolo26-seg"):
             for k in ("num_classes", "num_masks"):
                 if not isinstance(d["head"].get(k), int) or not 0 < d["head"][k] <= 10000:
                     raise bad(f"head.{k} must be a positive integer")
-            if d["head"].get("layout") not in ("split", "concat"):
-                raise bad("head.layout must be 'split' or 'concat'")
+            if d["head"].get("layout") not in ("split", "concat", "end2end"):
+                raise bad("head.layout must be 'split', 'concat' or 'end2end'")
         for k in ("height", "width"):
             v = d["input"].get(k)
             if not isinstance(v, int) or not 1 <= v <= 8192:
@@ -139,7 +140,6 @@ class Manifest:
         return cls(**d)
 
 
-HEAD_TYPES = {"yolo-seg", "yolo26-seg", "semantic"}
 PRECISIONS = {"int8", "int8w", "fp16", "fp32"}  # every precision a target profile offers
 
 
