@@ -13,6 +13,7 @@ def test_pickled_checkpoint_is_refused_without_trust(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # an Ultralytics export (torch) and a conversion
 def test_pt_import_matches_the_onnx_export(tmp_path, fp32_model):
     pytest.importorskip("ultralytics", reason="importing .pt needs ultralytics (AGPL, optional): "
                         "pip install torch==2.14.1 torchvision==0.29.1 ultralytics==8.4.190")
@@ -101,6 +102,7 @@ def test_dynamic_onnx_export_converts_at_any_imgsz(tmp_path, fp32_model):
     assert f["detections_kept"] > 0.8 and f["mean_mask_iou"] > 0.85, f
 
 
+@pytest.mark.slow  # an Ultralytics TorchScript export (torch) and a conversion
 def test_ultralytics_torchscript_export_converts(tmp_path, fp32_model):
     pytest.importorskip("ultralytics", reason=ULTRALYTICS)
     ts = _export(tmp_path, "torchscript", ".torchscript")
