@@ -68,7 +68,12 @@ def test_edgetpu_report_lists_every_op(tfl):
 
     screen = "\n".join(summary_lines(rep))
     assert "(BATCH_MATMUL at #" in screen and "SOFTMAX x1" in screen and "advice: YOLO11" in screen
-    assert rep["compiler"]["compiled"] is False and "edgetpu_compiler" in rep["compiler"]["how"]
+    import shutil
+
+    if shutil.which("edgetpu_compiler") is None:  # the conversion ran with the PATH this test has
+        assert rep["compiler"]["compiled"] is False and "edgetpu_compiler" in rep["compiler"]["how"]
+    else:
+        assert rep["compiler"]["compiled"] is True
     assert b.manifest.quantization["edgetpu"]["split_at"]["op"] == "BATCH_MATMUL"
 
 
@@ -239,8 +244,11 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     # running ~10x slower on the CPU is never silent
     assert [r.getMessage() for r in caplog.records if "no Edge TPU found" in r.getMessage()], caplog.text
     caplog.clear()
-    Model.load(tfl["split"].path).close()  # converted here, where no edgetpu_compiler is installed
-    assert "holds no Edge TPU-compiled model" in caplog.text and "edgetpu_compiler" in caplog.text
+    Model.load(tfl["split"].path).close()  # converted here: compiled only where edgetpu_compiler is installed
+    if "model_edgetpu.tflite" not in tfl["split"].manifest.model_files:
+        assert "holds no Edge TPU-compiled model" in caplog.text and "edgetpu_compiler" in caplog.text
+    else:
+        assert "holds no Edge TPU-compiled model" not in caplog.text
     ref = cpu(frame)
     assert [i.class_id for i in with_tpu.instances] == [i.class_id for i in ref.instances] and ref.instances
 
