@@ -166,9 +166,62 @@ def test_mct_quantized_accuracy_is_within_002_of_fp32(imx, fp32_bundle):
     assert ref - got <= 0.02, (ref, got)
 
 
-def _fake_picamera2(bundle, frames, roi_for, tensors_for):
+# The stand-in below follows picamera2's own IMX500 helper, not edgeseg's orient() or
+# sensor_mapping(): raspberrypi/picamera2 picamera2/devices/imx500/imx500.py (get_outputs,
+# get_output_shapes, convert_inference_coords, set_auto_aspect_ratio) and, for the tensor layout,
+# raspberrypi/libcamera src/ipa/rpi/cam_helper/imx500_tensor_parser/imx500_tensor_parser.cpp, which
+# exports each output tensor with its dimensions listed in CnnOutputTensorInfo and its data ordered
+# with the first listed dimension varying fastest (picamera2 reshapes with order='F').
+FULL_SENSOR = (0, 0, 4056, 3040)  # IMX500.get_full_sensor_resolution()
+RAW_SIZE, MAIN_SIZE = (2028, 1520), (1014, 760)  # the 2x2-binned sensor mode; the stream edgeseg asks for
+NET_IN_FRAME = (127, 0, 760, 760)  # where the centre-square inference crop lands in MAIN_SIZE (worked out below)
+
+
+class Rectangle:
+    """libcamera.Rectangle, with the integer arithmetic of libcamera's geometry.cpp."""
+
+    __slots__ = ("height", "width", "x", "y")
+
+    def __init__(self, x, y, width, height):
+        self.x, self.y, self.width, self.height = int(x), int(y), int(width), int(height)
+
+    def scaled_by(self, num, den):  # Size arguments as (width, height)
+        return Rectangle(self.x * num[0] // den[0], self.y * num[1] // den[1], self.width * num[0] // den[0],
+                         self.height * num[1] // den[1])
+
+    def bounded_to(self, b):
+        x0, y0 = max(self.x, b.x), max(self.y, b.y)
+        x1, y1 = min(self.x + self.width, b.x + b.width), min(self.y + self.height, b.y + b.height)
+        return Rectangle(x0, y0, max(x1 - x0, 0), max(y1 - y0, 0))
+
+    def translated_by(self, dx, dy):
+        return Rectangle(self.x + dx, self.y + dy, self.width, self.height)
+
+
+def _sensor_export(tensors: list, dims_listed: str):
+    """What libcamera puts in a request's metadata for the network's outputs: one flat float list
+    (CnnOutputTensor) and CnnOutputTensorInfo (picamera2's CnnOutputTensorInfoExported struct:
+    char[64] name, u32 count, then 8 x {u32 data_num, u32 num_dims, u16 size[8]}). The converter
+    decides the order each tensor's dimensions are listed in; both orders are exported the way the
+    parser does: first listed dimension fastest."""
+    import struct
+
+    flat, info = [], b"edgeseg-test".ljust(64, b"\0") + struct.pack("<I", len(tensors))
+    for t in tensors:
+        dims = list(t.shape[::-1]) if dims_listed == "innermost first" else list(t.shape)
+        data = t.reshape(-1) if dims_listed == "innermost first" else t.reshape(-1, order="F")
+        flat.extend(data.tolist())
+        info += struct.pack("<II8H", t.size, len(dims), *(dims + [0] * (8 - len(dims))))
+    info += bytes(struct.calcsize("<II8H") * (8 - len(tensors)))
+    return flat, info
+
+
+def _fake_picamera2(bundle, frames, tensors_for, dims_listed):
     """picamera2 with its IMX500 helper, as far as edgeseg uses it; tensors come from the
-    MCT-quantized network (recorded at conversion), handed back the way picamera2 does."""
+    MCT-quantized network (recorded at conversion) for the picture the sensor fed it, exported as
+    libcamera does and read back as picamera2 does."""
+    import ctypes
+
     calls: dict = {"released": 0}
 
     class Request:
@@ -179,7 +232,10 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
             return np.dstack([frames[self.k], np.full(frames[self.k].shape[:2], 255, np.uint8)])  # XRGB8888
 
         def get_metadata(self):
-            return {"k": self.k}
+            md = {"k": self.k, "ScalerCrop": FULL_SENSOR}  # the whole sensor: MAIN_SIZE is its 4:3
+            if self.k:  # the first frame arrives before the network has run
+                md["CnnOutputTensor"], md["CnnOutputTensorInfo"] = _sensor_export(tensors_for(self.k), dims_listed)
+            return md
 
         def release(self):
             calls["released"] += 1
@@ -192,6 +248,9 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
         def create_preview_configuration(self, main=None, controls=None, buffer_count=4):
             calls["config"] = main
             return {"main": main}
+
+        def camera_configuration(self):
+            return {"main": {"size": MAIN_SIZE}, "raw": {"size": RAW_SIZE}}
 
         def start(self, cfg):
             calls["started"] = calls.get("started", 0) + 1
@@ -209,14 +268,25 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
         def close(self):
             calls["closed"] = True
 
+    class OutputTensorInfo(ctypes.LittleEndianStructure):
+        _fields_ = [("tensor_data_num", ctypes.c_uint32), ("num_dimensions", ctypes.c_uint32),
+                    ("size", ctypes.c_uint16 * 8)]
+
+    class CnnOutputTensorInfoExported(ctypes.LittleEndianStructure):
+        _fields_ = [("network_name", ctypes.c_char * 64), ("num_tensors", ctypes.c_uint32),
+                    ("info", OutputTensorInfo * 8)]
+
     class IMX500:
         def __init__(self, path):
             calls["rpk"] = path
             self.camera_num = 0
+            self.roi = Rectangle(*FULL_SENSOR)  # set_inference_roi_abs(full sensor) in picamera2's __init__
 
         def set_auto_aspect_ratio(self):
             # picamera2's demos set the crop once the camera runs; set before, it may not hold
             calls["aspect"] = "preserve" if calls.get("started") else "set before start"
+            side = min(FULL_SENSOR[2:])  # the input's 1:1 aspect, centred on the sensor
+            self.roi = Rectangle((FULL_SENSOR[2] - side) // 2, (FULL_SENSOR[3] - side) // 2, side, side)
 
         def show_network_fw_progress_bar(self):
             pass
@@ -224,23 +294,34 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
         def get_input_size(self):
             return (320, 320)
 
-        def get_outputs(self, md, add_batch=False):
-            if md["k"] == 0:
-                return None  # the first frame arrives before the network has run
-            outs = tensors_for(md["k"])
-            # reported fastest-first and read in Fortran order, as picamera2 does
-            return [outs[o["name"]][0].reshape(-1).reshape(outs[o["name"]][0].shape[::-1], order="F")
-                    for o in bundle.manifest.outputs]
+        def get_outputs(self, metadata, add_batch=False):
+            output_tensor = metadata.get("CnnOutputTensor")
+            if not output_tensor:
+                return None
+            raw = bytes(metadata["CnnOutputTensorInfo"])
+            parsed = CnnOutputTensorInfoExported()
+            assert len(raw) == ctypes.sizeof(parsed)
+            ctypes.memmove(ctypes.addressof(parsed), raw, len(raw))
+            np_output, offset, outputs = np.fromiter(output_tensor, dtype=np.float32), 0, []
+            for t in parsed.info[:parsed.num_tensors]:
+                shape = list(t.size)[:t.num_dimensions]
+                size = int(np.prod(shape))
+                outputs.append(np_output[offset:offset + size].reshape(shape, order="F"))
+                offset += size
+            return [o[None] for o in outputs] if add_batch else outputs
 
-        def convert_inference_coords(self, coords, md, picam2):
+        def convert_inference_coords(self, coords, metadata, picam2, stream="main"):
             # picamera2 >= 0.3.2x returns a libcamera Rectangle (attributes, not a tuple)
-            return Rectangle(*roi_for(md["k"]))
-
-    class Rectangle:
-        __slots__ = ("x", "y", "width", "height")
-
-        def __init__(self, x, y, width, height):
-            self.x, self.y, self.width, self.height = x, y, width, height
+            isp = picam2.camera_configuration()[stream]["size"]
+            sensor = picam2.camera_configuration()["raw"]["size"]
+            crop = Rectangle(*metadata["ScalerCrop"])
+            y0, x0, y1, x1 = coords
+            w, h = FULL_SENSOR[2:]
+            obj = Rectangle(*np.maximum(np.array([x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h]), 0).astype(np.int32))
+            sensor_crop = crop.scaled_by(sensor, (w, h))
+            obj = obj.bounded_to(self.roi).scaled_by(sensor, (w, h)).bounded_to(sensor_crop)
+            return obj.translated_by(-sensor_crop.x, -sensor_crop.y).scaled_by(isp, (sensor_crop.width,
+                                                                                       sensor_crop.height))
 
     pc = types.ModuleType("picamera2")
     devices = types.ModuleType("picamera2.devices")
@@ -248,15 +329,35 @@ def _fake_picamera2(bundle, frames, roi_for, tensors_for):
     return pc, devices, calls
 
 
-def test_pi_runtime_decodes_sensor_tensors_with_the_real_decoder(imx, tmp_path, monkeypatch):
+def test_the_stand_ins_crop_is_where_picamera2_puts_it():
+    """The inference crop of the stand-in (picamera2's arithmetic): the centre 3040x3040 of the
+    4056x3040 sensor is x 508..3548, in the 1014x760 stream x 127..887, the full height."""
+    pc, _, _ = _fake_picamera2(None, [], None, "innermost first")
+    imx = pc.devices.IMX500("network.rpk")
+    imx.set_auto_aspect_ratio()
+    r = imx.convert_inference_coords((0.0, 0.0, 1.0, 1.0), {"ScalerCrop": FULL_SENSOR}, pc.Picamera2())
+    assert (r.x, r.y, r.width, r.height) == NET_IN_FRAME
+
+
+@pytest.mark.parametrize("dims_listed", ["innermost first", "as in the model"])
+def test_pi_runtime_decodes_sensor_tensors_with_the_real_decoder(imx, tmp_path, monkeypatch, dims_listed):
+    """The sensor's network sees the centre square of a 4:3 stream; each frame here is a scene
+    scaled into that square with gray bands beside it, and the instances must land on the scene."""
+    import cv2
+
     from edgeseg.runtime.backends.imx500 import Imx500Backend, network_rpk
     from edgeseg.runtime.model import Model
     from edgeseg.runtime.pipeline import run_pipeline
     from edgeseg.runtime.preprocess import preprocess
     from edgeseg.runtime.sources import read_image
 
-    paths = sorted(VAL_IMAGES.glob("*.jpg"))[:6]
-    frames = [read_image(p) for p in paths]
+    scenes = [read_image(p) for p in sorted(VAL_IMAGES.glob("*.jpg"))[:6]]  # 320x320: what the network saw
+    x, y, w, h = NET_IN_FRAME
+    frames = []
+    for sc in scenes:
+        f = np.full((MAIN_SIZE[1], MAIN_SIZE[0], 3), 114, np.uint8)
+        f[y:y + h, x:x + w] = cv2.resize(sc, (w, h), interpolation=cv2.INTER_LINEAR)
+        frames.append(f)
     host = Model.load(imx.path)  # no picamera2 here: the recorded outputs are replayed
     assert type(host.backend).__name__ == "ReplayImx500Backend"
 
@@ -266,15 +367,19 @@ def test_pi_runtime_decodes_sensor_tensors_with_the_real_decoder(imx, tmp_path, 
     tool.write_text('#!/bin/sh\n# -i packerOut.zip -o DIR\nmkdir -p "$4" && cp "$2" "$4/network.rpk"\n')
     tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
-    pc, devices, calls = _fake_picamera2(imx, frames, lambda k: (0, 0, 320, 320),
-                                         lambda k: host.backend.run(preprocess(frames[k], (320, 320))[0]))
+
+    def tensors_for(k):
+        outs = host.backend.run(preprocess(scenes[k], (320, 320))[0])
+        return [outs[o["name"]][0] for o in imx.manifest.outputs]  # the sensor sends no batch dimension
+
+    pc, devices, calls = _fake_picamera2(imx, frames, tensors_for, dims_listed)
     monkeypatch.setitem(sys.modules, "picamera2", pc)
     monkeypatch.setitem(sys.modules, "picamera2.devices", devices)
 
     board = Model.load(imx.path)
     assert isinstance(board.backend, Imx500Backend)
     events: list[str] = []
-    src = board.backend.camera(imx, 640, 480, 30, backoff=0.01, on_event=events.append)
+    src = board.backend.camera(imx, *MAIN_SIZE, 30, backoff=0.01, on_event=events.append)
     assert calls["rpk"] == str(network_rpk(imx)) and calls["aspect"] == "preserve"
     seen = []
     st = run_pipeline(board, src, [], annotate=False, max_frames=len(frames) - 1,
@@ -284,14 +389,22 @@ def test_pi_runtime_decodes_sensor_tensors_with_the_real_decoder(imx, tmp_path, 
     # the stalled capture restarted the stream (same configuration), reported, and the run went on
     assert calls["started"] == 2 and src.reconnects == 1 and "timed out" in events[0], events
     n = 0
+    s = np.array([w / 320, h / 320, w / 320, h / 320])
     for image, res in seen:
         # live source: frames may be dropped, but each arrives with its own tensors
         k = next(k for k, f in enumerate(frames) if f.shape == image.shape and (f == image).all())
         assert k != 0  # the frame without tensors (network still loading) was skipped
-        ref = host(frames[k])
+        ref = host(scenes[k])  # the same tensors decoded for the 320x320 scene itself
         assert [i.class_id for i in res.instances] == [i.class_id for i in ref.instances]
         for a, b in zip(res.instances, ref.instances):
-            assert np.abs(a.box - b.box).max() < 1e-3 and (a.mask == b.mask).all()
+            # in the frame: scaled by 760/320 and moved right by the 127 px band
+            assert np.abs(a.box - (b.box * s + [x, y, x, y])).max() < 0.05, (a.box, b.box)
+            placed = np.zeros(image.shape[:2], bool)
+            placed[y:y + h, x:x + w] = cv2.resize(b.full_mask(320, 320).astype(np.uint8), (w, h),
+                                                  interpolation=cv2.INTER_NEAREST).astype(bool)
+            got = a.full_mask(*image.shape[:2])
+            # the scene upscaled 2.4x by nearest neighbour: 0.92 at worst for the FP32 model; misplaced: 0
+            assert (got & placed).sum() / (got | placed).sum() > 0.8 and not got[:, :x].any()
             n += 1
     assert n >= 5
     with pytest.raises(Exception, match="runs inside the camera"):
