@@ -482,9 +482,11 @@ def bench(
     bundle: Optional[Path] = typer.Argument(None, help="Bundle folder to time; or a model file (.onnx, .pt) to convert "
                                             "for every --targets x --precisions and compare; default: the reference "
                                             "INT8 bundle (with --targets: the reference model)."),
-    source: Optional[str] = typer.Option(None, "--source", "-s", help="Images or video to time on (default: bundled scenes)."),
+    source: Optional[str] = typer.Option(
+        None, "--source", "-s", help="Images or video to time on (default: bundled scenes)."),
     frames: int = typer.Option(100, "--frames", min=1, help="Timed frames after warm-up."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON (a model: {\"rows\": [...]})."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Write the figures as JSON (a model: {\"rows\": [...]})."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Inference threads (default: try 1, 2 and "
                                           "up to 4, report the best)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
@@ -495,7 +497,8 @@ def bench(
     data: Optional[Path] = typer.Option(None, "--data", help="With a model: dataset .yaml to score on "
                                         "(default: the bundled shapes set)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="With a model: PNG of accuracy against latency."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="As convert: calibration images, video or dataset .yaml."),
+    calib: Optional[str] = typer.Option(
+        None, "--calib", help="As convert: calibration images, video or dataset .yaml."),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="As convert."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", min=32, help="As convert."),
     option: Optional[list[str]] = typer.Option(None, "--option", help="As convert: KEY=VALUE for the targets' "
