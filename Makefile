@@ -1,7 +1,7 @@
 # Two commands from a fresh clone:
 #   make demo   set up, convert the bundled model to ONNX Runtime INT8, stream the sample scenes
 #               through `edgeseg run` (annotated video + JSON), print FPS and accuracy
-#   make test   set up and run the whole test suite (what CI runs)
+#   make test   set up, lint (ruff check .) and run the whole test suite (what CI runs)
 #   make test-fast   what a developer runs while working: all but the vendor-toolchain, emulated and slow tests
 PYTHON ?= python3
 VENV ?= .venv
@@ -52,6 +52,7 @@ $(OLDEST)/.test: pyproject.toml
 # An emulated Raspberry Pi 5 (arm64 Debian Bookworm under qemu-user) for the tests that run
 # bundles on ARM kernels; cached in ~/.cache/edgeseg/aarch64, so this is quick after the first time.
 test: $(VENV)/.test $(OLDEST)/.test
+	$(BIN)/ruff check .
 	./scripts/aarch64-env.sh $(BIN)/python
 	$(BIN)/python -m pytest -q --durations=12
 	$(OLDEST)/bin/python -c "import numpy, cv2; print('device side with numpy', numpy.__version__, 'and OpenCV', cv2.__version__)"
@@ -62,6 +63,7 @@ test: $(VENV)/.test $(OLDEST)/.test
 # Everything but the tests marked toolchain (vendor converters and their envs), emulated (qemu)
 # and slow (conversions of minutes): a few minutes on 2 cores. `make test` still runs them all.
 test-fast: $(VENV)/.test
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not toolchain and not emulated" --durations=5
 
 bench: $(VENV)/.host

@@ -32,10 +32,12 @@ def main() -> None:
                    for p in ("fp32", "int8")]
     opts = {"threads": a.threads} if a.threads else {}
     rows = [bench(Model.load(b, **opts), DEFAULT_SCENES, frames=a.frames) for b in bundles]
-    print("| bundle | precision | inference ms (p90) | decode ms | end-to-end ms (p90) | pipeline FPS | x of 1000/inference | peak RSS MB |")
+    print("| bundle | precision | inference ms (p90) | decode ms | end-to-end ms (p90) | pipeline FPS "
+          "| x of 1000/inference | peak RSS MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {Path(r['bundle']).name} | {r['precision']} | {r['inference_ms']['median']} ({r['inference_ms']['p90']}) | "
+        print(f"| {Path(r['bundle']).name} | {r['precision']} | "
+              f"{r['inference_ms']['median']} ({r['inference_ms']['p90']}) | "
               f"{r['decode_ms']['median']} | {r['end_to_end_ms']['median']} ({r['end_to_end_ms']['p90']}) | "
               f"{r['pipeline_fps']} | {r['pipeline_vs_inference_bound']} | {r['peak_rss_mb']} |")
     if a.json:

@@ -88,7 +88,8 @@ def main() -> None:
                 times[name].clear()
                 for v in stages[name].values():
                     v.clear()
-    rows = {k: {"end_to_end_ms": _med(v), "preprocess_ms": _med(stages[k]["pre"]), "inference_ms": _med(stages[k]["inf"]),
+    rows = {k: {"end_to_end_ms": _med(v), "preprocess_ms": _med(stages[k]["pre"]),
+                "inference_ms": _med(stages[k]["inf"]),
                 "postprocess_ms": _med(stages[k]["post"])} for k, v in times.items()}
     # decode budget on dense frames
     dense = mosaics(images, 50)
@@ -115,7 +116,8 @@ def main() -> None:
     print("| bundle | decode ms median (dense) | max | instances max | mean |")
     print("| --- | --- | --- | --- | --- |")
     for k, r in dec.items():
-        print(f"| {k} | {r['decode_ms_median']} | {r['decode_ms_max']} | {r['instances_max']} | {r['instances_mean']} |")
+        print(f"| {k} | {r['decode_ms_median']} | {r['decode_ms_max']} | {r['instances_max']} "
+              f"| {r['instances_mean']} |")
     if a.json:
         a.json.write_text(json.dumps({"model": str(a.model), "imgsz": a.imgsz, "per_frame": rows,
                                       "dense_decode": dec}, indent=2))

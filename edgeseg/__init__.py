@@ -52,8 +52,8 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'edgeseg' has no attribute {name!r}")
 
 
-def load(bundle: str | os.PathLike | Bundle, *, conf: float = 0.25, iou: float = 0.7, classes: list[int | str] | None = None,
-         max_det: int = 300, **backend_options: object):
+def load(bundle: str | os.PathLike | Bundle, *, conf: float = 0.25, iou: float = 0.7,
+         classes: list[int | str] | None = None, max_det: int = 300, **backend_options: object):
     """Load a bundle for inference: ``edgeseg.load("bundle")(frame)`` returns a FrameResult.
 
     ``conf``, ``iou`` and ``max_det`` are Ultralytics' defaults; ``classes`` keeps only these ids or

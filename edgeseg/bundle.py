@@ -126,7 +126,8 @@ class Manifest:
             if not isinstance(o, dict) or not isinstance(o.get("name"), str) or str(o.get("role")) not in ROLES:
                 raise bad(f"output entry {str(o)[:80]} needs a name and a role in {sorted(ROLES)}")
             shape = o.get("shape")
-            if shape is not None and (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)):
+            if shape is not None and (not isinstance(shape, list)
+                                      or not all(isinstance(v, int) and v > 0 for v in shape)):
                 raise bad(f"output '{o['name']}' has an invalid shape")
             q = o.get("quant")
             if q is not None and (not isinstance(q, dict) or not isinstance(q.get("scale"), (int, float))

@@ -15,6 +15,7 @@ from typing import Optional, TextIO
 
 import typer
 
+from .defaults import DEFAULT_TARGET
 from .errors import EdgesegError, ToolchainMissing
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]},
@@ -33,8 +34,6 @@ def _print_version(value: bool) -> None:
 def _global(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                          help="Print the version and exit.")) -> None:
     """Take a trained segmentation model to an edge device and run it on a live camera."""
-
-from .defaults import DEFAULT_TARGET
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -153,24 +152,35 @@ def _floats(flag: str, text: Optional[str]) -> Optional[list[float]]:
 @app.command()
 @friendly
 def convert(
-    model: Optional[Path] = typer.Argument(None, help="Model file (.onnx, Ultralytics .pt, TorchScript); default: the bundled reference model."),
+    model: Optional[Path] = typer.Argument(
+        None, help="Model file (.onnx, Ultralytics .pt, TorchScript); default: the bundled reference model."),
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target profile name (see `edgeseg doctor`)."),
     int8: bool = typer.Option(False, "--int8", help="INT8, calibrated (the target's default)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights, no calibration (about half the FP32 size)."),
     fp32: bool = typer.Option(False, "--fp32", help="FP32, as trained: the reference for --against and fidelity."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Any precision the target offers, e.g. int8w (MNN weight-only)."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Folder/glob of images, a video of the deployment scenes, or an Ultralytics dataset .yaml."),
-    calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="How many calibration images to sample."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="Any precision the target offers, e.g. int8w (MNN weight-only)."),
+    calib: Optional[str] = typer.Option(
+        None, "--calib", help="Folder/glob of images, a video of the deployment scenes, or an Ultralytics dataset "
+                              ".yaml."),
+    calib_images: Optional[int] = typer.Option(
+        None, "--calib-images", min=1, help="How many calibration images to sample."),
     imgsz: Optional[str] = typer.Option(None, "--imgsz", callback=_imgsz_value,
                                         help="Input size N or H,W, for models with a dynamic input."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default bundles/<model>_<target>_<precision>)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Bundle folder (default bundles/<model>_<target>_<precision>)."),
     head: Optional[str] = typer.Option(None, "--head", help="yolo-seg, yolo26-seg or semantic (default: detected)."),
     names: Optional[str] = typer.Option(None, "--names", help="Class names: a,b,c or a .txt file."),
-    no_split: bool = typer.Option(False, "--no-split", help="Keep Ultralytics' concatenated output (for comparison: INT8 then detects nothing)."),
-    trust_model: bool = typer.Option(False, "--trust-model", help="Allow loading a pickled .pt checkpoint or a TorchScript model (both run code from the file; ONNX never does)."),
+    no_split: bool = typer.Option(
+        False, "--no-split", help="Keep Ultralytics' concatenated output (for comparison: INT8 then detects nothing)."),
+    trust_model: bool = typer.Option(
+        False, "--trust-model", help="Allow loading a pickled .pt checkpoint or a TorchScript model (both run code "
+                                     "from the file; ONNX never does)."),
     keep_float: Optional[list[str]] = typer.Option(None, "--keep-float", help="Node names to leave in float (INT8)."),
-    platform: Optional[str] = typer.Option(None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
-    verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
+    platform: Optional[str] = typer.Option(
+        None, "--platform", help="SoC for targets with several (rknn: rk3588, rk3576, ...)."),
+    verify_data: Optional[Path] = typer.Option(
+        None, "--verify-data", help="Dataset .yaml to simulate at build time (rknn, imx500), for `edgeseg eval`."),
     option: Optional[list[str]] = typer.Option(
         None, "--option", help="KEY=VALUE for the target's toolchain, e.g. imx500: mixed_precision=true; "
                                "repeatable (--help-options lists them)."),
@@ -184,9 +194,14 @@ def convert(
         None, "--resize", help="letterbox (keep the aspect ratio, pad; default) or stretch (to the input size)."),
     help_options: bool = typer.Option(
         False, "--help-options", help="List the --option keys of --target, with types and defaults, and exit."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out bundle (only an edgeseg bundle; atomically)."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=1.0, help="INT8: search for the cheapest model within this mask mAP50-95 (mIoU) of FP32, estimated without labels, e.g. 0.005."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Labeled dataset .yaml: the report puts the measured drop beside the label-free estimate."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing --out bundle (only an edgeseg bundle; atomically)."),
+    max_drop: Optional[float] = typer.Option(
+        None, "--max-drop", min=0.0, max=1.0, help="INT8: search for the cheapest model within this mask mAP50-95 "
+                                                   "(mIoU) of FP32, estimated without labels, e.g. 0.005."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Labeled dataset .yaml: the report puts the measured drop beside the label-free "
+                             "estimate."),
 ) -> None:
     """Convert a trained model into a deployment bundle for one target."""
     if help_options:
@@ -204,7 +219,8 @@ def convert(
 
         raise ToolchainMissing(f"convert runs on the host and needs {e.name}: {pip_extra('host')}") from None
 
-    chosen = [p for p, on in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if on] + ([precision] if precision else [])
+    chosen = ([p for p, on in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if on]
+              + ([precision] if precision else []))
     if len(chosen) > 1:
         raise EdgesegError("pass only one of --int8, --fp16, --fp32, --precision")
     b = do_convert(model, target=target, precision=chosen[0] if chosen else None, calib=calib,
@@ -219,35 +235,61 @@ def convert(
 @app.command()
 @friendly
 def run(
-    bundle: Optional[Path] = typer.Argument(None, help="Bundle folder; default: the reference ONNX Runtime INT8 bundle."),
+    bundle: Optional[Path] = typer.Argument(
+        None, help="Bundle folder; default: the reference ONNX Runtime INT8 bundle."),
     camera: Optional[str] = typer.Option(None, "--camera", help="Camera index (0, 1, ...) or 'pi' for picamera2."),
-    source: Optional[str] = typer.Option(None, "--source", "-s", help="Video file, image folder or glob, or rtsp:// / http:// URL."),
+    source: Optional[str] = typer.Option(
+        None, "--source", "-s", help="Video file, image folder or glob, or rtsp:// / http:// URL."),
     show: bool = typer.Option(False, "--show", help="Show a window with the results."),
-    save: Optional[Path] = typer.Option(None, "--save", help="Annotated video (.mp4/.avi), a folder of images, or an image file for a one-image source."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="JSON lines, one per frame, masks as COCO RLE; - for stdout."),
-    serve: Optional[str] = typer.Option(None, "--serve", help="Stream the annotated frames to a browser (MJPEG over HTTP): PORT (this machine only) or HOST:PORT, e.g. 0.0.0.0:8080 for the network (then with a token, printed in the URL)."),
-    serve_token: Optional[str] = typer.Option(None, "--serve-token", envvar="EDGESEG_SERVE_TOKEN", show_envvar=False, help="The token --serve viewers must present (default beyond loopback: a new one each run; env EDGESEG_SERVE_TOKEN)."),
-    realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Deliver a video file at its frame rate, as a camera would (default with --serve)."),
+    save: Optional[Path] = typer.Option(
+        None, "--save", help="Annotated video (.mp4/.avi), a folder of images, or an image file for a one-image "
+                             "source."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="JSON lines, one per frame, masks as COCO RLE; - for stdout."),
+    serve: Optional[str] = typer.Option(
+        None, "--serve", help="Stream the annotated frames to a browser (MJPEG over HTTP): PORT (this machine only) or "
+                              "HOST:PORT, e.g. 0.0.0.0:8080 for the network (then with a token, printed in the URL)."),
+    serve_token: Optional[str] = typer.Option(
+        None, "--serve-token", envvar="EDGESEG_SERVE_TOKEN", show_envvar=False, help="The token --serve viewers must "
+                                                                                     "present (default beyond "
+                                                                                     "loopback: a new one each run; "
+                                                                                     "env EDGESEG_SERVE_TOKEN)."),
+    realtime: Optional[bool] = typer.Option(
+        None, "--realtime/--no-realtime", help="Deliver a video file at its frame rate, as a camera would (default "
+                                               "with --serve)."),
     conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Confidence threshold."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
     max_det: int = _max_det_flag(),
-    classes: Optional[list[str]] = typer.Option(None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes circle,star)."),
+    classes: Optional[list[str]] = typer.Option(
+        None, "--classes", help="Keep only these classes: ids or names, comma-separated or repeated (--classes "
+                                "circle,star)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
     width: Optional[int] = typer.Option(None, "--width", help="Camera capture width."),
     height: Optional[int] = typer.Option(None, "--height", help="Camera capture height."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Camera frame rate."),
-    fourcc: Optional[str] = typer.Option(None, "--fourcc", help="USB camera pixel format, e.g. MJPG (HD at full frame rate over USB 2) or YUYV."),
+    fourcc: Optional[str] = typer.Option(
+        None, "--fourcc", help="USB camera pixel format, e.g. MJPG (HD at full frame rate over USB 2) or YUYV."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's)."),
     overlay_fps: bool = typer.Option(False, "--overlay-fps", help="Write the FPS figure on saved frames too "
                                      "(it is always on --show and --serve)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
     # tracking and publishing (edgeseg/runtime/track.py, events.py, mqtt.py)
-    track: bool = typer.Option(False, "--track", help="Give each object a track_id kept across frames (ByteTrack); events and counts in the record."),
-    line: Optional[str] = typer.Option(None, "--line", help="Count crossings of this line: x1,y1,x2,y2 (pixels, or 0..1 of the frame); implies --track."),
-    zone: Optional[str] = typer.Option(None, "--zone", help="Count entries into this polygon: x,y,x,y,x,y,...; implies --track."),
-    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish records and events: mqtt[s]://[user:pass@]host[:port]/topic (or EDGESEG_MQTT_USERNAME/PASSWORD)."),
-    mqtt_events_only: bool = typer.Option(False, "--mqtt-events-only", help="Publish only events and counts, not each frame's record; implies --track."),
-    mqtt_ha: bool = typer.Option(False, "--mqtt-ha", help="Announce a sensor per class count to Home Assistant (MQTT discovery); implies --track."),
+    track: bool = typer.Option(
+        False, "--track", help="Give each object a track_id kept across frames (ByteTrack); events and counts in the "
+                               "record."),
+    line: Optional[str] = typer.Option(
+        None, "--line", help="Count crossings of this line: x1,y1,x2,y2 (pixels, or 0..1 of the frame); implies "
+                             "--track."),
+    zone: Optional[str] = typer.Option(
+        None, "--zone", help="Count entries into this polygon: x,y,x,y,x,y,...; implies --track."),
+    mqtt: Optional[str] = typer.Option(
+        None, "--mqtt", help="Publish records and events: mqtt[s]://[user:pass@]host[:port]/topic (or "
+                             "EDGESEG_MQTT_USERNAME/PASSWORD)."),
+    mqtt_events_only: bool = typer.Option(
+        False, "--mqtt-events-only", help="Publish only events and counts, not each frame's record; implies --track."),
+    mqtt_ha: bool = typer.Option(
+        False, "--mqtt-ha", help="Announce a sensor per class count to Home Assistant (MQTT discovery); implies "
+                                 "--track."),
 ) -> None:
     """Stream frames through a bundle: camera, video, images or RTSP; show, save, serve to a browser or write JSON."""
     from .runtime.pipeline import run_pipeline
@@ -349,8 +391,11 @@ def run(
         sys.stderr.write("\n")
     s = st.summary()
     typer.echo(f"{s['frames']} frames in {s['elapsed_s']} s: {s['fps']} FPS (pipelined), dropped {s['dropped']}; "
-               f"median preprocess {s['preprocess_ms']} ms, inference {s['inference_ms']} ms, decode {s['decode_ms']} ms"
-               + (f"; {tracking.summary()}" if tracking else "") + (f"; saved {save}" if save else "") + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}" if json_out else ""))
+               f"median preprocess {s['preprocess_ms']} ms, inference {s['inference_ms']} ms, "
+               f"decode {s['decode_ms']} ms"
+               + (f"; {tracking.summary()}" if tracking else "") + (f"; saved {save}" if save else "")
+               + (f"; wrote {'JSON lines to stdout' if json_target is not json_out else json_out}"
+                  if json_out else ""))
     if st.error == "interrupted":
         raise typer.Exit(130)
     lingering = next((s for s in sinks if getattr(s, "linger", False)), None)
@@ -391,11 +436,14 @@ def found(res) -> str:
 @friendly
 def eval_cmd(
     bundle: Optional[Path] = typer.Argument(None, help="Bundle folder; default: the reference INT8 bundle."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Ultralytics dataset .yaml (default: the bundled shapes set)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Ultralytics dataset .yaml (default: the bundled shapes set)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as a flat JSON object."),
     against: Optional[Path] = typer.Option(None, "--against", help="FP32 bundle to measure fidelity against."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Folder for a visual report (side-by-side, per-class AP)."),
-    conf: float = typer.Option(0.001, "--conf", min=0.0, max=1.0, help="Confidence threshold (0.001 as Ultralytics' val)."),
+    report: Optional[Path] = typer.Option(
+        None, "--report", help="Folder for a visual report (side-by-side, per-class AP)."),
+    conf: float = typer.Option(
+        0.001, "--conf", min=0.0, max=1.0, help="Confidence threshold (0.001 as Ultralytics' val)."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
     max_det: int = _max_det_flag(),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
@@ -434,9 +482,11 @@ def bench(
     bundle: Optional[Path] = typer.Argument(None, help="Bundle folder to time; or a model file (.onnx, .pt) to convert "
                                             "for every --targets x --precisions and compare; default: the reference "
                                             "INT8 bundle (with --targets: the reference model)."),
-    source: Optional[str] = typer.Option(None, "--source", "-s", help="Images or video to time on (default: bundled scenes)."),
+    source: Optional[str] = typer.Option(
+        None, "--source", "-s", help="Images or video to time on (default: bundled scenes)."),
     frames: int = typer.Option(100, "--frames", min=1, help="Timed frames after warm-up."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON (a model: {\"rows\": [...]})."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Write the figures as JSON (a model: {\"rows\": [...]})."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Inference threads (default: try 1, 2 and "
                                           "up to 4, report the best)."),
     runtime_option: Optional[list[str]] = _runtime_option_flag(),
@@ -447,7 +497,8 @@ def bench(
     data: Optional[Path] = typer.Option(None, "--data", help="With a model: dataset .yaml to score on "
                                         "(default: the bundled shapes set)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="With a model: PNG of accuracy against latency."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="As convert: calibration images, video or dataset .yaml."),
+    calib: Optional[str] = typer.Option(
+        None, "--calib", help="As convert: calibration images, video or dataset .yaml."),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", min=1, help="As convert."),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", min=32, help="As convert."),
     option: Optional[list[str]] = typer.Option(None, "--option", help="As convert: KEY=VALUE for the targets' "
@@ -551,7 +602,8 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
     typer.echo("core: " + ", ".join(f"{k} {v}" for k, v in r["core"].items() if v))
     typer.echo("host: " + ", ".join(f"{k} {v or 'missing'}" for k, v in r["host"].items()))
     for t in r["targets"]:
-        tc = "ok " + " ".join(f"{k} {v}" for k, v in t.get("toolchain_versions", {}).items()) if t["toolchain_ok"] else f"MISSING: {t['toolchain_install']}"
+        tc = ("ok " + " ".join(f"{k} {v}" for k, v in t.get("toolchain_versions", {}).items())
+              if t["toolchain_ok"] else f"MISSING: {t['toolchain_install']}")
         rt = f"ok {t.get('runtime_version') or ''}" if t["runtime_ok"] else f"MISSING: {t['runtime_install']}"
         typer.echo(f"{t['target']:12s} convert: {tc}\n{'':12s} run:     {rt}")
         for tool, state in t.get("optional_tools", {}).items():

@@ -47,7 +47,8 @@ def read_polygons(label_file: Path, w: int, h: int) -> list[tuple[int, np.ndarra
             cls = int(vals[0])
             pts = np.array(vals[1:], dtype=np.float64).reshape(-1, 2)
         except ValueError:
-            raise EdgesegError(f"{label_file}:{ln}: not a YOLO-seg label line (class x1 y1 x2 y2 ...); fix the label") from None
+            raise EdgesegError(f"{label_file}:{ln}: not a YOLO-seg label line (class x1 y1 x2 y2 ...); "
+                               "fix the label") from None
         # normalised as Ultralytics requires: an absurd value would make a huge polygon (slow) or score 0
         if cls < 0 or not np.isfinite(pts).all() or (pts.size and (pts.min() < 0 or pts.max() > 1)):
             raise EdgesegError(f"{label_file}:{ln}: class must be >= 0 and coordinates finite and within 0..1 "
@@ -136,7 +137,8 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         from .progress import track
         it = track(images, "eval")
     to_model = _class_map(ds.names, model.names, data, ids_if_unnamed=not semantic)
-    gt: dict = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(model.names)]}
+    gt: dict = {"images": [], "annotations": [],
+                "categories": [{"id": i, "name": n} for i, n in enumerate(model.names)]}
     gt_low: dict = {"images": [], "annotations": [], "categories": gt["categories"]}
     dets: list[dict] = []
     dets_low: list[dict] = []
@@ -221,7 +223,8 @@ def evaluate(model, data: str | Path, against=None, report: Path | None = None, 
         out["fidelity"] = {"reference": str(against.bundle.path),
                            "pixel_agreement": round(fid["agree"] / max(fid["pixels"], 1), 5)}
     elif against is not None:
-        out["fidelity"] = {"reference": str(against.bundle.path), "conf": FIDELITY_CONF, "detections_reference": fid["ref"],
+        out["fidelity"] = {"reference": str(against.bundle.path), "conf": FIDELITY_CONF,
+                           "detections_reference": fid["ref"],
                            "detections": fid["test"], "matched": fid["matched"],
                            "detections_kept": round(fid["matched"] / fid["ref"], 4) if fid["ref"] else 1.0,
                            "mean_mask_iou": round(float(np.mean(fid["ious"])), 4) if fid["ious"] else None}
@@ -293,7 +296,8 @@ def write_report(folder: Path, metrics: dict, samples: list) -> None:
     if "cosine" in cf:
         lines += ["", "## Fidelity per output role (held-back calibration images)", "",
                   "| role | mean cosine | min cosine | max abs error |", "| --- | --- | --- | --- |"]
-        lines += [f"| {r} | {cf['cosine'][r]} | {cf['cosine_min'][r]} | {cf['max_abs_error'][r]} |" for r in cf["cosine"]]
+        lines += [f"| {r} | {cf['cosine'][r]} | {cf['cosine_min'][r]} | {cf['max_abs_error'][r]} |"
+                  for r in cf["cosine"]]
     if "conversion_accuracy" in metrics:
         from .convert.accuracy import report_lines
 

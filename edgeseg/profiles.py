@@ -67,7 +67,8 @@ def available_profiles() -> dict[str, Path]:
 def load_profile(name: str) -> Profile:
     profiles = available_profiles()
     if name not in profiles:
-        raise EdgesegError(f"unknown target '{name}'; choose one of: {', '.join(sorted(profiles)) or '(none installed)'}")
+        raise EdgesegError(f"unknown target '{name}'; "
+                           f"choose one of: {', '.join(sorted(profiles)) or '(none installed)'}")
     path = profiles[name]
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -160,8 +160,8 @@ def aarch64(tmp_path_factory):
         for attempt in (1, 2):
             # a session of its own: a forked child left behind holds the pipes, so the whole
             # group is signalled, never just the process started here
-            p = subprocess.Popen([str(python), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                 preexec_fn=_no_core_dump, start_new_session=True)
+            p = subprocess.Popen([str(python), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=env, preexec_fn=_no_core_dump, start_new_session=True)
             try:
                 out, err = p.communicate(timeout=timeout)
                 return subprocess.CompletedProcess(p.args, p.returncode, out, err)

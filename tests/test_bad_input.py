@@ -68,7 +68,8 @@ def case(tmp: Path, name: str):
         return ["convert", str(tmp / "half.onnx"), "--out", str(out)], "ONNX"
     if name == "external weights missing":
         m = _external_weights_onnx(tmp / "ext", "m.onnx.data")
-        return ["convert", str(m), "--out", str(out), "--fp32"], "its weights are in m.onnx.data, which is not next to it"
+        return (["convert", str(m), "--out", str(out), "--fp32"],
+                "its weights are in m.onnx.data, which is not next to it")
     if name == "external weights outside the folder":
         (tmp / "secret.bin").write_bytes(np.ones(3 * 32 * 32, np.float32).tobytes())
         m = _external_weights_onnx(tmp / "ext", "../secret.bin")
@@ -161,7 +162,8 @@ def test_bad_input(name, tmp_path, fp32_bundle):
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
-@pytest.mark.parametrize("args", [["run", "--source", ".", "--conf", "25"], ["run", "--source", ".", "--max-frames", "0"],
+@pytest.mark.parametrize("args", [["run", "--source", ".", "--conf", "25"],
+                                  ["run", "--source", ".", "--max-frames", "0"],
                                   ["eval", "--iou", "1.5"], ["convert", "--imgsz", "0"], ["bench", "--frames", "0"]])
 def test_out_of_range_values_are_refused_before_anything_runs(args, tmp_path):
     """--conf 25 (meaning 25 %) used to run and find nothing; --max-frames 0 ran forever."""
@@ -173,7 +175,8 @@ def test_out_of_range_values_are_refused_before_anything_runs(args, tmp_path):
 
 @pytest.mark.parametrize("args, phrase", [(["run", "--bogus"], "no such option: --bogus"),
                                           (["frob"], "no such command 'frob'"),
-                                          (["convert", "--out"], "option '--out' requires an argument; see 'edgeseg convert --help'")])
+                                          (["convert", "--out"],
+                                           "option '--out' requires an argument; see 'edgeseg convert --help'")])
 def test_usage_errors_are_one_line_like_edgesegs_own(args, phrase, tmp_path):
     """typer's framed box was seven lines that a log or a calling script had to untangle."""
     r = cli(*args, cwd=tmp_path)
@@ -211,6 +214,7 @@ def test_install_hints_name_the_source_this_edgeseg_came_from(tmp_path):
     (site / "edgeseg").mkdir(parents=True)
     copied = json.dumps({"url": "file:///home/pi/edgeseg%20src", "dir_info": {}})
     assert source_of(site, copied) == ("/home/pi/edgeseg src", False)
-    assert source_of(site, json.dumps({"url": "file:///w/edgeseg", "dir_info": {"editable": True}})) == ("/w/edgeseg", True)
+    assert source_of(site, json.dumps({"url": "file:///w/edgeseg", "dir_info": {"editable": True}})) == (
+        "/w/edgeseg", True)
     assert source_of(site, None) is None  # from an index
     assert source_of(site, json.dumps({"url": "https://example.org/edgeseg-0.1.0.tar.gz", "archive_info": {}})) is None

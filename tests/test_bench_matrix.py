@@ -76,7 +76,8 @@ def test_table_json_and_plot_from_rows(tmp_path):
     assert text[0].split()[:4] == ["target", "prec", "MB", "mAP50-95"]
     rk = next(line for line in text if line.startswith("rknn"))
     assert rk.split().count("sim") == 7 and rk.rstrip().endswith("replay")  # every timing cell, and what ran
-    assert text[text.index(next(line for line in text if line.startswith("ncnn"))) + 1].strip() == "error: pnnx: crashed"
+    assert (text[text.index(next(line for line in text if line.startswith("ncnn"))) + 1].strip()
+            == "error: pnnx: crashed")
     js = benchmark.json_rows(rows)["rows"]
     fixed = ["target", "precision", "size_mb", "mask_map50_95", "drop", "inference_ms", "decode_ms", "end_to_end_ms",
              "pipeline_fps", "peak_rss_mb", "error"]

@@ -116,5 +116,6 @@ def test_fidelity_verdicts():
     poor = verdict({"detections_kept": 0.0, "mean_mask_iou": None, "cosine": {"cls": 0.0}})
     assert poor.startswith("INT8 keeps 0% of detections: poor") and "--calib" in poor
     assert verdict({"pixel_agreement": 0.991}, "fp16") == "FP16 agrees with FP32 on 99% of pixels: good"
-    assert verdict({"cosine": {"box": 0.999, "cls": 0.96}}) == "INT8 outputs follow FP32 (lowest cosine 0.960, cls): fair"
+    assert (verdict({"cosine": {"box": 0.999, "cls": 0.96}})
+            == "INT8 outputs follow FP32 (lowest cosine 0.960, cls): fair")
     assert verdict({}) == "not measured"

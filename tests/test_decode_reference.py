@@ -101,7 +101,8 @@ def both_layouts():
     s_cat = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     s_split = ort.InferenceSession(split.SerializeToString(), providers=["CPUExecutionProvider"])
     d_cat = YoloSegDecoder(dict(head, layout="concat"), [{"name": "output0", "role": "det"},
-                                                         {"name": "output1", "role": "protos"}], list("abcde"), (320, 320))
+                                                         {"name": "output1", "role": "protos"}],
+                           list("abcde"), (320, 320))
     d_split = YoloSegDecoder(dict(head, layout="split"), outs, list("abcde"), (320, 320))
     names = [o.name for o in s_split.get_outputs()]
     return (lambda x: dict(zip(["output0", "output1"], s_cat.run(None, {"images": x}))), d_cat,

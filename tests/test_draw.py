@@ -13,7 +13,8 @@ GRAY = 128
 def _inst(cls: int, score: float, box, mask: bool = False) -> Instance:
     x1, y1, x2, y2 = box
     m = np.ones((y2 - y1, x2 - x1), dtype=bool) if mask else None
-    return Instance(cls, f"class{cls}" if cls >= len(NAMES) else NAMES[cls], score, np.array(box, dtype=np.float32), m, x1, y1)
+    return Instance(cls, f"class{cls}" if cls >= len(NAMES) else NAMES[cls], score, np.array(box, dtype=np.float32),
+                    m, x1, y1)
 
 
 def _frame(h: int = 240, w: int = 320) -> np.ndarray:
@@ -28,7 +29,8 @@ def _label_rect(out: np.ndarray, c, rows: slice, cols: slice):
     """Bounding box (x0, y0, x1, y1) of colour ``c`` inside ``rows`` x ``cols`` of ``out``."""
     ys, xs = np.nonzero(_fill_mask(out[rows, cols], c))
     assert ys.size, "no label drawn there"
-    return xs.min() + (cols.start or 0), ys.min() + (rows.start or 0), xs.max() + (cols.start or 0), ys.max() + (rows.start or 0)
+    return (xs.min() + (cols.start or 0), ys.min() + (rows.start or 0),
+            xs.max() + (cols.start or 0), ys.max() + (rows.start or 0))
 
 
 def test_a_label_at_the_right_edge_is_moved_inside_the_frame_whole():

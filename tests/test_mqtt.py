@@ -24,7 +24,8 @@ from edgeseg.runtime.sources import Frame
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="--mqtt needs paho-mqtt (pip install paho-mqtt)")
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
-pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="no Mosquitto broker: apt-get install mosquitto (make test does)")
+pytestmark = pytest.mark.skipif(MOSQUITTO is None,
+                                reason="no Mosquitto broker: apt-get install mosquitto (make test does)")
 
 
 def free_port() -> int:
@@ -43,8 +44,8 @@ class Broker:
                 "user root" if os.geteuid() == 0 else "", f"log_dest file {folder}/mosquitto.log", *(tls or [])]
         if password:
             pw = folder / "passwd"
-            subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", "-c", str(pw), *password],
-                           check=True, capture_output=True)
+            subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", "-c", str(pw),
+                            *password], check=True, capture_output=True)
             pw.chmod(0o600)
             conf += ["allow_anonymous false", f"password_file {pw}"]
         else:
@@ -62,7 +63,7 @@ class Broker:
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()}")
+                    raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()}") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not listen within 10 s")
 

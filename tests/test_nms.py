@@ -81,4 +81,5 @@ def test_many_candidates_take_the_same_greedy_rule(n, seed, thr, max_det):
     boxes = np.concatenate([xy, xy + rng.uniform(1, 80, (n, 2))], 1).astype(np.float32)
     scores = rng.permutation(n).astype(np.float32) / n
     classes = rng.integers(0, 4, n)
-    assert list(nms(boxes, scores, classes, thr, max_det=max_det)) == reference_nms(boxes, scores, classes, thr)[:max_det]
+    assert (list(nms(boxes, scores, classes, thr, max_det=max_det))
+            == reference_nms(boxes, scores, classes, thr)[:max_det])

@@ -46,7 +46,8 @@ def test_pt_import_in_a_fresh_home_with_network_and_pip_blocked(tmp_path):
            "ATTEMPTS": str(tmp_path / "attempts.json"), "XDG_CONFIG_HOME": str(home / ".config"),
            "XDG_CACHE_HOME": str(home / ".cache")}
     r = subprocess.run([sys.executable, "-c", BLOCKED, "convert", str(ckpt / PT.name), "--trust-model", "--fp32",
-                        "--out", str(out / "b")], check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+                        "--out", str(out / "b")], check=False, capture_output=True, text=True, cwd=cwd, env=env,
+                       timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     attempts = json.loads((tmp_path / "attempts.json").read_text())
     # local probes (ldconfig for a shared library, a GPU tool) were refused without harm; what

@@ -298,7 +298,8 @@ def test_streams_get_ffmpeg_read_timeouts(monkeypatch):
     LiveCapture("rtsp://camera.local/stream", stall_timeout=5)
     p = seen["params"]
     assert seen["api"] == cv2.CAP_FFMPEG
-    assert p[p.index(cv2.CAP_PROP_READ_TIMEOUT_MSEC) + 1] == 5000 and p[p.index(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC) + 1] == 5000
+    assert (p[p.index(cv2.CAP_PROP_READ_TIMEOUT_MSEC) + 1] == 5000
+            and p[p.index(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC) + 1] == 5000)
 
 
 class Picamera2StandIn:
@@ -380,7 +381,8 @@ def test_pi_camera_that_fails_mid_run_is_restarted(fp32_model, monkeypatch):
     src = PiCamera(backoff=0.01, on_event=events.append)
     st = run_pipeline(fp32_model, src, [], annotate=False, max_frames=5)
     assert st.frames == 5 and src.reconnects == 1
-    assert "capture failed (RuntimeError: Camera frontend has timed out!)" in events[0] and events[-1].endswith("restarted")
+    assert ("capture failed (RuntimeError: Camera frontend has timed out!)" in events[0]
+            and events[-1].endswith("restarted"))
 
 
 def _mjpeg_parts(resp, limit: int = 10_000):
@@ -474,7 +476,8 @@ def test_run_serve_streams_annotated_frames_to_a_viewer(fp32_bundle, tmp_path):
     assert "300 frames" in out
     assert 1 <= len(got) <= 300 and all(g.shape == (240, 320, 3) for g in got)
     assert rec["width"] == 320 and rec["height"] == 240 and rec["source"] == video.name and 0 <= rec["frame"] < 300
-    assert rec["instances"] and all(set(i) == {"class_id", "class_name", "score", "box", "mask"} for i in rec["instances"])
+    assert rec["instances"] and all(set(i) == {"class_id", "class_name", "score", "box", "mask"}
+                                    for i in rec["instances"])
     # each served frame is one of the video's, found by its pixels (the stream says not which), and
     # is drawn on: the FPS text in its top-left corner is not in that source frame
     cap = cv2.VideoCapture(str(video))
@@ -554,7 +557,8 @@ def test_a_real_network_stream_that_drops_is_reconnected_and_resumed():
         server["sink"].close()
     assert all(abs(v - 50) <= 3 for v in seen[:10])
     assert sum(abs(v - 200) <= 3 for v in seen) >= 10, seen  # resumed from the server that came back
-    assert src.reconnects >= 1 and any("reconnecting" in e for e in events) and events[-1].endswith("reconnected"), events
+    assert (src.reconnects >= 1 and any("reconnecting" in e for e in events)
+            and events[-1].endswith("reconnected")), events
 
 
 class UsbCameraStandIn(CaptureStandIn):
@@ -575,7 +579,8 @@ class UsbCameraStandIn(CaptureStandIn):
 
     def get(self, prop):
         mjpg = self.props.get(cv2.CAP_PROP_FOURCC) == cv2.VideoWriter_fourcc(*"MJPG")
-        return {cv2.CAP_PROP_FRAME_WIDTH: 1280, cv2.CAP_PROP_FRAME_HEIGHT: 720, cv2.CAP_PROP_FPS: 30.0 if mjpg else 10.0,
+        return {cv2.CAP_PROP_FRAME_WIDTH: 1280, cv2.CAP_PROP_FRAME_HEIGHT: 720,
+                cv2.CAP_PROP_FPS: 30.0 if mjpg else 10.0,
                 cv2.CAP_PROP_FOURCC: cv2.VideoWriter_fourcc(*("MJPG" if mjpg else "YUYV"))}.get(prop, 0.0)
 
 

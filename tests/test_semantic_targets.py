@@ -131,7 +131,8 @@ def test_one_channel_model_thresholds_at_its_own_scale(tmp_path):
                                   pads=[1, 1, 1, 1], strides=[2, 2])]
         if ending == "sigmoid":
             nodes.append(helper.make_node("Sigmoid", ["z"], ["out"]))
-        g = helper.make_graph(nodes, "bin", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        g = helper.make_graph(nodes, "bin",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 32, 32])], [w, b])
         src = tmp_path / f"{ending}.onnx"
         save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))

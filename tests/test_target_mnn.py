@@ -25,7 +25,8 @@ def mnn_bundles(tmp_path_factory):
     from edgeseg.convert import convert
 
     d = tmp_path_factory.mktemp("mnn")
-    out = {p: convert(MODEL, target="mnn", precision=p, out=d / p, log=lambda m: None) for p in ("fp32", "fp16", "int8w")}
+    out = {p: convert(MODEL, target="mnn", precision=p, out=d / p, log=lambda m: None)
+           for p in ("fp32", "fp16", "int8w")}
     out["int8"] = convert(MODEL, target="mnn", precision="int8", out=d / "int8", log=lambda m: None)
     return out
 
@@ -34,7 +35,8 @@ def test_mnn_float_bundles_match_onnxruntime(mnn_bundles, fp32_bundle):
     ref = _score(fp32_bundle.path)
     for p in ("fp32", "fp16", "int8w"):
         assert abs(_score(mnn_bundles[p].path) - ref) <= 0.003, p
-    assert (mnn_bundles["int8w"].path / "model.mnn").stat().st_size < (mnn_bundles["fp32"].path / "model.mnn").stat().st_size / 3
+    assert ((mnn_bundles["int8w"].path / "model.mnn").stat().st_size
+            < (mnn_bundles["fp32"].path / "model.mnn").stat().st_size / 3)
 
 
 def test_mnn_full_int8_within_goal_of_fp32(mnn_bundles, fp32_bundle):
@@ -187,10 +189,12 @@ def test_relu_network_really_gets_int8_convolutions(tmp_path):
          helper.make_node("Conv", ["rb", "w3"], ["logits"])],
         "relu", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 32, 32])],
-        inits + [numpy_helper.from_array(np.array(0, "float32"), "lo"), numpy_helper.from_array(np.array(6, "float32"), "hi")])
+        inits + [numpy_helper.from_array(np.array(0, "float32"), "lo"),
+                 numpy_helper.from_array(np.array(6, "float32"), "hi")])
     src = tmp_path / "relu.onnx"
     save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
-    b = convert(src, target="mnn", precision="int8", head="semantic", names="a,b,c", out=tmp_path / "b", log=lambda m: None)
+    b = convert(src, target="mnn", precision="int8", head="semantic", names="a,b,c", out=tmp_path / "b",
+                log=lambda m: None)
     q = b.manifest.quantization
     assert q["requested_convolutions"] == q["quantized_convolutions"] == 2 and q["convolutions"] == 3, q
     assert b.manifest.fidelity["pixel_agreement"] > 0.9

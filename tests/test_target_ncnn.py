@@ -15,7 +15,8 @@ def nc(tmp_path_factory):
     from edgeseg.convert import convert
 
     d = tmp_path_factory.mktemp("ncnn")
-    return {p: convert(MODEL, target="ncnn", precision=p, out=d / p, log=lambda m: None) for p in ("fp32", "fp16", "int8")}
+    return {p: convert(MODEL, target="ncnn", precision=p, out=d / p, log=lambda m: None)
+            for p in ("fp32", "fp16", "int8")}
 
 
 def _score(path):

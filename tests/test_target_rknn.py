@@ -162,7 +162,8 @@ def test_fp16_and_float_tail_options(tmp_path, fp32_bundle):
     assert ref - _score(tail.path)["mask_map50_95"] <= 0.015
 
 
-@pytest.mark.parametrize("platform, masks, all_cores", [("rk3588", {"auto", "0", "1", "2", "0_1", "all"}, "NPU_CORE_0_1_2"),
+@pytest.mark.parametrize("platform, masks, all_cores", [("rk3588", {"auto", "0", "1", "2", "0_1", "all"},
+                                                         "NPU_CORE_0_1_2"),
                                                         ("rk3576", {"auto", "0", "1", "0_1", "all"}, "NPU_CORE_0_1"),
                                                         ("rk3566", {"auto"}, None), ("rv1106", {"auto"}, None)])
 def test_core_masks_follow_the_socs_npu_cores(platform, masks, all_cores):

@@ -146,7 +146,8 @@ def test_the_compilers_figures_go_in_the_report_beside_the_prediction(tfl, tmp_p
     assert c["compiled"] and (work / "model_edgetpu.tflite").is_file() and (work / "edgetpu_compiler.log").is_file()
     assert not (work / "model_edgetpu.log").exists() and not (tmp_path / "failed.log").exists()
     assert c["version"] == "16.0.384591198" and c["subgraphs"] == 1
-    assert (c["on_chip_used"], c["on_chip_remaining"], c["off_chip_used"]) == (3407872, round(3.81 * 2**20), 640 * 2**10)
+    assert (c["on_chip_used"], c["on_chip_remaining"], c["off_chip_used"]) == (3407872, round(3.81 * 2**20),
+                                                                               640 * 2**10)
     assert c["op_count"] == sum(n for _, n, _ in rows) and c["ops_on_cpu"] == 3
     assert c["ops_on_edgetpu"] == rep["mapped_to_edgetpu"] - 1 and len(c["op_table"]) == len(rows)
     screen = "\n".join(summary_lines(rep))
@@ -229,7 +230,8 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     monkeypatch.setattr(litert, "load_delegate", fake_load_delegate)
     monkeypatch.setattr(litert, "Interpreter", interpreter)
     tpu = Model.load(b)
-    assert tpu.backend.on_edgetpu and tpu.backend.name == "litert+edgetpu" and seen["lib"] == "libedgetpu.so.1" and seen["delegates"] == ["edgetpu-delegate"]
+    assert (tpu.backend.on_edgetpu and tpu.backend.name == "litert+edgetpu" and seen["lib"] == "libedgetpu.so.1"
+            and seen["delegates"] == ["edgetpu-delegate"])
     assert not caplog.records
     assert seen["model"].endswith("model_edgetpu.tflite")
     frame = read_image(sorted(VAL_IMAGES.glob("*.jpg"))[0])
@@ -240,7 +242,8 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
 
     monkeypatch.setattr(litert, "load_delegate", no_coral)
     cpu = Model.load(b)
-    assert not cpu.backend.on_edgetpu and cpu.backend.name == "litert" and seen["model"].endswith("model.tflite") and not seen["delegates"]
+    assert (not cpu.backend.on_edgetpu and cpu.backend.name == "litert" and seen["model"].endswith("model.tflite")
+            and not seen["delegates"])
     # running ~10x slower on the CPU is never silent
     assert [r.getMessage() for r in caplog.records if "no Edge TPU found" in r.getMessage()], caplog.text
     caplog.clear()

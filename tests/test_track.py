@@ -264,7 +264,7 @@ def shapes_video(frames: int = 150, size=(480, 320), seed: int = 3):
     speed, angle = rng.uniform(50, 110, 5), rng.uniform(0, 2 * math.pi, 5)
     vel = np.stack([speed * np.cos(angle), speed * np.sin(angle)], axis=1)
     out = []
-    for f in range(frames):
+    for _f in range(frames):
         img = background.copy()
         objs = []
         for k, kind in enumerate(SHAPES):
@@ -360,8 +360,10 @@ def test_runs_without_lap_or_paho_until_asked(int8_bundle, tmp_path):
     r = subprocess.run([sys.executable, "-c", code, *base], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     js = tmp_path / "r.jsonl"
-    r = subprocess.run([sys.executable, "-c", code, *base, "--track", "--json", str(js)], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: tracking needs the lap package") and "pip install" in r.stderr
+    r = subprocess.run([sys.executable, "-c", code, *base, "--track", "--json", str(js)],
+                       capture_output=True, text=True)
+    assert (r.returncode == 2 and r.stderr.startswith("error: tracking needs the lap package")
+            and "pip install" in r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1 and not js.exists()
     r = subprocess.run([sys.executable, "-c", code, *base, "--mqtt", "mqtt://127.0.0.1:1/x"], capture_output=True,
                        text=True)

@@ -52,7 +52,9 @@ def _same_frames(a, b):
 
 def _same(a, b):
     assert len(a.instances) == len(b.instances)
-    key = lambda i: (-round(i.score, 4), i.class_id, *np.round(i.box, 1), i.area)
+    def key(i):
+        return (-round(i.score, 4), i.class_id, *np.round(i.box, 1), i.area)
+
     for x, y in zip(sorted(a.instances, key=key), sorted(b.instances, key=key)):
         assert x.class_id == y.class_id and abs(x.score - y.score) < 1e-4
         np.testing.assert_allclose(x.box, y.box, atol=0.05)

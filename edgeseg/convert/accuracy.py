@@ -286,7 +286,8 @@ class QdqGraph:
                 rs = readers(n.output[0])
                 sig = [r for r in rs if r.op_type == "Sigmoid"]
                 if sig:
-                    mul = [r for r in rs if r.op_type == "Mul" and any(m.name == r.name for m in readers(sig[0].output[0]))]
+                    mul = [r for r in rs
+                           if r.op_type == "Mul" and any(m.name == r.name for m in readers(sig[0].output[0]))]
                     members += [sig[0].name] + [m.name for m in mul[:1]]
                 units[n.name] = [m for m in members if m in q]
         return units
@@ -410,7 +411,8 @@ def qdq_sensitivity(graph: QdqGraph, est: DropEstimator, images: int = 3,
     for k, (name, members) in enumerate(graph.units.items()):
         sess = ort.InferenceSession(graph.variant(everything - set(members)), so, providers=["CPUExecutionProvider"])
         onames = [o.name for o in sess.get_outputs()]
-        err = float(np.mean([role_error(r, dict(zip(onames, sess.run(None, {est.input_name: x}))), est.outputs, est.head)
+        err = float(np.mean([role_error(r, dict(zip(onames, sess.run(None, {est.input_name: x}))), est.outputs,
+                                        est.head)
                              for x, r in zip(xs, refs)]))
         out.append((name, err))
         if progress is not None:
@@ -454,7 +456,8 @@ PLANS: dict[str, Plan] = {
     "onnxruntime": Plan([("MinMax", {}), ("Percentile 99.999", {"calibration_method": "percentile"})],
                         keep_float=list, predicts=True,
                         budget_x=None),  # bounded by the 10 minutes given to the reference model instead
-    "openvino": Plan([("NNCF, fast bias correction", {}), ("NNCF, full bias correction", {"fast_bias_correction": False})],
+    "openvino": Plan([("NNCF, fast bias correction", {}),
+                      ("NNCF, full bias correction", {"fast_bias_correction": False})],
                      keep_float=_ov_names),
 }
 INTEGER_ONLY = Plan([("the profile's calibration", {})])
@@ -498,7 +501,8 @@ class Search:
         est = self.est.estimate_bundle(folder, self.tc) or {"estimated_drop": None}
         a = Attempt(label, sets, folder, est, round(time.monotonic() - t, 1), list(keep), result)
         self.tries.append(a)
-        self.log(f"  max-drop search [{self._elapsed():.0f}s]: {label}{f', {len(keep)} layers in float' if keep else ''}"
+        self.log(f"  max-drop search [{self._elapsed():.0f}s]: {label}"
+                 f"{f', {len(keep)} layers in float' if keep else ''}"
                  f" -> estimated drop {a.drop:.4f} ({'within' if a.drop <= self.goal else 'over'} {self.goal:.4g})")
         return a
 
@@ -710,7 +714,8 @@ class Accuracy:
                 out["max_drop"]["note"] = (f"best estimated drop {c.estimate.get('estimated_drop')} is over the bound "
                                            f"{self.max_drop}: "
                                            + ("the target runs integer only, and its calibration choices were all tried"
-                                              if s.plan.keep_float is None else "the search's time or conversion limit was reached"))
+                                              if s.plan.keep_float is None
+                                              else "the search's time or conversion limit was reached"))
             if c.kept_float and c.folder != s.tries[0].folder:
                 out["max_drop"]["latency"] = self._latency(s.tries[0].folder, bundle_dir)
         self.section = out
@@ -766,7 +771,8 @@ class Accuracy:
         if md:
             kept = md["layers_kept_float"]
             out.append(f"--max-drop {md['bound']}: {'met' if md['met'] else 'NOT met'} with {md['chosen']}"
-                       f"{f', {len(kept)} layers kept in float' if kept else ''} (estimated drop {md['estimated_drop']},"
+                       f"{f', {len(kept)} layers kept in float' if kept else ''}"
+                       f" (estimated drop {md['estimated_drop']},"
                        f" search {md['search_seconds']:.0f} s)"
                        + (f"; latency {md['latency']['inference_ms_plain_int8']} -> {md['latency']['inference_ms']} ms"
                           if "latency" in md else ""))

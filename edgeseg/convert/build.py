@@ -24,8 +24,9 @@ from .toolchains import ConvertJob, ConvertResult, Toolchain, get_toolchain, loa
 
 
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
-            calib: str | Path | None = None, calib_images: int | None = None, imgsz: int | tuple[int, int] | str | None = None,
-            out: str | Path | None = None, head: str | None = None, names: str | None = None,
+            calib: str | Path | None = None, calib_images: int | None = None,
+            imgsz: int | tuple[int, int] | str | None = None, out: str | Path | None = None, head: str | None = None,
+            names: str | None = None,
             split: bool = True, trust_model: bool = False, fidelity: bool = True, platform: str | None = None,
             verify_data: str | Path | None = None, options: Mapping[str, Any] | Iterable[str] | None = None,
             keep_float: Iterable[str] | None = None, mean: Sequence[float] | None = None,
@@ -46,7 +47,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     profile = load_profile(target)
     precision = precision or profile.default_precision
     if precision not in profile.precisions:
-        raise EdgesegError(f"target '{target}' does not offer {precision}; choose one of: {', '.join(profile.precisions)}")
+        raise EdgesegError(f"target '{target}' does not offer {precision}; "
+                           f"choose one of: {', '.join(profile.precisions)}")
     settings = resolve_options(load_toolchain(profile.toolchain), profile, options or ())
     input_spec(profile, (32, 32), mean, std, resize)  # a wrong --mean/--std/--resize fails before any work
     toolchain = get_toolchain(profile.toolchain)
@@ -223,7 +225,8 @@ def _fidelity(bundle_dir: Path, fp32_path: Path, manifest: Manifest, toolchain, 
     iname = sess.get_inputs()[0].name
     hw = manifest.input_hw
     target_input = InputSpec.from_dict(manifest.input)
-    if toolchain.load_check and manifest.precision == "int8":  # before the fidelity run, so that it too gets a checked load
+    # before the fidelity run, so that it too gets a checked load
+    if toolchain.load_check and manifest.precision == "int8":
         from ..runtime.loadcheck import write_probe
 
         frame, _ = fit(read_image(cset.holdout[0]), model_input)

@@ -61,7 +61,8 @@ class CalibrationSet:
                 raise EdgesegError(f"{p}: the video has {len(files)} frames, INT8 calibration needs at least "
                                    f"{min_images}; pass a longer recording or a folder of images")
             raise EdgesegError(f"{p}: found {len(files)} images, INT8 calibration needs at least {min_images} "
-                               f"({DEFAULT_IMAGES} recommended); add images of the deployment scenes or convert with --fp32")
+                               f"({DEFAULT_IMAGES} recommended); "
+                               "add images of the deployment scenes or convert with --fp32")
         rng = np.random.default_rng(SEED)
         order = rng.permutation(len(files))
         n_cal = min(n, len(files) - min(holdout, max(len(files) - min_images, 0)))

@@ -55,7 +55,8 @@ def parse_names(text: str | None, where: str) -> list[str] | None:
         try:
             v = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            raise EdgesegError(f"{where}: class names {text[:60]!r} are not a dict or list literal; pass --names a,b,c") from None
+            raise EdgesegError(f"{where}: class names {text[:60]!r} are not a dict or list literal; "
+                               "pass --names a,b,c") from None
         if isinstance(v, dict):
             return [str(v[k]) for k in sorted(v)]
         return [str(x) for x in v]
@@ -96,7 +97,8 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
     # lowest IR the opsets allow.
     need = onnx.helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
     g = m.graph
-    types = {t.data_type for t in g.initializer} | {v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    types = {t.data_type for t in g.initializer} | {v.type.tensor_type.elem_type
+                                                    for v in (*g.input, *g.output, *g.value_info)}
     if not m.functions and max(types, default=0) <= onnx.TensorProto.BFLOAT16:  # float8/int4 need newer IRs
         m.ir_version = min(m.ir_version, max(need, 3))
     return m
@@ -256,7 +258,8 @@ def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or n.endswith("/code/__torch__.py") or "/code/" in n for n in z.namelist())
+        return any(n.endswith("constants.pkl") or n.endswith("/code/__torch__.py") or "/code/" in n
+                   for n in z.namelist())
 
 
 def import_model(path: str | Path, *, head: str | None = None, names: str | None = None,
@@ -275,7 +278,8 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeseg-import-"))
     fmt = "onnx"
     onnx_path = src
-    if src.suffix.lower() in (".torchscript", ".ts") or (src.suffix.lower() in (".pt", ".pth") and _is_torchscript(src)):
+    if src.suffix.lower() in (".torchscript", ".ts") or (src.suffix.lower() in (".pt", ".pth")
+                                                         and _is_torchscript(src)):
         fmt, onnx_path = "torchscript", _export_torchscript(src, imgsz, workdir, trust_model)
     elif src.suffix.lower() in (".pt", ".pth"):
         fmt, onnx_path = "ultralytics-pt", _export_ultralytics_pt(src, imgsz, workdir, trust_model)

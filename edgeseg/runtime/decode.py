@@ -319,7 +319,8 @@ class SemanticDecoder:
             up = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR)
             if up.ndim == 2:
                 up = up[:, :, None]
-            full = (up[:, :, 0] > self.threshold).astype(np.uint8) if up.shape[2] == 1 else up.argmax(2).astype(np.uint8)
+            full = ((up[:, :, 0] > self.threshold).astype(np.uint8) if up.shape[2] == 1
+                    else up.argmax(2).astype(np.uint8))
         if classes is not None:
             keep = np.zeros(256, dtype=bool)
             keep[[c for c in classes if 0 <= c < NOT_ASKED]] = True

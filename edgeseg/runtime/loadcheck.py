@@ -29,7 +29,8 @@ def write_probe(folder: Path, frame: np.ndarray, reference: dict[str, np.ndarray
     from ..fidelity import role_vectors
 
     roles = role_vectors(reference, manifest)
-    np.savez_compressed(folder / PROBE_FILE, frame=frame, **{f"ref_{k}": v.astype(np.float16) for k, v in roles.items()})
+    np.savez_compressed(folder / PROBE_FILE, frame=frame,
+                        **{f"ref_{k}": v.astype(np.float16) for k, v in roles.items()})
 
 
 def probe_cosines(bundle, run: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, float] | None:

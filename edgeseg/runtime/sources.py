@@ -142,7 +142,8 @@ def read_image(path: Path) -> np.ndarray:
         raise EdgesegError(f"{path}: image of {img.shape[1]}x{img.shape[0]} pixels is larger than the limit of "
                            f"{limit} pixels; shrink it, or raise the limit with {MAX_PIXELS_ENV}=N")
     if img is None:
-        raise EdgesegError(f"{path}: cannot decode this image (corrupt or unsupported format); remove it or re-save as JPEG/PNG")
+        raise EdgesegError(f"{path}: cannot decode this image (corrupt or unsupported format); "
+                           "remove it or re-save as JPEG/PNG")
     return img
 
 
@@ -369,8 +370,9 @@ class PiCamera(Source):
         try:
             self.cam = self._start()
         except Exception as e:  # noqa: BLE001 - no camera: IndexError or RuntimeError, by picamera2 version
-            raise EdgesegError(f"--camera pi: no Raspberry Pi camera found ({type(e).__name__}: {e}); check the "
-                               "ribbon cable and `rpicam-hello --list-cameras`, or use a USB camera: --camera 0") from None
+            raise EdgesegError(f"--camera pi: no Raspberry Pi camera found ({type(e).__name__}: {e}); "
+                               "check the ribbon cable and `rpicam-hello --list-cameras`, "
+                               "or use a USB camera: --camera 0") from None
 
     def _start(self) -> Any:
         cam = self._factory()

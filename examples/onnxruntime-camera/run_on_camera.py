@@ -18,7 +18,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=300)
     a = ap.parse_args()
     with edgeseg.load(a.bundle) as model:  # released at the end (an NPU context, a camera-side network)
-        for i, (frame, result) in enumerate(model.stream(a.camera)):
+        for i, (_frame, result) in enumerate(model.stream(a.camera)):
             counts = Counter(inst.class_name for inst in result.instances)
             covered = sum(inst.area for inst in result.instances) / (result.width * result.height)
             print(f"frame {i}: {dict(counts)}  {covered:.1%} of the picture covered")

@@ -172,10 +172,12 @@ def train(out: str | Path, steps: int = 1500, size: int = 128, batch: int = 16, 
     onnx.save(m, str(onnx_path))
     ts_path = out / "shapes_semantic.torchscript"
     traced = torch.jit.trace(model, dummy)
-    torch.jit.save(traced, str(ts_path), _extra_files={"config.txt": json.dumps({"names": dict(enumerate(NAMES)),
-                                                                                  "task": "semantic", "imgsz": [size, size]})})
+    torch.jit.save(traced, str(ts_path),
+                   _extra_files={"config.txt": json.dumps({"names": dict(enumerate(NAMES)),
+                                                           "task": "semantic", "imgsz": [size, size]})})
     data = write_dataset(out / "synthetic_val")
-    return {"onnx": str(onnx_path), "torchscript": str(ts_path), "data": str(data), "steps": steps, "seconds": round(time.time() - t0, 1),
+    return {"onnx": str(onnx_path), "torchscript": str(ts_path), "data": str(data), "steps": steps,
+            "seconds": round(time.time() - t0, 1),
             "final_loss": round(float(loss.item()), 4)}
 
 

@@ -62,7 +62,8 @@ def test_non_ascii_paths_everywhere(tmp_path):
     for f in sorted(VAL_IMAGES.iterdir())[:5]:
         w.write(cv2.imread(str(f)))
     w.release()
-    r = cli("run", str(out), "--source", str(vid), "--json", str(d / "résultats.jsonl"), "--save", str(d / "sortie.mp4"))
+    r = cli("run", str(out), "--source", str(vid), "--json", str(d / "résultats.jsonl"),
+            "--save", str(d / "sortie.mp4"))
     assert r.returncode == 0, r.stderr
     assert len((d / "résultats.jsonl").read_text(encoding="utf-8").splitlines()) == 5
 

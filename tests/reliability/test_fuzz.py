@@ -196,8 +196,8 @@ def test_dataset_reader_on_arbitrary_bytes(tmp_path_factory, raw):
 # not wrong, so not in the cases below: an empty record of how the bundle was made, a free-form version
 # string, format_version 1 (the version this edgeseg reads), and a target's name (informational: a
 # plugin target may have any name; the runtime that opens the bundle is checked)
-NOT_BAD = {("target", "'x'"), ("source", "{}"), ("quantization", "{}"), ("toolchain", "{}"), ("fidelity", "{}"), ("profile", "{}"),
-           ("edgeseg_version", "'x'"), ("format_version", "1")}
+NOT_BAD = {("target", "'x'"), ("source", "{}"), ("quantization", "{}"), ("toolchain", "{}"), ("fidelity", "{}"),
+           ("profile", "{}"), ("edgeseg_version", "'x'"), ("format_version", "1")}
 MUTATIONS = [pytest.param(k, bad, id=f"{k}={bad!r}")
              for k in Manifest.__dataclass_fields__ for bad in (None, 1, "x", [], {}) if (k, repr(bad)) not in NOT_BAD]
 

@@ -106,7 +106,8 @@ class Imx500Toolchain(Toolchain):
         jv = java_version()
         if jv is None or jv < 17:
             return Availability(False, install="sudo apt install openjdk-17-jre-headless",
-                                detail=f"imxconv-pt needs Java >= 17 ({'no java on PATH' if jv is None else f'found Java {jv}'})")
+                                detail=("imxconv-pt needs Java >= 17 "
+                                        f"({'no java on PATH' if jv is None else f'found Java {jv}'})"))
         state = "isolated env" if ENV.ready() else "env created on first use"
         return Availability(True, {"model-compression-toolkit": f"2.5.1 ({state})", "imx500-converter": "3.19.2",
                                    "java": str(jv)}, detail=str(ENV.path))
@@ -124,7 +125,8 @@ class Imx500Toolchain(Toolchain):
             raise EdgesegError(f"{job.imported.path}: on the Pi the IMX500 feeds the sensor's pixels straight into the "
                                "network, so it cannot apply --mean/--std; put the normalisation inside the model")
         if max(h, w) > int(limits.get("max_imgsz", 640)):
-            raise EdgesegError(f"the IMX500 takes inputs up to {limits.get('max_imgsz', 640)} px, this model is {w}x{h}; "
+            raise EdgesegError(f"the IMX500 takes inputs up to {limits.get('max_imgsz', 640)} px, "
+                               f"this model is {w}x{h}; "
                                "convert with --imgsz 320 (or 640) from a model with a dynamic input")
         model = onnx.load(str(job.fp32_path))
         outputs = job.outputs

@@ -121,7 +121,8 @@ class RknnToolchain(Toolchain):
                              log=text)
 
     def host_runner(self, bundle_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-        return Replay(_sha256(bundle_dir / MODEL_FILE), "convert again with --verify-data DATASET.yaml (a saved .rknn cannot be simulated)")
+        return Replay(_sha256(bundle_dir / MODEL_FILE),
+                      "convert again with --verify-data DATASET.yaml (a saved .rknn cannot be simulated)")
 
 
 TOOLCHAIN = RknnToolchain()

@@ -128,7 +128,8 @@ def package(spec: dict, log) -> dict:
     report = json.loads(reports[0].read_text())["Memory Report"] if reports else {}
     if r.returncode != 0 or not (out / "packerOut.zip").is_file():
         raise RuntimeError(f"imxconv-pt failed (exit {r.returncode})"
-                           + (f"; memory: {report.get('Memory Usage')} of {report.get('Total Memory Available On Chip')}"
+                           + (f"; memory: {report.get('Memory Usage')} "
+                              f"of {report.get('Total Memory Available On Chip')}"
                               if report else ""))
     log(f"imxconv-pt finished in {time.time() - t:.0f} s")
     return report

@@ -96,7 +96,8 @@ def network_rpk(bundle) -> Path:
     if r.returncode != 0 or not made.is_file():
         shutil.rmtree(out, ignore_errors=True)
         said = (r.stderr or r.stdout).strip().splitlines()
-        raise EdgesegError(f"{packer}: {PACKAGE_TOOL} failed (exit {r.returncode}: {said[-1] if said else 'no output'}); "
+        raise EdgesegError(f"{packer}: {PACKAGE_TOOL} failed "
+                           f"(exit {r.returncode}: {said[-1] if said else 'no output'}); "
                            f"run it by hand for its whole log: {PACKAGE_TOOL} -i {packer} -o {packer.parent}")
     made.replace(rpk)  # atomic: a half-written rpk is never loaded
     shutil.rmtree(out, ignore_errors=True)

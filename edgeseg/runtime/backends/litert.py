@@ -12,7 +12,8 @@ from ...install import pip_extra
 from . import Backend, Requirement
 
 REQUIRES = Requirement("ai_edge_litert", "ai-edge-litert", pip_extra("tflite"), alternatives=("tflite_runtime",))
-OPTIONS = {"threads": (int, "CPU threads"), "edgetpu": (bool, "use the Edge TPU delegate when the bundle holds a compiled model")}
+OPTIONS = {"threads": (int, "CPU threads"),
+           "edgetpu": (bool, "use the Edge TPU delegate when the bundle holds a compiled model")}
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        threads = threads if threads is not None else int(bundle.manifest.profile.get("runtime_options", {}).get("threads", 0))
+        threads = threads if threads is not None else int(bundle.manifest.profile.get("runtime_options", {})
+                                                          .get("threads", 0))
         if threads:
             so.intra_op_num_threads = threads
         # One frame at a time: parallelism comes from edgeseg's pipeline, not from inter-op threads.

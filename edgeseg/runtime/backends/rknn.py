@@ -71,7 +71,8 @@ class RknnLiteBackend(Backend):
         outs = self.rk.inference(inputs=[x], data_format="nhwc")
         if outs is None or len(outs) != len(self.names):  # RKNNLite logs its reason and returns None
             raise EdgesegError(f"{self.bundle.path}: the NPU returned "
-                               + ("nothing" if outs is None else f"{len(outs)} outputs, the bundle has {len(self.names)}")
+                               + ("nothing" if outs is None
+                                  else f"{len(outs)} outputs, the bundle has {len(self.names)}")
                                + "; see rknnlite's log above, and that the bundle was converted for this SoC")
         return {n: (np.asarray(o).reshape(s) if s else np.asarray(o)) for n, o, s in zip(self.names, outs, self.shapes)}
 

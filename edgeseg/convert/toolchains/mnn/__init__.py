@@ -79,7 +79,8 @@ class MnnToolchain(Toolchain):
                 q.update(self._quantize(job, fp32, out, work, log))
             else:
                 extra = {"fp16": ["--fp16"], "int8w": ["--weightQuantBits", "8"], "fp32": []}[job.precision]
-                run_guarded({"tool": "mnn", "op": "convert", "args": args + extra + ["--MNNModel", str(out)]}, work, log)
+                run_guarded({"tool": "mnn", "op": "convert", "args": args + extra + ["--MNNModel", str(out)]},
+                            work, log)
                 if job.precision == "int8w":
                     q.update(scheme="weight-only INT8 (dequantized to float at load: smaller file, same speed)")
                 elif job.precision == "fp16":
@@ -112,7 +113,8 @@ class MnnToolchain(Toolchain):
         run_guarded({"tool": "mnn", "op": "convert",
                      "args": args + ["--compressionParamsFile", str(params), "--MNNModel", str(out)]}, work, log)
         return {"scheme": "MNN full INT8 convolutions (MNN converter, edgeseg calibration as compression parameters)",
-                "int8_tool": "edgeseg", "activations": "int8 per-tensor asymmetric, MinMax, one range per group of tensors joined by "
+                "int8_tool": "edgeseg",
+                "activations": "int8 per-tensor asymmetric, MinMax, one range per group of tensors joined by "
                                "concat/resize/split/slice (MNN keeps int8 parameters per tensor)",
                 "weights": "int8 per-channel symmetric", "requested_convolutions": len(layers),
                 "kept_float": keep + ["convolutions producing the model outputs"]}
@@ -151,7 +153,8 @@ class MnnToolchain(Toolchain):
             cfg["feature_clamp_value"] = q["feature_clamp_value"]
         cfg_path = work / "quant.json"
         cfg_path.write_text(json.dumps(cfg))
-        run_guarded({"tool": "mnn", "op": "quant", "src": str(fp32), "dst": str(out), "config": str(cfg_path)}, work, log)
+        run_guarded({"tool": "mnn", "op": "quant", "src": str(fp32), "dst": str(out), "config": str(cfg_path)},
+                    work, log)
         return {"scheme": "MNN full INT8 (weights and activations)", "int8_tool": "mnnquant",
                 "feature_quantize_method": method,
                 "weight_quantize_method": wmethod, "skip_quant_op_names": list(skip),

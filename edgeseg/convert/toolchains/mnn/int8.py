@@ -91,7 +91,8 @@ def tensor_ranges(onnx_path: Path, input_name: str, inputs: Iterable[np.ndarray]
     from ...calibration import ArrayReader
 
     with tempfile.TemporaryDirectory() as d:
-        cal = create_calibrator(onnx_path, ["Conv", *FUSED_ACTIVATIONS], augmented_model_path=str(Path(d) / "augmented.onnx"))
+        cal = create_calibrator(onnx_path, ["Conv", *FUSED_ACTIVATIONS],
+                                augmented_model_path=str(Path(d) / "augmented.onnx"))
         cal.collect_data(ArrayReader(input_name, inputs))
         data = cal.compute_data().data
     return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in data.items()}

@@ -147,7 +147,8 @@ class NcnnToolchain(Toolchain):
 
         skip = set(job.keep_float)
         tables = activation_scales(passes, methods=("kl", "max") if method == "auto" else (method,))
-        made = {m: quantize(param, binf, t, work / f"{m}.param", work / f"{m}.bin", skip=skip) for m, t in tables.items()}
+        made = {m: quantize(param, binf, t, work / f"{m}.param", work / f"{m}.bin", skip=skip)
+                for m, t in tables.items()}
         agreement = {m: self._agreement(job, net, work / f"{m}.param", work / f"{m}.bin") for m in made} \
             if len(made) > 1 else {}
         # KL's clipping suits most blobs, but on the reference YOLOv8n-seg it clipped the class branch

@@ -83,7 +83,8 @@ def _softmax(op) -> str | None:
     shape = op.inputs[0]
     n = int(np.prod(shape)) if len(shape) else 1
     if _non_unit(shape) > 1 or n > SOFTMAX_MAX:
-        return f"softmax over {list(map(int, shape))}: the Edge TPU takes a 1-D input of at most {SOFTMAX_MAX:,} elements"
+        return (f"softmax over {list(map(int, shape))}: "
+                f"the Edge TPU takes a 1-D input of at most {SOFTMAX_MAX:,} elements")
     return None
 
 
@@ -217,14 +218,17 @@ def compatibility(model_path: Path) -> dict:
         if not ok and first_cpu is None:
             first_cpu = k
         rows.append({"index": k, "op": name, "edgetpu": ok and first_cpu is None, "supported": ok,
-                     "reason": "; ".join(reasons) or ("after the split point: runs on the CPU" if first_cpu is not None and ok else "")})
+                     "reason": "; ".join(reasons) or ("after the split point: runs on the CPU"
+                                                      if first_cpu is not None and ok else "")})
     n = len(rows)
     mapped = first_cpu if first_cpu is not None else n
     unsupported = sorted({r["op"] for r in rows if not r["supported"]})
-    return {"ops": rows, "op_count": n, "mapped_to_edgetpu": mapped, "mapped_fraction": round(mapped / n, 3) if n else 0.0,
+    return {"ops": rows, "op_count": n, "mapped_to_edgetpu": mapped,
+            "mapped_fraction": round(mapped / n, 3) if n else 0.0,
             "split_at": None if first_cpu is None else {"index": first_cpu, "op": rows[first_cpu]["op"]},
             "unsupported_ops": unsupported, "advice": [ADVICE[o] for o in unsupported if o in ADVICE],
-            "op_types": sorted({r["op"] for r in rows}), "method": "predicted from Coral's published op table and its per-op limits"}
+            "op_types": sorted({r["op"] for r in rows}),
+            "method": "predicted from Coral's published op table and its per-op limits"}
 
 
 def summary_lines(rep: dict) -> list[str]:
