@@ -333,12 +333,13 @@ def plot(rows: list[dict], path: Path, title: str = "") -> bool:
         xv, yv = x0 + (x1 - x0) * k / 5, y0 + (y1 - y0) * k / 5
         cv2.line(img, px(xv, y0), px(xv, y1), grey, 1)
         cv2.line(img, px(x0, yv), px(x1, yv), grey, 1)
-        cv2.putText(img, f"{10 ** xv:.3g}" if logx else f"{xv:.0f}", (px(xv, y0)[0] - 10, H - B + 22), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{10 ** xv:.3g}" if logx else f"{xv:.0f}", (px(xv, y0)[0] - 10, H - B + 22), font, 0.5,
+                    (0, 0, 0), 1, cv2.LINE_AA)
         cv2.putText(img, f"{yv:.3f}", (8, px(x0, yv)[1] + 5), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.rectangle(img, px(x0, y1), px(x1, y0), (0, 0, 0), 1)
     metric = "mask mAP50-95" if "mask_map50_95" in pts[0] else "mIoU"
-    cv2.putText(img, "end-to-end ms per frame (one frame at a time)" + (", log scale" if logx else ""), (L + 180, H - 20), font, 0.6, (0, 0, 0), 1,
-                cv2.LINE_AA)
+    cv2.putText(img, "end-to-end ms per frame (one frame at a time)" + (", log scale" if logx else ""),
+                (L + 180, H - 20), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, metric, (8, T - 20), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, title, (L + 120, 30), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     colours = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140),
