@@ -487,7 +487,8 @@ def test_run_serve_streams_annotated_frames_to_a_viewer(fp32_bundle, tmp_path):
     for n, g in enumerate(got):
         far = [np.median(np.abs(g[::4, ::4] - d[::4, ::4])) for d in decoded]  # medians: drawings are few pixels
         k = int(np.argmin(far))
-        assert far[k] <= 10 and sorted(far)[1] > 3 * far[k], (n, far)  # JPEG noise, against other scenes
+        # JPEG noise plus the drawing (masks fill large shapes), against other scenes (66 and more here)
+        assert far[k] <= 25 and sorted(far)[1] > 3 * far[k], (n, far)
         assert np.abs(g[:30, :150] - decoded[k][:30, :150]).mean() > 5, f"served frame {n} (source {k}) is not drawn on"
         seen.append(k)
     assert len(got) < 3 or len(set(seen)) > 1, seen  # the stream moves on with the video
@@ -505,13 +506,23 @@ def test_commands_release_the_runtime_however_they_end(fp32_bundle, tmp_path, mo
     from edgeseg.cli import main
     from edgeseg.runtime.model import Model
 
-    closed = []
+    opened, closed = [], []
+    init = Model.__init__
+
+    def counting_init(self, *a, **kw):
+        init(self, *a, **kw)
+        opened.append(self.bundle.path)
+
+    monkeypatch.setattr(Model, "__init__", counting_init)
     monkeypatch.setattr(Model, "close", lambda self: closed.append(self.bundle.path))
+    # bench opens the bundle once per thread count it tries: each one is closed
     for args, code in ((["bench", str(fp32_bundle.path), "--frames", "2", "--source", str(VAL_IMAGES)], 0),
                        (["run", str(fp32_bundle.path), "--source", str(tmp_path / "missing.mp4")], 2)):
         with pytest.raises(SystemExit) as e:
             main(args)
-        assert e.value.code == code and closed == [fp32_bundle.path], (args, closed)
+        assert e.value.code == code and opened and closed == opened == [fp32_bundle.path] * len(opened), \
+            (args, opened, closed)
+        opened.clear()
         closed.clear()
 
 
