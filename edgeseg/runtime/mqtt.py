@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_EVENTS = 10_000  # events kept while the broker is away (then the oldest go, counted)
 MAX_RECORDS_IN_FLIGHT = 8  # frame records handed to the socket and not yet written: more are dropped
 HA_PREFIX = "homeassistant"
+_SENDING = -1  # _in_flight while publish() has not yet returned the event's mid (paho mids are 1..65535)
 
 
 @dataclass
@@ -119,7 +120,8 @@ class MqttSink:
         self._counts_sent: bytes | None = None
         self._cond = threading.Condition()
         self._connected = False
-        self._in_flight: int | None = None  # mid of the event awaiting its PUBACK
+        self._in_flight: int | None = None  # mid of the event awaiting its PUBACK (_SENDING: being published)
+        self._early_acks: set[int] = set()
         self._records_in_flight: deque = deque()  # paho's MQTTMessageInfo of records not yet written
         self._closing = False
         self._was_connected = False
@@ -180,10 +182,15 @@ class MqttSink:
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._cond:
             if mid == self._in_flight:
-                self._in_flight = None
-                self._events.popleft()
-                self.stats["events_sent"] += 1
-                self._cond.notify_all()
+                self._event_acknowledged()
+            elif self._in_flight is _SENDING:  # acknowledged before publish() returned its mid
+                self._early_acks.add(mid)
+
+    def _event_acknowledged(self) -> None:  # with self._cond held
+        self._in_flight = None
+        self._events.popleft()
+        self.stats["events_sent"] += 1
+        self._cond.notify_all()
 
     def _send_events(self) -> None:
         """One event in flight at a time: paho sends an unacknowledged one again after a
@@ -200,8 +207,16 @@ class MqttSink:
                 counts = self._counts if self._counts != self._counts_sent else None
                 payload = self._events[0] if self._events else None
                 if payload is not None:
-                    info = self.client.publish(f"{self.topic}/events", payload, qos=1)
-                    self._in_flight = info.mid
+                    self._in_flight, self._early_acks = _SENDING, set()
+            # publish() outside our lock: paho's network thread holds its own lock while it calls
+            # _on_publish, which takes ours (holding ours here while publish() took paho's deadlocked)
+            if payload is not None:
+                info = self.client.publish(f"{self.topic}/events", payload, qos=1)
+                with self._cond:
+                    if info.mid in self._early_acks:
+                        self._event_acknowledged()
+                    else:
+                        self._in_flight = info.mid
             if counts is not None:
                 self.client.publish(f"{self.topic}/counts", counts, qos=0, retain=True)
                 with self._cond:
