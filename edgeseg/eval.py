@@ -49,10 +49,12 @@ def read_polygons(label_file: Path, w: int, h: int) -> list[tuple[int, np.ndarra
         except ValueError:
             raise EdgesegError(f"{label_file}:{ln}: not a YOLO-seg label line (class x1 y1 x2 y2 ...); "
                                "fix the label") from None
-        # normalised as Ultralytics requires: an absurd value would make a huge polygon (slow) or score 0
-        if cls < 0 or not np.isfinite(pts).all() or (pts.size and (pts.min() < 0 or pts.max() > 1)):
+        # normalised: an absurd value would make a huge polygon (slow) or score 0. A shape that runs a
+        # little past the image edge (synthetic or cropped data) is kept: rasterising clips it to the image
+        if cls < 0 or not np.isfinite(pts).all() or (pts.size and (pts.min() < -1 or pts.max() > 2)):
             raise EdgesegError(f"{label_file}:{ln}: class must be >= 0 and coordinates finite and within 0..1 "
-                               "(normalised to the image size); fix the label")
+                               "(normalised to the image size; a shape may run past the edge by one image "
+                               "size at most); fix the label")
         if len(pts) < 3:
             continue
         out.append((cls, pts * [w, h]))
