@@ -473,7 +473,9 @@ def eval_cmd(
         f = r["fidelity"]
         from .fidelity_verdict import verdict
 
-        typer.echo(f"fidelity vs {f['reference']}: {verdict(f, model.manifest.precision)}")
+        figures = (f"pixel agreement {f['pixel_agreement']}" if "pixel_agreement" in f
+                   else f"detections kept {f.get('detections_kept')}, mean mask IoU {f.get('mean_mask_iou')}")
+        typer.echo(f"fidelity vs {f['reference']}: {verdict(f, model.manifest.precision)} ({figures})")
 
 
 @app.command()
