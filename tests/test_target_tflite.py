@@ -205,7 +205,6 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     import shutil
 
     from edgeseg.bundle import Bundle, write_manifest
-    from edgeseg.runtime.backends import litert
     from edgeseg.runtime.model import Model
     from edgeseg.runtime.sources import read_image
 
@@ -216,8 +215,10 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     m.model_files = ["model.tflite", "model_edgetpu.tflite"]
     write_manifest(b, m)
 
+    import ai_edge_litert.interpreter as lite  # what the backend imports when a bundle opens
+
     seen: dict = {}
-    real = litert.Interpreter
+    real = lite.Interpreter
 
     def fake_load_delegate(lib):
         seen["lib"] = lib
@@ -227,8 +228,8 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
         seen.update(model=model_path, delegates=experimental_delegates)
         return real(model_path=model_path, num_threads=num_threads)  # the delegate's ops run on the CPU here
 
-    monkeypatch.setattr(litert, "load_delegate", fake_load_delegate)
-    monkeypatch.setattr(litert, "Interpreter", interpreter)
+    monkeypatch.setattr(lite, "load_delegate", fake_load_delegate)
+    monkeypatch.setattr(lite, "Interpreter", interpreter)
     tpu = Model.load(b)
     assert (tpu.backend.on_edgetpu and tpu.backend.name == "litert+edgetpu" and seen["lib"] == "libedgetpu.so.1"
             and seen["delegates"] == ["edgetpu-delegate"])
@@ -240,7 +241,7 @@ def test_edgetpu_delegate_is_used_when_libedgetpu_loads(tfl, tmp_path, monkeypat
     def no_coral(lib):
         raise ValueError("Failed to load delegate from libedgetpu.so.1")
 
-    monkeypatch.setattr(litert, "load_delegate", no_coral)
+    monkeypatch.setattr(lite, "load_delegate", no_coral)
     cpu = Model.load(b)
     assert (not cpu.backend.on_edgetpu and cpu.backend.name == "litert" and seen["model"].endswith("model.tflite")
             and not seen["delegates"])

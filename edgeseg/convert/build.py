@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,6 +78,10 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         refuse_inputs(out, [model_path, calib_path if calib else None, verify_data], "--out")
         check_out(Path(out).absolute(), force)
     work = work_dir("convert")
+    # what vendor code running in this process puts in the temp folder (ONNX Runtime's quantizer makes
+    # pre.quant.* folders) goes inside ours: removed with it, and by the next conversion after a kill -9
+    (work / "tmp").mkdir()
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(work / "tmp")
     try:
         imported = import_model(model_path, head=head, names=names, imgsz=imgsz, trust_model=trust_model,
                                 workdir=work)
@@ -182,6 +187,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                 + ", ".join(f"{k} {v}" for k, v in f["cosine"].items()) + ")")
         return bundle
     finally:
+        tempfile.tempdir = saved_tempdir
         shutil.rmtree(work, ignore_errors=True)
 
 
