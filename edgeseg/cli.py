@@ -106,10 +106,6 @@ def _load_model(bundle: Optional[Path], conf: float, iou: float, classes: Option
     opts = parse_options(b, runtime_options or [])
     if threads is not None:
         opts["threads"] = threads
-    if "threads" in opts:
-        from .bundle import check_threads
-
-        check_threads(opts["threads"], "--threads")
     model = load(b, conf=conf, iou=iou, classes=classes, max_det=max_det, **opts)
     _closing.callback(model.close)
     if b.manifest.fidelity.get("unusable"):

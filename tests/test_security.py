@@ -236,6 +236,10 @@ def test_threads_are_capped_from_flag_option_and_manifest(fp32_bundle, tmp_path)
     for args in (["--threads", too_many], ["-r", f"threads={too_many}"], ["--threads", "1000000000"]):
         line = _one_line(cli("run", str(fp32_bundle.path), "--source", str(VAL_IMAGES), "--max-frames", "1", *args))
         assert "threads" in line and f"0..{max_threads()}" in line, line
+    import edgeseg  # the Python API opens runtimes through the same check
+
+    with pytest.raises(EdgesegError, match=rf"0\.\.{max_threads()}"):
+        edgeseg.load(fp32_bundle.path, threads=max_threads() + 1)
     b = tmp_path / "b"
     shutil.copytree(fp32_bundle.path, b)
     d = json.loads((b / "edgeseg.json").read_text())

@@ -105,6 +105,10 @@ def open_backend(bundle: Bundle, **options: Any) -> Backend:
     if unknown:
         raise EdgesegError(f"{bundle.path}: the {name} runtime has no option {', '.join(unknown)}; "
                            + (f"its options: {describe_options(allowed)}" if allowed else "it takes none"))
+    if "threads" in options:  # here, so that edgeseg.load(threads=...) is bounded as the flags are
+        from ...bundle import check_threads
+
+        check_threads(options["threads"], "--threads / threads=")
     from ..loadcheck import PROBE_FILE, open_checked
 
     def make() -> Backend:
