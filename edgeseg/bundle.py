@@ -286,7 +286,9 @@ def bundle_problem(out: Path) -> str | None:
 
 
 def check_out(out: Path, force: bool) -> None:
-    """Refuse an existing ``out`` before any work: only with ``force``, and only an edgeseg bundle."""
+    """Refuse an existing ``out`` before any work: only with ``force``, and only an edgeseg bundle.
+    A bundle that a killed ``--force`` conversion had moved aside is put back first."""
+    put_back_aside(out)
     if not (out.exists() or out.is_symlink()):
         return
     if not force:
@@ -295,6 +297,42 @@ def check_out(out: Path, force: bool) -> None:
     if why is not None:
         raise EdgesegError(f"{out}: exists and is not an edgeseg bundle ({why}); refusing to replace it, "
                            "choose another --out")
+
+
+def put_back_aside(out: Path) -> Path | None:
+    """Replacing a bundle renames it to ``.NAME.old.PID``, renames the new one in, then removes the old
+    one: a kill -9 between the renames leaves the user with no bundle at ``out``. The newest bundle so
+    left by a dead process goes back to ``out``; when ``out`` already holds one, what is left aside is
+    what the replacement would have removed. Returns the folder put back, if any."""
+    out = Path(out)
+    pattern = re.compile(r"^\." + re.escape(out.name) + r"\.old\.(\d+)$")
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    left = []
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return None
+    for e in entries:
+        m = pattern.match(e.name)
+        try:
+            if (not m or not e.is_dir(follow_symlinks=False) or _alive(int(m.group(1)))
+                    or (uid is not None and e.stat(follow_symlinks=False).st_uid != uid)
+                    or bundle_problem(Path(e.path)) is not None):
+                continue
+            left.append((e.stat(follow_symlinks=False).st_mtime, Path(e.path)))
+        except OSError:
+            continue
+    put = None
+    for _, p in sorted(left, reverse=True):
+        if put is None and not (out.exists() or out.is_symlink()):
+            try:
+                os.rename(p, out)
+                put = out
+                continue
+            except OSError:
+                pass  # another process put one back first
+        shutil.rmtree(p, ignore_errors=True)
+    return put
 
 
 def remove_stale(parent: Path, pattern: re.Pattern = _PARTIAL_RE) -> list[Path]:

@@ -10,14 +10,13 @@ and write files; exported to ONNX here). ONNX is data only and needs no trust.
 from __future__ import annotations
 
 import ast
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from ..bundle import sha256_file
+from ..bundle import sha256_file, work_dir
 from ..errors import EdgesegError, ToolchainMissing
 from ..heads import HEAD_TYPES, all_heads, get_head
 from ..heads.base import Head
@@ -275,7 +274,7 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
         raise EdgesegError(f"{src}: file is empty; export the model again")
     imgsz = parse_imgsz(imgsz)
     digest = sha256_file(src)
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeseg-import-"))
+    workdir = workdir or work_dir("import")  # pid-named: removed by a later run if this one is killed
     fmt = "onnx"
     onnx_path = src
     if src.suffix.lower() in (".torchscript", ".ts") or (src.suffix.lower() in (".pt", ".pth")

@@ -90,6 +90,30 @@ def test_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
     assert not (tmp_path / ".b.lock").exists()
 
 
+def test_a_bundle_left_aside_by_a_killed_overwrite_is_put_back(tmp_path, fp32_bundle):
+    """--force moves the old bundle to .NAME.old.PID before renaming the new one in: a kill -9 between
+    the two renames leaves no bundle at NAME. The next conversion puts the old one back (it is the
+    user's last good bundle), or, when a new one is in place, removes the leftover."""
+    import shutil
+
+    from edgeseg.bundle import Bundle
+
+    aside = tmp_path / ".b.old.999999"
+    shutil.copytree(fp32_bundle.path, aside)
+    (tmp_path / "c").mkdir()
+    r = cli("convert", "--fp32", "--out", str(tmp_path / "c" / "x"))  # another folder: b is not touched
+    assert r.returncode == 0, r.stderr
+    assert aside.exists()
+    r = cli("convert", "--fp32", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "already exists" in r.stderr, r.stderr  # b came back: not overwritten
+    assert not aside.exists()
+    assert Bundle.load(tmp_path / "b").manifest.to_json() == fp32_bundle.manifest.to_json()
+    shutil.copytree(fp32_bundle.path, aside)  # now with a bundle in place at b: the leftover goes
+    r = cli("convert", "--fp32", "--force", "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+
+
 def test_two_conversions_creating_one_toolchain_env_at_once(tmp_path):
     """On a new machine two conversions may start together and both need the same toolchain env:
     one builds it, the other waits and uses it (no wiping of a half-built env)."""
