@@ -86,6 +86,7 @@ def test_a_mean_std_model_converted_with_mean_std_matches_the_plain_model(tmp_pa
     assert any(not np.allclose(outs["wrong"][k], v, atol=1e-2) for k, v in outs["plain"].items())
 
 
+@pytest.mark.slow  # an INT8 conversion
 def test_calibration_uses_the_same_spec(tmp_path):
     """INT8 of the normalised-input model: its calibration arrays went through the same spec, so
     it follows its FP32 source as closely as the plain model's INT8 does."""
