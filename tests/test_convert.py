@@ -73,6 +73,7 @@ def test_reconverting_replaces_the_bundle_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary or old folders left
 
 
+@pytest.mark.slow  # one more conversion (FP16)
 def test_fp16_bundle_runs_and_agrees(tmp_path, fp32_model):
     from conftest import VAL_IMAGES
 

@@ -61,6 +61,7 @@ def test_preprocess_honours_every_field():
         InputSpec(64, 64, resize="crop")
 
 
+@pytest.mark.slow  # three conversions
 def test_a_mean_std_model_converted_with_mean_std_matches_the_plain_model(tmp_path):
     from edgeseg.runtime.model import Model
     from edgeseg.runtime.sources import read_image
@@ -109,6 +110,7 @@ def test_bad_mean_std_resize_fail_before_any_work(tmp_path):
         assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # a conversion
 def test_stretch_is_recorded_and_used(tmp_path):
     from edgeseg.runtime.model import Model
 
