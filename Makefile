@@ -62,10 +62,10 @@ test: $(VENV)/.test $(OLDEST)/.test
 
 # Everything but the tests marked toolchain (vendor converters and their envs), emulated (qemu)
 # and slow (full conversions, long runs, repeated heavy subprocesses): a few minutes on 2 cores.
-# `make test` still runs them all.
+# Two workers (pytest-xdist): the tests mostly wait on one core each. `make test` still runs them all.
 test-fast: $(VENV)/.test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow and not toolchain and not emulated" --durations=5
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not toolchain and not emulated" --durations=5
 
 bench: $(VENV)/.host
 	$(BIN)/python bench/compare_runtimes.py
