@@ -61,10 +61,11 @@ test: $(VENV)/.test $(OLDEST)/.test
 	  --deselect tests/test_decode_reference.py::test_golden_was_made_by_the_reference_version  # needs ultralytics
 
 # Everything but the tests marked toolchain (vendor converters and their envs), emulated (qemu)
-# and slow (conversions of minutes): a few minutes on 2 cores. `make test` still runs them all.
+# and slow (full conversions, long runs, repeated heavy subprocesses): a few minutes on 2 cores.
+# Two workers (pytest-xdist): the tests mostly wait on one core each. `make test` still runs them all.
 test-fast: $(VENV)/.test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow and not toolchain and not emulated" --durations=5
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not toolchain and not emulated" --durations=5
 
 bench: $(VENV)/.host
 	$(BIN)/python bench/compare_runtimes.py

@@ -238,3 +238,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "aarch64" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.emulated)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """A file marked whole (``pytestmark = pytest.mark.toolchain``) that ``-m`` leaves out is not even
+    imported: `make test-fast` then skips the torch and nncf imports of files it would deselect."""
+    expr = config.option.markexpr
+    if not expr or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    import itertools
+    import re
+
+    from _pytest.mark.expression import Expression
+
+    marks = set(re.findall(r"^pytestmark = pytest\.mark\.(\w+)$", collection_path.read_text(), re.M))
+    if not marks:
+        return None
+    # left out only if no test in it can be chosen, whatever other declared markers it carries
+    declared = sorted({line.split(":")[0].strip() for line in config.getini("markers")} - marks)
+    match = Expression.compile(expr).evaluate
+    for n in range(len(declared) + 1):
+        for extra in itertools.combinations(declared, n):
+            if match(lambda name, /, chosen=marks.union(extra), **kw: name in chosen):
+                return None
+    return True

@@ -26,6 +26,7 @@ def test_doctor_lists_targets_with_install_commands():
     assert all(t["toolchain_install"] or t["toolchain_ok"] for t in d["targets"])
 
 
+@pytest.mark.slow  # two doctor runs (each imports every toolchain)
 def test_doctor_reports_optional_tools_found_or_what_happens_without(tmp_path):
     """edgetpu_compiler and ncnn's int8 tools install nowhere here: doctor says what a conversion
     does without them, and finds them on PATH when they are there (empty stand-ins: only found)."""
@@ -53,6 +54,7 @@ def test_doctor_reports_optional_tools_found_or_what_happens_without(tmp_path):
     assert found["ncnn"]["ncnn2table + ncnn2int8"] == f"{tmp_path / 'ncnn2table'} {tmp_path / 'ncnn2int8'}"
 
 
+@pytest.mark.slow  # two doctor runs (each imports every toolchain)
 def test_doctor_finds_libedgetpu_where_the_delegate_would_load_it(tmp_path):
     """No Coral runtime here: a stand-in libedgetpu.so.1 (a copy of another shared library, only
     dlopen-ed) on LD_LIBRARY_PATH is found by its soname, as LiteRT's load_delegate finds it."""

@@ -73,6 +73,7 @@ def test_reconverting_replaces_the_bundle_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary or old folders left
 
 
+@pytest.mark.slow  # one more conversion (FP16)
 def test_fp16_bundle_runs_and_agrees(tmp_path, fp32_model):
     from conftest import VAL_IMAGES
 
@@ -109,6 +110,7 @@ def test_model_with_weights_in_a_separate_file(tmp_path, fp32_model):
     np.testing.assert_allclose([i.box for i in a.instances], [i.box for i in c.instances], atol=1e-3)
 
 
+@pytest.mark.slow  # an INT8 conversion calibrated from a video
 def test_calibration_from_a_recording(tmp_path):
     """--calib video.mp4: evenly spaced frames of a deployment recording, through the same sampling."""
     import cv2

@@ -24,6 +24,7 @@ def _image_path(key):
     return VAL_IMAGES / name if folder == "images" else FIXTURES / "odd_sizes" / name
 
 
+@pytest.mark.slow  # Ultralytics (torch) predicts the goldens again
 def test_golden_was_made_by_the_reference_version():
     """Ultralytics 8.4.190 predicts a few of the golden images again (one of odd size), through
     bench/make_golden.py, and gives what the committed file holds: the goldens are its output."""
@@ -53,6 +54,7 @@ def test_fp32_bundle_matches_ultralytics(fp32_model):
     _matches_golden(fp32_model, GOLDEN)
 
 
+@pytest.mark.slow  # the only fast test needing the YOLO26 conversion
 def test_yolo26_fp32_bundle_matches_ultralytics(y26_fp32_bundle):
     """YOLO26's default export (no DFL, one-to-many head) split per stride and decoded with NMS."""
     from edgeseg.runtime.model import Model

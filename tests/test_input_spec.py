@@ -61,6 +61,7 @@ def test_preprocess_honours_every_field():
         InputSpec(64, 64, resize="crop")
 
 
+@pytest.mark.slow  # three conversions
 def test_a_mean_std_model_converted_with_mean_std_matches_the_plain_model(tmp_path):
     from edgeseg.runtime.model import Model
     from edgeseg.runtime.sources import read_image
@@ -86,6 +87,7 @@ def test_a_mean_std_model_converted_with_mean_std_matches_the_plain_model(tmp_pa
     assert any(not np.allclose(outs["wrong"][k], v, atol=1e-2) for k, v in outs["plain"].items())
 
 
+@pytest.mark.slow  # an INT8 conversion
 def test_calibration_uses_the_same_spec(tmp_path):
     """INT8 of the normalised-input model: its calibration arrays went through the same spec, so
     it follows its FP32 source as closely as the plain model's INT8 does."""
@@ -108,6 +110,7 @@ def test_bad_mean_std_resize_fail_before_any_work(tmp_path):
         assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # a conversion
 def test_stretch_is_recorded_and_used(tmp_path):
     from edgeseg.runtime.model import Model
 

@@ -77,6 +77,7 @@ def test_estimate_reported_without_max_drop(outlier_model, tmp_path):
     assert b.manifest.quantization["kept_float"] == []
 
 
+@pytest.mark.slow  # a --max-drop search (several quantizations)
 def test_max_drop_keeps_the_sensitive_layer_in_float(outlier_model, tmp_path):
     bound = 0.02
     b, lines = _convert(outlier_model, tmp_path / "bounded", max_drop=bound, data=DATA_YAML)

@@ -116,6 +116,7 @@ def test_a_target_from_a_plugin_folder_converts_and_runs(plugin, tmp_path):
     assert len(frames) == 2 and any(f["instances"] for f in frames)
 
 
+@pytest.mark.slow  # a doctor run (imports every toolchain)
 def test_a_plugin_targets_options_are_listed_and_checked(plugin, tmp_path):
     r = _edgeseg(plugin, "convert", "--target", "toy", "--help-options")
     assert r.returncode == 0 and "copies=int" in r.stdout and "from the profile" in r.stdout

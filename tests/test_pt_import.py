@@ -63,6 +63,7 @@ def _same_instances(ref, bundle_dir):
             assert abs(x.score - y.score) < 0.01 and abs(x.box - y.box).max() < 1.0
 
 
+@pytest.mark.slow  # an Ultralytics export (torch) and four conversions
 def test_dynamic_onnx_export_converts_at_any_imgsz(tmp_path, fp32_model):
     """`yolo export format=onnx dynamic=True`: symbolic input and output dims, head sizes computed by
     Shape/Gather/Reshape. With --imgsz the import fixes them; the split bundle matches the static one."""
@@ -115,6 +116,7 @@ def test_ultralytics_torchscript_export_converts(tmp_path, fp32_model):
     _same_instances(fp32_model, tmp_path / "b")
 
 
+@pytest.mark.slow  # an Ultralytics export (torch) and a conversion
 def test_fp16_onnx_export_is_cast_back_to_fp32(tmp_path, fp32_model):
     """`half=True`: a Cast in, an FP16 graph and Casts out. The import computes it in FP32 (its FP16
     weights kept), so the head splits for INT8 as any export, and the manifest says which it was."""

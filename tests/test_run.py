@@ -443,6 +443,7 @@ def test_mjpeg_sink_serves_the_newest_frame_and_ends_with_the_run():
     assert list(parts) == []  # the stream ended with the sink
 
 
+@pytest.mark.slow  # 300 frames through the model
 def test_run_serve_streams_annotated_frames_to_a_viewer(fp32_bundle, tmp_path):
     """``edgeseg run --serve``: a client reading the stream while the run goes on gets annotated
     frames at the source's size, and the run still ends by itself with the viewer connected."""

@@ -54,6 +54,7 @@ def test_torchscript_runs_no_code_without_trust_model(tmp_path, suffix):
     assert not victim.exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # torch and a conversion
 def test_torchscript_code_is_what_trust_model_allows(tmp_path):
     """The same file with --trust-model is loaded and run: the gate is what stopped it above."""
     victim = tmp_path / "written_by_the_model.txt"
@@ -85,6 +86,7 @@ def _manifest_time(folder: Path) -> str:
     return json.loads((folder / "edgeseg.json").read_text())["fidelity"]["created"]
 
 
+@pytest.mark.slow  # a conversion (--force)
 def test_convert_refuses_an_existing_out_before_any_work_and_force_replaces_a_bundle(fp32_bundle, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(fp32_bundle.path, out)
@@ -100,6 +102,7 @@ def test_convert_refuses_an_existing_out_before_any_work_and_force_replaces_a_bu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # nothing left beside it
 
 
+@pytest.mark.slow  # a conversion
 def test_default_bundle_folder_is_not_replaced_silently(tmp_path):
     r = cli("convert", "--fp32", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

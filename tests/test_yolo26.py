@@ -109,6 +109,7 @@ def test_reference_int8_is_within_0_010_mask_map_of_fp32(y26_int8_bundle, y26_fp
     assert fp32 > 0.5 and fp32 - int8 <= 0.010, (fp32, int8)
 
 
+@pytest.mark.slow  # one more INT8 conversion (the unsplit bundle)
 def test_unsplit_int8_is_marked_unusable(int8_nosplit_bundle, tmp_path):
     """--no-split --int8 still writes its bundle (to compare with), but never silently."""
     f = int8_nosplit_bundle.manifest.fidelity

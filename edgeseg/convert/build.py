@@ -9,8 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from .. import __version__
 from ..bundle import Bundle, Manifest, atomic_bundle_dir, check_out, refuse_inputs, work_dir, write_manifest
 from ..defaults import DEFAULT_CALIB, DEFAULT_MODEL, default_bundle_dir
@@ -20,7 +18,6 @@ from ..profiles import Profile, load_profile
 from ..runtime.preprocess import InputSpec, fit
 from ..runtime.sources import read_image
 from .calibration import DEFAULT_IMAGES, CalibrationSet
-from .importer import import_model
 from .toolchains import ConvertJob, ConvertResult, Toolchain, get_toolchain, load_toolchain, resolve_options
 
 
@@ -83,6 +80,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     (work / "tmp").mkdir()
     saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(work / "tmp")
     try:
+        onnx, import_model = _host_importer()
         imported = import_model(model_path, head=head, names=names, imgsz=imgsz, trust_model=trust_model,
                                 workdir=work)
         spec = dict(imported.head)
@@ -189,6 +187,21 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     finally:
         tempfile.tempdir = saved_tempdir
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _host_importer():
+    """onnx and the importer, loaded once a request has passed the checks that need neither: onnx
+    takes about a CPU second to import, so a refused --option, --out or --target answers at once."""
+    try:
+        import onnx
+
+        from .importer import import_model
+    except ImportError as e:
+        from ..errors import ToolchainMissing
+        from ..install import pip_extra
+
+        raise ToolchainMissing(f"convert runs on the host and needs {e.name}: {pip_extra('host')}") from None
+    return onnx, import_model
 
 
 def input_spec(profile: Profile, hw: tuple[int, int], mean: Sequence[float] | None = None,

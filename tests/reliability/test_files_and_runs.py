@@ -40,6 +40,7 @@ def _calib_variants(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a full INT8 conversion (about 20 CPU seconds)
 def test_calibration_accepts_gray_16bit_alpha_cmyk_huge_and_tiny(tmp_path):
     calib = _calib_variants(tmp_path / "calib")
     r = cli("convert", "--calib", str(calib), "--out", str(tmp_path / "b"))
@@ -48,6 +49,7 @@ def test_calibration_accepts_gray_16bit_alpha_cmyk_huge_and_tiny(tmp_path):
     assert m["quantization"]["calibration"]["available"] == 14
 
 
+@pytest.mark.slow  # a full INT8 conversion and a run
 def test_non_ascii_paths_everywhere(tmp_path):
     d = tmp_path / "modèles 模型"
     d.mkdir()
@@ -68,6 +70,7 @@ def test_non_ascii_paths_everywhere(tmp_path):
     assert len((d / "résultats.jsonl").read_text(encoding="utf-8").splitlines()) == 5
 
 
+@pytest.mark.slow  # two conversions at once
 def test_two_conversions_into_one_folder(tmp_path):
     out = tmp_path / "b"
     procs = [subprocess.Popen([sys.executable, "-m", "edgeseg", "convert", "--fp32", "--out", str(out)],
@@ -90,6 +93,7 @@ def test_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
     assert not (tmp_path / ".b.lock").exists()
 
 
+@pytest.mark.slow  # three conversions
 def test_a_bundle_left_aside_by_a_killed_overwrite_is_put_back(tmp_path, fp32_bundle):
     """--force moves the old bundle to .NAME.old.PID before renaming the new one in: a kill -9 between
     the two renames leaves no bundle at NAME. The next conversion puts the old one back (it is the
@@ -114,6 +118,7 @@ def test_a_bundle_left_aside_by_a_killed_overwrite_is_put_back(tmp_path, fp32_bu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
 
 
+@pytest.mark.slow  # two processes building a venv
 def test_two_conversions_creating_one_toolchain_env_at_once(tmp_path):
     """On a new machine two conversions may start together and both need the same toolchain env:
     one builds it, the other waits and uses it (no wiping of a half-built env)."""
@@ -132,6 +137,7 @@ def test_two_conversions_creating_one_toolchain_env_at_once(tmp_path):
     assert (envdir / "install.log").read_text().count("$ pip install pip\n") == 1
 
 
+@pytest.mark.slow  # a 2000-frame video
 def test_jsonl_stays_valid_after_kill(tmp_path, fp32_bundle):
     vid = tmp_path / "long.mp4"
     w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 320))
