@@ -290,6 +290,35 @@ class YoloSegDecoder:
         return res
 
 
+# Semantic logits are upsampled a band of frame rows at a time: C x rows x width floats stay
+# under this many bytes whatever the frame size and class count.
+SEMANTIC_BAND_BYTES = 16 << 20
+
+
+def _taps(n_dst: int, scale: float, pad: float, in_size: int, n_src: int) -> tuple[np.ndarray, ...]:
+    """Bilinear taps (align_corners=False) along one axis from a model output of ``n_src`` cells
+    (covering ``in_size`` model-input pixels) to ``n_dst`` frame pixels.
+
+    Frame pixel u's centre sits at model-input coordinate (u + 0.5) * scale + pad, i.e. output
+    coordinate ((u + 0.5) * scale + pad) * n_src / in_size - 0.5; taps clamp at the edges as
+    torch's ``interpolate(..., align_corners=False)`` does. One sample from the model's own
+    resolution: no crop to whole cells (which shifts the map by up to half a cell when the
+    letterbox padding is not a multiple of the output stride) and no second resampling.
+    """
+    x = ((np.arange(n_dst, dtype=np.float64) + 0.5) * scale + pad) * (n_src / in_size) - 0.5
+    x = np.clip(x, 0, n_src - 1)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_src - 1)
+    w1 = (x - i0).astype(np.float32)
+    return i0, i1, 1 - w1, w1
+
+
+def _cells(n_dst: int, scale: float, pad: float, in_size: int, n_src: int) -> np.ndarray:
+    """Nearest cell of a class-id map (the cell holding each frame pixel's centre), per axis."""
+    x = ((np.arange(n_dst, dtype=np.float64) + 0.5) * scale + pad) * (n_src / in_size)
+    return np.clip(np.floor(x).astype(np.intp), 0, n_src - 1)
+
+
 class SemanticDecoder:
     """Argmax (multi-class logits), threshold (one channel) or pass-through (labels) to frame size."""
 
@@ -306,21 +335,23 @@ class SemanticDecoder:
         y = (np.rint(raw) if raw.dtype.kind == "f" else raw)[0] if self.kind == "labels" \
             else dequantize(raw, self.out.get("quant"))[0]
         oh, ow = y.shape[-2:]
-        fy, fx = oh / self.input_hw[0], ow / self.input_hw[1]
-        y0, x0 = int(round(lb.pad_y * fy)), int(round(lb.pad_x * fx))
-        y1, x1 = int(round((lb.pad_y + lb.new_h) * fy)), int(round((lb.pad_x + lb.new_w) * fx))
-        size = (lb.src_w, lb.src_h)
+        (ih, iw), (sh, sw) = self.input_hw, (lb.src_h, lb.src_w)
         if self.kind == "labels":
-            crop = y[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].astype(np.uint8)
-            full = cv2.resize(crop, size, interpolation=cv2.INTER_NEAREST)
+            rows = _cells(sh, lb.scale_y, lb.pad_y, ih, oh)
+            cols = _cells(sw, lb.scale_x, lb.pad_x, iw, ow)
+            full = y[rows[:, None], cols[None, :]].astype(np.uint8)
         else:
-            # Upsample the logits, not the argmax: class borders land between the coarse cells.
-            crop = np.ascontiguousarray(y[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].transpose(1, 2, 0))
-            up = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR)
-            if up.ndim == 2:
-                up = up[:, :, None]
-            full = ((up[:, :, 0] > self.threshold).astype(np.uint8) if up.shape[2] == 1
-                    else up.argmax(2).astype(np.uint8))
+            y = y.reshape(-1, oh, ow) if y.ndim == 3 else y[None]
+            c = y.shape[0]
+            ry0, ry1, wy0, wy1 = _taps(sh, lb.scale_y, lb.pad_y, ih, oh)
+            cx0, cx1, wx0, wx1 = _taps(sw, lb.scale_x, lb.pad_x, iw, ow)
+            full = np.empty((sh, sw), dtype=np.uint8)
+            band = max(1, SEMANTIC_BAND_BYTES // (4 * c * max(sw, ow)))
+            for r0 in range(0, sh, band):
+                r = slice(r0, min(r0 + band, sh))
+                t = y[:, ry0[r], :] * wy0[r, None] + y[:, ry1[r], :] * wy1[r, None]  # [C, rows, ow]
+                up = t[:, :, cx0] * wx0 + t[:, :, cx1] * wx1  # [C, rows, frame width]
+                full[r] = (up[0] > self.threshold) if c == 1 else up.argmax(0)
         if classes is not None:
             keep = np.zeros(256, dtype=bool)
             keep[[c for c in classes if 0 <= c < NOT_ASKED]] = True
