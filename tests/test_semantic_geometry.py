@@ -68,12 +68,29 @@ def test_stretched_logits_match_interpolate_to_the_frame():
 
 
 def test_one_channel_threshold_and_small_bands(monkeypatch):
-    """One channel: foreground where the upsampled logit passes the threshold; the frame is decoded in
-    bands of rows (bounded memory) and the bands join seamlessly."""
+    """One channel: foreground where the upsampled logit passes the threshold; the class borders are
+    interpolated in chunks (bounded memory) that join seamlessly."""
     import edgeseg.runtime.decode as decode
 
     logits = _logits(1, seed=2)
-    monkeypatch.setattr(decode, "SEMANTIC_BAND_BYTES", 4 * 517 * 7)  # 7 rows per band
+    monkeypatch.setattr(decode, "SEMANTIC_BAND_BYTES", 16 * 500)  # 500 pixels per chunk
     got, lb = _decode(logits, "letterbox", threshold=0.5)
     ref = (_grid_reference(logits, lb)[0] > 0.5).numpy()
     assert 0.05 < ref.mean() < 0.95 and (got == ref).mean() >= 0.9999
+
+
+@pytest.mark.parametrize("stride", [1, STRIDE])
+def test_class_maps_follow_torch_nearest(stride):
+    """Class ids (exports with the argmax inside: Ultralytics' ONNX) are picked as Ultralytics' semantic
+    predictor does: interpolate(mode="nearest") to the input size, crop the letterbox, again to the frame."""
+    ids = torch.from_numpy(_logits(7, seed=3)).argmax(1, keepdim=True).float()  # [1, 1, H/4, W/4]
+    if stride == 1:
+        ids = F.interpolate(ids, IN_HW, mode="nearest")
+    frame = np.zeros((*FRAME_HW, 3), np.uint8)
+    _, lb = fit(frame, InputSpec(*IN_HW))
+    dec = SemanticDecoder({"type": "semantic", "output": "labels"}, [{"name": "ids", "role": "labels"}],
+                          [str(i) for i in range(7)], IN_HW)
+    got = dec({"ids": ids[:, 0].numpy().astype(np.uint8)}, lb).label_map
+    up = F.interpolate(ids, IN_HW, mode="nearest")[..., lb.pad_y:lb.pad_y + lb.new_h, lb.pad_x:lb.pad_x + lb.new_w]
+    ref = F.interpolate(up, FRAME_HW, mode="nearest")[0, 0].numpy()
+    assert (got == ref).mean() == 1.0

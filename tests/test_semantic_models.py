@@ -186,3 +186,40 @@ def test_torchvision_deeplabv3_normalisation_from_flags(models, tmp_path):
     agree = _check(b.path, wrapped, IMAGENET_MEAN, IMAGENET_STD, "letterbox")
     print(f"deeplabv3: pixel agreement with the torch model {agree:.4f}")
     assert agree >= 0.99
+
+
+def test_yolo26_sem_matches_ultralytics_predictor_on_non_square_frames(tmp_path):
+    """Ultralytics' semantic task (YOLO26n-sem from its yaml, random weights spread so that the picture
+    decides the classes), its default ONNX export (argmax inside: class ids at input size), and
+    Ultralytics' own predict of that ONNX on non-square frames: the bundle's maps are the same."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("the YOLO26-sem model and reference need ultralytics (AGPL-3.0): pip install ultralytics")
+    frames = []
+    for i, f in enumerate(_frames()):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), f)
+        frames.append(f)
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "random_yolo26_sem.py"),
+                        *[str(tmp_path / f"f{i}.png") for i in range(len(frames))]],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from edgeseg.convert import convert
+    from edgeseg.runtime.model import Model
+
+    b = convert(tmp_path / "rand26-sem.onnx", precision="fp32", out=tmp_path / "b", fidelity=False,
+                log=lambda m: None)
+    assert b.manifest.head["output"] == "labels" and len(b.manifest.names) == 19
+    model = Model.load(b.path)
+    for i, frame in enumerate(frames):
+        ref = np.load(tmp_path / f"onnx_{i}.npy")
+        assert (np.bincount(ref.ravel()) / ref.size > 0.02).sum() >= 2  # a map with classes to disagree on
+        agree = float((model(frame).label_map == ref).mean())
+        rect = float((np.load(tmp_path / f"pt_{i}.npy") == ref).mean())
+        print(f"yolo26n-sem frame {frame.shape[1]}x{frame.shape[0]}: agreement with Ultralytics' predict of the "
+              f"ONNX {agree:.5f} (Ultralytics' .pt predict, rect letterbox, vs its ONNX predict: {rect:.4f})")
+        assert agree >= 0.999

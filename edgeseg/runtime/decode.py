@@ -290,8 +290,8 @@ class YoloSegDecoder:
         return res
 
 
-# Semantic logits are upsampled a band of frame rows at a time: C x rows x width floats stay
-# under this many bytes whatever the frame size and class count.
+# Semantic logits are interpolated at class borders a chunk of pixels at a time: the chunk's
+# C x pixels floats stay near this many bytes whatever the frame size and class count.
 SEMANTIC_BAND_BYTES = 16 << 20
 
 
@@ -313,10 +313,13 @@ def _taps(n_dst: int, scale: float, pad: float, in_size: int, n_src: int) -> tup
     return i0, i1, 1 - w1, w1
 
 
-def _cells(n_dst: int, scale: float, pad: float, in_size: int, n_src: int) -> np.ndarray:
-    """Nearest cell of a class-id map (the cell holding each frame pixel's centre), per axis."""
-    x = ((np.arange(n_dst, dtype=np.float64) + 0.5) * scale + pad) * (n_src / in_size)
-    return np.clip(np.floor(x).astype(np.intp), 0, n_src - 1)
+def _cells(n_dst: int, scale: float, pad: int, in_size: int, n_src: int) -> np.ndarray:
+    """Nearest cell of a class-id map per frame pixel, per axis, as torch's ``interpolate(mode="nearest")``
+    picks it (index floor(dst * in / out)) at each step of Ultralytics' semantic predictor: the map
+    to the input size, the letterbox crop to the frame size. So a bundle's class map is Ultralytics'
+    pixel for pixel, ids being ids: no blending between them is possible, only a choice of convention."""
+    x = pad + np.floor(np.arange(n_dst, dtype=np.float64) * np.float32(scale))
+    return np.clip(np.floor(x * np.float32(n_src / in_size)).astype(np.intp), 0, n_src - 1)
 
 
 class SemanticDecoder:
@@ -341,22 +344,43 @@ class SemanticDecoder:
             cols = _cells(sw, lb.scale_x, lb.pad_x, iw, ow)
             full = y[rows[:, None], cols[None, :]].astype(np.uint8)
         else:
-            y = y.reshape(-1, oh, ow) if y.ndim == 3 else y[None]
-            c = y.shape[0]
-            ry0, ry1, wy0, wy1 = _taps(sh, lb.scale_y, lb.pad_y, ih, oh)
-            cx0, cx1, wx0, wx1 = _taps(sw, lb.scale_x, lb.pad_x, iw, ow)
-            full = np.empty((sh, sw), dtype=np.uint8)
-            band = max(1, SEMANTIC_BAND_BYTES // (4 * c * max(sw, ow)))
-            for r0 in range(0, sh, band):
-                r = slice(r0, min(r0 + band, sh))
-                t = y[:, ry0[r], :] * wy0[r, None] + y[:, ry1[r], :] * wy1[r, None]  # [C, rows, ow]
-                up = t[:, :, cx0] * wx0 + t[:, :, cx1] * wx1  # [C, rows, frame width]
-                full[r] = (up[0] > self.threshold) if c == 1 else up.argmax(0)
+            full = self._upsampled_labels(y.reshape(-1, oh, ow), lb)
         if classes is not None:
             keep = np.zeros(256, dtype=bool)
             keep[[c for c in classes if 0 <= c < NOT_ASKED]] = True
             full[~keep[full]] = NOT_ASKED
         return FrameResult(lb.src_w, lb.src_h, label_map=full, names=self.names)
+
+    def _upsampled_labels(self, y: np.ndarray, lb: Letterbox) -> np.ndarray:
+        """Argmax (or threshold) of the logits bilinearly upsampled to the frame (see :func:`_taps`).
+
+        A frame pixel whose four surrounding logit cells share one label has that label: the
+        interpolated logits are a convex combination of the four, so the winner stays the winner.
+        Only pixels between cells of different labels (class borders) are interpolated in full,
+        in chunks of bounded size."""
+        c, oh, ow = y.shape
+        (ih, iw), (sh, sw) = self.input_hw, (lb.src_h, lb.src_w)
+        cell = (y[0] > self.threshold) if c == 1 else y.argmax(0)
+        cell = cell.astype(np.uint8)
+        ry0, ry1, wy0, wy1 = _taps(sh, lb.scale_y, lb.pad_y, ih, oh)
+        cx0, cx1, wx0, wx1 = _taps(sw, lb.scale_x, lb.pad_x, iw, ow)
+        # uniform[i, j]: cells (i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1) share a label (edges replicated)
+        e = np.pad(cell, ((0, 1), (0, 1)), mode="edge")
+        uniform = (e[:-1, :-1] == e[:-1, 1:]) & (e[:-1, :-1] == e[1:, :-1]) & (e[:-1, :-1] == e[1:, 1:])
+        full = cell[ry0][:, cx0]
+        vv, uu = np.nonzero(~uniform[ry0][:, cx0])
+        if not len(vv):
+            return full
+        flat = y.reshape(c, -1)
+        step = max(1, SEMANTIC_BAND_BYTES // (16 * c))
+        for k in range(0, len(vv), step):
+            v, u = vv[k:k + step], uu[k:k + step]
+            r0, r1, c0, c1 = ry0[v] * ow, ry1[v] * ow, cx0[u], cx1[u]
+            fx0, fx1 = wx0[u], wx1[u]
+            z = (np.take(flat, r0 + c0, 1) * fx0 + np.take(flat, r0 + c1, 1) * fx1) * wy0[v]
+            z += (np.take(flat, r1 + c0, 1) * fx0 + np.take(flat, r1 + c1, 1) * fx1) * wy1[v]  # [C, n]
+            full[v, u] = (z[0] > self.threshold) if c == 1 else z.argmax(0)
+        return full
 
 
 def make_decoder(head: dict, outputs: list[dict], names: list[str], input_hw: tuple[int, int]):
