@@ -44,8 +44,9 @@ def _grid_reference(logits: np.ndarray, lb) -> torch.Tensor:
                          align_corners=False)[0]
 
 
-def test_letterboxed_logits_match_a_float_reference():
-    logits = _logits(6)
+@pytest.mark.parametrize("classes", [6, 150])  # 150: ADE20K models, past OpenCV's 128-channel resize
+def test_letterboxed_logits_match_a_float_reference(classes):
+    logits = _logits(classes)
     got, lb = _decode(logits, "letterbox")
     assert (lb.pad_y % STRIDE, lb.pad_x) != (0, 0) and lb.pad_y % STRIDE, lb  # padding is not whole cells
     ref = _grid_reference(logits, lb).argmax(0).numpy()
