@@ -20,7 +20,7 @@ from ..profiles import Profile, load_profile
 from ..runtime.preprocess import InputSpec, fit
 from ..runtime.sources import read_image
 from .calibration import DEFAULT_IMAGES, CalibrationSet
-from .importer import import_model
+from .importer import ImportedModel, import_model
 from .toolchains import ConvertJob, ConvertResult, Toolchain, get_toolchain, load_toolchain, resolve_options
 
 
@@ -198,7 +198,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _model_input(profile: Profile, imported, mean: Sequence[float] | None, std: Sequence[float] | None,
+def _model_input(profile: Profile, imported: ImportedModel, mean: Sequence[float] | None, std: Sequence[float] | None,
                  resize: str | None) -> tuple[InputSpec, dict[str, str]]:
     """The FP32 model's input: what the model declares, each field overridden by its flag; and
     where each field that is not the profile's default came from."""
