@@ -81,8 +81,8 @@ def from_preprocessor_config(path: Path) -> dict[str, Any]:
         if not isinstance(cfg, dict):
             raise ValueError("not a JSON object")
     except (ValueError, UnicodeDecodeError) as e:
-        raise EdgesegError(f"{path}: not a transformers preprocessor config ({e}); pass the "
-                           "preprocessor_config.json saved with the model, or --mean/--std") from None
+        raise EdgesegError(f"{path}: not a transformers preprocessor config ({e}); pass the model's own with "
+                           "--preprocessor FILE (a config beside the model is then not read)") from None
     where = str(path)
     scale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
     if not scale > 0:
