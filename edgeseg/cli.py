@@ -188,6 +188,9 @@ def convert(
                             "e.g. ImageNet 58.395,57.12,57.375."),
     resize: Optional[str] = typer.Option(
         None, "--resize", help="letterbox (keep the aspect ratio, pad; default) or stretch (to the input size)."),
+    preprocessor: Optional[Path] = typer.Option(
+        None, "--preprocessor", help="transformers' preprocessor_config.json of the model (mean, std, resize); "
+                                     "default: the one beside the model file. --mean/--std/--resize override it."),
     help_options: bool = typer.Option(
         False, "--help-options", help="List the --option keys of --target, with types and defaults, and exit."),
     force: bool = typer.Option(
@@ -224,7 +227,8 @@ def convert(
                    trust_model=trust_model, platform=platform, verify_data=verify_data,
                    options=option or [], keep_float=keep_float, mean=_floats("--mean", mean),
                    std=_floats("--std", std), resize=resize,
-                   max_drop=max_drop, data=data, log=lambda m: typer.echo(m, err=True), force=force)
+                   max_drop=max_drop, data=data, log=lambda m: typer.echo(m, err=True), force=force,
+                   preprocessor=preprocessor)
     typer.echo(str(b.path))
 
 

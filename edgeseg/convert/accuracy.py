@@ -660,7 +660,8 @@ class Accuracy:
         def ort_attempt(f: Path, extra: dict) -> Any:
             return attempt(f, extra, prof=load_profile("onnxruntime"), tc=ort_tc, prec="int8")
 
-        self.log(f"searching for the cheapest INT8 model within {max_drop} mask mAP50-95 of FP32 "
+        metric = "mIoU" if self.head["type"] == "semantic" else "mask mAP50-95"
+        self.log(f"searching for the cheapest INT8 model within {max_drop} {metric} of FP32 "
                  f"(label-free estimate on {len(self.cset.holdout)} held-back images)")
         self.search = Search(self.tc, self.est, max_drop, self.work / "search", attempt,
                              ort_attempt if self.tc.name != "onnxruntime" else None, self.fp32_path, self.log, budget_s)

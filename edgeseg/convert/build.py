@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..bundle import Bundle, Manifest, atomic_bundle_dir, check_out, refuse_inputs, work_dir, write_manifest
@@ -20,6 +20,9 @@ from ..runtime.sources import read_image
 from .calibration import DEFAULT_IMAGES, CalibrationSet
 from .toolchains import ConvertJob, ConvertResult, Toolchain, get_toolchain, load_toolchain, resolve_options
 
+if TYPE_CHECKING:
+    from .importer import ImportedModel
+
 
 def convert(model: str | Path | None = None, *, target: str = "onnxruntime", precision: str | None = None,
             calib: str | Path | None = None, calib_images: int | None = None,
@@ -30,7 +33,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             keep_float: Iterable[str] | None = None, mean: Sequence[float] | None = None,
             std: Sequence[float] | None = None, resize: str | None = None,
             log: Callable[[str], None] = print, force: bool = False, max_drop: float | None = None,
-            data: str | Path | None = None) -> Bundle:
+            data: str | Path | None = None, preprocessor: str | Path | None = None) -> Bundle:
     """Convert ``model`` (default: the bundled reference model) into a bundle for ``target``.
 
     An existing ``out`` is refused, or with ``force`` replaced when it is an edgeseg bundle.
@@ -39,6 +42,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     (``edgeseg convert --target X --help-options`` lists them); ``keep_float``: node names left in float.
     ``mean``/``std``: the normalisation the model expects, in 0..255 pixel units (ImageNet:
     123.675,116.28,103.53 and 58.395,57.12,57.375); ``resize``: letterbox (default) or stretch.
+    Each overrides what the model declares (ONNX metadata; transformers' ``preprocessor_config.json``
+    beside the model or given as ``preprocessor``: convert/normalisation.py).
     ``max_drop``: search for the cheapest INT8 model whose label-free estimated mask mAP50-95 drop
     is within it (convert/accuracy.py); ``data``: a labeled dataset to measure the real drop too.
     """
@@ -82,7 +87,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
     try:
         onnx, import_model = _host_importer()
         imported = import_model(model_path, head=head, names=names, imgsz=imgsz, trust_model=trust_model,
-                                workdir=work)
+                                workdir=work, preprocessor=Path(preprocessor).absolute() if preprocessor else None)
         spec = dict(imported.head)
         outputs = imported.output_roles
         fp32 = imported.model
@@ -93,7 +98,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
             spec.update(changes)
         fp32_path = work / "fp32.onnx"
         onnx.save(fp32, str(fp32_path))
-        model_input = input_spec(profile, imported.input_hw, mean, std, resize)
+        model_input, input_from = _model_input(profile, imported, mean, std, resize)
 
         tgt = f"{target}-{platform}" if platform else target
         out_dir = (Path(out) if out else default_bundle_dir(model_path, tgt, precision,
@@ -105,6 +110,9 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                                "move the file or choose another --out")
         log(f"converting {model_path} -> {out_dir} ({target}, {precision}"
             f"{', outputs split' if do_split else ''})")
+        line = _input_line(model_input, input_from, family.kind == "semantic")
+        if line:
+            log(line)
         # toolchains that can only simulate while building (RKNN) need every image up front
         simulate = list(cset.holdout if cset is not None and fidelity else [])
         if verify_data:
@@ -131,6 +139,8 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                 inp = {"name": imported.input_name,
                        **model_input.as_(prof.input.get("layout"), prof.input.get("dtype")).to_dict()}
                 inp.update(res.input)
+                if input_from:
+                    inp["normalisation_from"] = dict(input_from)
                 quant = dict(res.quantization)
                 if cset is not None and prec == "int8":
                     quant["calibration"] = cset.summary()
@@ -204,10 +214,45 @@ def _host_importer():
     return onnx, import_model
 
 
+def _model_input(profile: Profile, imported: ImportedModel, mean: Sequence[float] | None, std: Sequence[float] | None,
+                 resize: str | None) -> tuple[InputSpec, dict[str, str]]:
+    """The FP32 model's input: what the model declares, each field overridden by its flag; and
+    where each field that is not the profile's default came from."""
+    declared, said = imported.normalisation["fields"], imported.normalisation["from"]
+    flags = {"mean": mean, "std": std, "resize": resize}
+    chosen = {k: flags.get(k) if flags.get(k) is not None else declared.get(k) for k in ("mean", "std", "resize")}
+    sources = {k: (f"--{k}" if flags.get(k) is not None else said[k])
+               for k in ("mean", "std", "resize", "color") if flags.get(k) is not None or k in declared}
+    what = {k: v for k, v in sources.items() if not v.startswith("--")}
+    where = " and ".join(sorted(set(what.values()))) or "the flags"
+    return input_spec(profile, imported.input_hw, chosen["mean"], chosen["std"], chosen["resize"],
+                      color=declared.get("color"), source=where if what else None), sources
+
+
+def _input_line(spec: InputSpec, sources: dict[str, str], semantic: bool) -> str | None:
+    """What the convert output says about the input normalisation: where it came from, or, for a
+    semantic model that declares none, that ImageNet-trained models need --mean/--std."""
+    px = 1 / spec.scale
+    desc = (f"mean {','.join(f'{v * px:g}' for v in spec.mean)} std {','.join(f'{v * px:g}' for v in spec.std)}"
+            f" (0..255 pixel units, {spec.color.upper()}), {spec.resize}")
+    if sources:
+        by: dict[str, list[str]] = {}
+        for k, v in sources.items():
+            by.setdefault(v, []).append(k)
+        return f"input normalisation: {desc}; " + "; ".join(f"{'/'.join(ks)} from {v}" for v, ks in by.items())
+    if semantic:
+        return (f"input normalisation: {desc}: the model declares none; a torchvision or transformers model "
+                "trained on ImageNet statistics needs --mean 123.675,116.28,103.53 --std 58.395,57.12,57.375 "
+                "(or its preprocessor_config.json beside it)")
+    return None
+
+
 def input_spec(profile: Profile, hw: tuple[int, int], mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None, resize: str | None = None) -> InputSpec:
+               std: Sequence[float] | None = None, resize: str | None = None, color: str | None = None,
+               source: str | None = None) -> InputSpec:
     """What the FP32 model takes: its size, the profile's ``[input]`` (color, scale, mean, std in
-    scaled units, resize, pad_value), then ``mean``/``std`` in 0..255 pixel units and ``resize``."""
+    scaled units, resize, pad_value), then ``mean``/``std`` in 0..255 pixel units, ``resize`` and
+    ``color``. ``source`` names where the values came from when not from the flags (for errors)."""
     p = profile.input
     kw: dict[str, Any] = {k: p[k] for k in ("color", "scale", "resize", "pad_value") if k in p}
     kw.update({k: tuple(float(v) for v in p[k]) for k in ("mean", "std") if k in p})
@@ -219,12 +264,15 @@ def input_spec(profile: Profile, hw: tuple[int, int], mean: Sequence[float] | No
                 vals *= 3
             if len(vals) != 3 or (flag == "std" and any(v <= 0 for v in vals)) or any(not 0 <= v <= 255 for v in vals):
                 above = ", above 0" if flag == "std" else ""
-                raise EdgesegError(f"--{flag} {','.join(f'{v:g}' for v in values)}: expected 1 or 3 values in "
+                said = f"{source}: {flag}" if source else f"--{flag}"
+                raise EdgesegError(f"{said} {','.join(f'{v:g}' for v in values)}: expected 1 or 3 values in "
                                    f"0..255 pixel units{above}, e.g. --mean 123.675,116.28,103.53 "
                                    "--std 58.395,57.12,57.375 (ImageNet)")
             kw[flag] = tuple(v * scale for v in vals)
     if resize is not None:
         kw["resize"] = resize
+    if color is not None:
+        kw["color"] = color
     try:
         return InputSpec(hw[0], hw[1], "nchw", "float32", **kw)
     except (TypeError, ValueError) as e:

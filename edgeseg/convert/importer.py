@@ -34,6 +34,8 @@ class ImportedModel:
     input_hw: tuple[int, int]
     output_roles: list[dict] = field(default_factory=list)  # before splitting
     metadata: dict[str, str] = field(default_factory=dict)
+    # the input normalisation the model declares (ONNX metadata, transformers' preprocessor config)
+    normalisation: dict = field(default_factory=lambda: {"fields": {}, "from": {}})
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
@@ -263,8 +265,11 @@ def _is_torchscript(path: Path) -> bool:
 
 def import_model(path: str | Path, *, head: str | None = None, names: str | None = None,
                  imgsz: int | tuple[int, int] | str | None = None,
-                 trust_model: bool = False, workdir: Path | None = None) -> ImportedModel:
-    """Load ``path`` as a canonical FP32 ONNX and describe its head. Raises EdgesegError on bad input."""
+                 trust_model: bool = False, workdir: Path | None = None,
+                 preprocessor: str | Path | None = None) -> ImportedModel:
+    """Load ``path`` as a canonical FP32 ONNX and describe its head. Raises EdgesegError on bad input.
+
+    ``preprocessor``: transformers' preprocessor_config.json for the model (see normalisation.py)."""
     src = Path(path)
     if not src.exists():
         raise EdgesegError(f"{src}: no such file; pass the path of an .onnx, .pt or TorchScript model")
@@ -319,7 +324,10 @@ def import_model(path: str | Path, *, head: str | None = None, names: str | None
     family = _recognise(src, m, outs, meta, head)
     spec, roles, names_list = family.describe(src, m, outs, meta, parse_names(names, str(src))
                                               or parse_names(meta.get("names"), str(src)))
-    return ImportedModel(m, src, digest, fmt, spec, names_list, inp.name, input_hw, roles, meta)
+    from .normalisation import model_normalisation
+
+    norm = model_normalisation(src, meta, preprocessor)
+    return ImportedModel(m, src, digest, fmt, spec, names_list, inp.name, input_hw, roles, meta, norm)
 
 
 def _recognise(src: Path, m: onnx.ModelProto, outs: list[tuple[str, list]], meta: dict[str, str],

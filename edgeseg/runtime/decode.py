@@ -290,6 +290,38 @@ class YoloSegDecoder:
         return res
 
 
+# Semantic logits are interpolated at class borders a chunk of pixels at a time: the chunk's
+# C x pixels floats stay near this many bytes whatever the frame size and class count.
+SEMANTIC_BAND_BYTES = 16 << 20
+
+
+def _taps(n_dst: int, scale: float, pad: float, in_size: int, n_src: int) -> tuple[np.ndarray, ...]:
+    """Bilinear taps (align_corners=False) along one axis from a model output of ``n_src`` cells
+    (covering ``in_size`` model-input pixels) to ``n_dst`` frame pixels.
+
+    Frame pixel u's centre sits at model-input coordinate (u + 0.5) * scale + pad, i.e. output
+    coordinate ((u + 0.5) * scale + pad) * n_src / in_size - 0.5; taps clamp at the edges as
+    torch's ``interpolate(..., align_corners=False)`` does. One sample from the model's own
+    resolution: no crop to whole cells (which shifts the map by up to half a cell when the
+    letterbox padding is not a multiple of the output stride) and no second resampling.
+    """
+    x = ((np.arange(n_dst, dtype=np.float64) + 0.5) * scale + pad) * (n_src / in_size) - 0.5
+    x = np.clip(x, 0, n_src - 1)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_src - 1)
+    w1 = (x - i0).astype(np.float32)
+    return i0, i1, 1 - w1, w1
+
+
+def _cells(n_dst: int, scale: float, pad: int, in_size: int, n_src: int) -> np.ndarray:
+    """Nearest cell of a class-id map per frame pixel, per axis, as torch's ``interpolate(mode="nearest")``
+    picks it (index floor(dst * in / out)) at each step of Ultralytics' semantic predictor: the map
+    to the input size, the letterbox crop to the frame size. So a bundle's class map is Ultralytics'
+    pixel for pixel, ids being ids: no blending between them is possible, only a choice of convention."""
+    x = pad + np.floor(np.arange(n_dst, dtype=np.float64) * np.float32(scale))
+    return np.clip(np.floor(x * np.float32(n_src / in_size)).astype(np.intp), 0, n_src - 1)
+
+
 class SemanticDecoder:
     """Argmax (multi-class logits), threshold (one channel) or pass-through (labels) to frame size."""
 
@@ -306,26 +338,49 @@ class SemanticDecoder:
         y = (np.rint(raw) if raw.dtype.kind == "f" else raw)[0] if self.kind == "labels" \
             else dequantize(raw, self.out.get("quant"))[0]
         oh, ow = y.shape[-2:]
-        fy, fx = oh / self.input_hw[0], ow / self.input_hw[1]
-        y0, x0 = int(round(lb.pad_y * fy)), int(round(lb.pad_x * fx))
-        y1, x1 = int(round((lb.pad_y + lb.new_h) * fy)), int(round((lb.pad_x + lb.new_w) * fx))
-        size = (lb.src_w, lb.src_h)
+        (ih, iw), (sh, sw) = self.input_hw, (lb.src_h, lb.src_w)
         if self.kind == "labels":
-            crop = y[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].astype(np.uint8)
-            full = cv2.resize(crop, size, interpolation=cv2.INTER_NEAREST)
+            rows = _cells(sh, lb.scale_y, lb.pad_y, ih, oh)
+            cols = _cells(sw, lb.scale_x, lb.pad_x, iw, ow)
+            full = y[rows[:, None], cols[None, :]].astype(np.uint8)
         else:
-            # Upsample the logits, not the argmax: class borders land between the coarse cells.
-            crop = np.ascontiguousarray(y[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].transpose(1, 2, 0))
-            up = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR)
-            if up.ndim == 2:
-                up = up[:, :, None]
-            full = ((up[:, :, 0] > self.threshold).astype(np.uint8) if up.shape[2] == 1
-                    else up.argmax(2).astype(np.uint8))
+            full = self._upsampled_labels(y.reshape(-1, oh, ow), lb)
         if classes is not None:
             keep = np.zeros(256, dtype=bool)
             keep[[c for c in classes if 0 <= c < NOT_ASKED]] = True
             full[~keep[full]] = NOT_ASKED
         return FrameResult(lb.src_w, lb.src_h, label_map=full, names=self.names)
+
+    def _upsampled_labels(self, y: np.ndarray, lb: Letterbox) -> np.ndarray:
+        """Argmax (or threshold) of the logits bilinearly upsampled to the frame (see :func:`_taps`).
+
+        A frame pixel whose four surrounding logit cells share one label has that label: the
+        interpolated logits are a convex combination of the four, so the winner stays the winner.
+        Only pixels between cells of different labels (class borders) are interpolated in full,
+        in chunks of bounded size."""
+        c, oh, ow = y.shape
+        (ih, iw), (sh, sw) = self.input_hw, (lb.src_h, lb.src_w)
+        cell = (y[0] > self.threshold) if c == 1 else y.argmax(0)
+        cell = cell.astype(np.uint8)
+        ry0, ry1, wy0, wy1 = _taps(sh, lb.scale_y, lb.pad_y, ih, oh)
+        cx0, cx1, wx0, wx1 = _taps(sw, lb.scale_x, lb.pad_x, iw, ow)
+        # uniform[i, j]: cells (i, j), (i, j + 1), (i + 1, j), (i + 1, j + 1) share a label (edges replicated)
+        e = np.pad(cell, ((0, 1), (0, 1)), mode="edge")
+        uniform = (e[:-1, :-1] == e[:-1, 1:]) & (e[:-1, :-1] == e[1:, :-1]) & (e[:-1, :-1] == e[1:, 1:])
+        full = cell[ry0][:, cx0]
+        vv, uu = np.nonzero(~uniform[ry0][:, cx0])
+        if not len(vv):
+            return full
+        flat = y.reshape(c, -1)
+        step = max(1, SEMANTIC_BAND_BYTES // (16 * c))
+        for k in range(0, len(vv), step):
+            v, u = vv[k:k + step], uu[k:k + step]
+            r0, r1, c0, c1 = ry0[v] * ow, ry1[v] * ow, cx0[u], cx1[u]
+            fx0, fx1 = wx0[u], wx1[u]
+            z = (np.take(flat, r0 + c0, 1) * fx0 + np.take(flat, r0 + c1, 1) * fx1) * wy0[v]
+            z += (np.take(flat, r1 + c0, 1) * fx0 + np.take(flat, r1 + c1, 1) * fx1) * wy1[v]  # [C, n]
+            full[v, u] = (z[0] > self.threshold) if c == 1 else z.argmax(0)
+        return full
 
 
 def make_decoder(head: dict, outputs: list[dict], names: list[str], input_hw: tuple[int, int]):

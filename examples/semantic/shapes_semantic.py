@@ -166,7 +166,9 @@ def train(out: str | Path, steps: int = 1500, size: int = 128, batch: int = 16, 
     import onnx
 
     m = onnx.load(str(onnx_path))
-    for k, v in {"names": str(dict(enumerate(NAMES))), "task": "semantic", "imgsz": f"[{size}, {size}]"}.items():
+    # Image.NominalPixelRange (ONNX's standard key): trained on pixels / 255, which edgeseg reads and reports
+    for k, v in {"names": str(dict(enumerate(NAMES))), "task": "semantic", "imgsz": f"[{size}, {size}]",
+                 "Image.NominalPixelRange": "Normalized_0_1"}.items():
         e = m.metadata_props.add()
         e.key, e.value = k, v
     onnx.save(m, str(onnx_path))
