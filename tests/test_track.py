@@ -328,6 +328,24 @@ def test_run_track_writes_ids_events_and_counts(int8_bundle, tmp_path):
     assert sum(last["classes"].values()) == len(recs[-1]["instances"])
 
 
+def test_bench_track_times_the_tracker_inside_the_frame(int8_bundle, tmp_path):
+    """``edgeseg bench --track``: the tracker's time per frame is reported and is part of the
+    end-to-end figure; the synthetic 20-object figure (the budget's case) comes with it."""
+    js = tmp_path / "b.json"
+    r = cli("bench", str(int8_bundle.path), "--track", "--frames", "12", "--threads", "1", "--json", str(js))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(js.read_text())
+    assert 0 < d["track_ms"]["median"] <= d["track_ms"]["p90"]
+    assert d["end_to_end_ms"]["median"] > d["inference_ms"]["median"]
+    syn = d["track_synthetic"]
+    assert syn["instances"] == 20 and syn["frames"] > 0 and 0 < syn["median_ms"] <= syn["p90_ms"]
+    assert "track_ms        median" in r.stdout and "20 synthetic moving objects" in r.stdout, r.stdout
+    plain = cli("bench", str(int8_bundle.path), "--frames", "2", "--threads", "1", "--json", str(js))
+    assert plain.returncode == 0 and "track_ms" not in json.loads(js.read_text()) and "track_ms" not in plain.stdout
+    bad = cli("bench", "model.onnx", "--targets", "onnxruntime", "--track")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --track times one bundle"), bad.stderr
+
+
 def test_run_line_typo_is_one_line_before_loading(tmp_path):
     r = cli("run", str(tmp_path / "nowhere"), "--source", str(tmp_path), "--line", "1,2,3")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --line 1,2,3: expected x1,y1,x2,y2"), r.stderr

@@ -501,3 +501,13 @@ def bench_tracker(n_instances: int = 20, frames: int = 300, size: tuple[int, int
     return {"instances": n_instances, "frames": len(times), "median_ms": round(float(np.median(times)), 4),
             "cpu_median_ms": round(float(np.median(cpu)), 4),
             "p90_ms": round(float(np.percentile(times, 90)), 4)}
+
+
+def bench_figures(track_ms: list[float], n_instances: int = 20) -> dict:
+    """What ``edgeseg bench --track`` adds: the tracker's ms per frame on the bundle's own frames
+    (also inside its end_to_end_ms) and on ``n_instances`` synthetic moving objects with masks,
+    the crowded case a budget is set for (median, p90, and the median CPU time of this thread)."""
+    a = np.asarray(track_ms)
+    syn = bench_tracker(n_instances, frames=300)
+    return {"track_ms": {"median": round(float(np.median(a)), 3), "p90": round(float(np.percentile(a, 90)), 3)},
+            "track_synthetic": syn}
