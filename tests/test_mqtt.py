@@ -270,6 +270,22 @@ def test_frame_records_are_skipped_not_queued_while_the_link_is_behind(broker):
     sub.close()
 
 
+def test_a_run_shorter_than_connecting_still_sends_its_events(broker):
+    """Written and closed at once, before the connection is made (one picture): close() waits
+    for the connection and sends the events; the frame record, written while not connected, is
+    dropped and counted."""
+    from edgeseg.runtime.mqtt import MqttSink
+
+    sub = Subscriber(broker.port, "short")
+    sink = MqttSink(f"mqtt://127.0.0.1:{broker.port}/short")
+    sink.write(*frame_with_events(0, 2), None)
+    sink.close()
+    assert sink.stats["events_sent"] == 2 and sink.pending() == 0
+    assert sub.wait(lambda: len(sub.on("/events")) == 2)
+    assert sink.stats["records_sent"] + sink.stats["records_dropped"] == 1
+    sub.close()
+
+
 def test_last_will_says_offline_when_the_process_dies(broker):
     sub = Subscriber(broker.port, "cam2")
     code = ("import sys, time\nfrom edgeseg.runtime.mqtt import MqttSink\n"
@@ -345,6 +361,33 @@ def test_run_publishes_the_same_events_as_the_json_record(int8_bundle, broker, t
     assert {"circle count", "star count", "line in", "line out"} <= set(names)
     assert all(c["state_topic"] == "edgeseg/cam/counts" for c in configs.values())
     sub.close()
+
+
+def test_run_takes_credentials_from_the_environment_and_never_prints_them(int8_bundle, tmp_path, monkeypatch):
+    """``edgeseg run --mqtt`` with the user and password only in the environment: it publishes
+    (the broker refuses anonymous clients) and neither its output nor its errors hold the password;
+    with a wrong one nothing is published and the wrong password is not printed either."""
+    from conftest import VAL_IMAGES
+
+    b = Broker(tmp_path, password=("cam", "s3cret-pw"))
+    b.start()
+    try:
+        sub = Subscriber(b.port, "clicam", auth=("cam", "s3cret-pw"))
+        image = str(sorted(VAL_IMAGES.iterdir())[0])
+        url = f"mqtt://127.0.0.1:{b.port}/clicam"
+        monkeypatch.setenv("EDGESEG_MQTT_USERNAME", "cam")
+        monkeypatch.setenv("EDGESEG_MQTT_PASSWORD", "wrong-pw")
+        bad = cli("run", str(int8_bundle.path), "--source", image, "--track", "--mqtt", url)
+        assert "wrong-pw" not in bad.stdout + bad.stderr and "cam:***@" in bad.stderr, bad.stderr
+        monkeypatch.setenv("EDGESEG_MQTT_PASSWORD", "s3cret-pw")
+        good = cli("run", str(int8_bundle.path), "--source", image, "--track", "--mqtt", url)
+        assert good.returncode == 0, good.stderr
+        assert "s3cret" not in good.stdout + good.stderr
+        assert sub.wait(lambda: sub.on("clicam/status")[-1:] == [b"offline"] and sub.on("/events"))
+        assert [json.loads(p)["event"] for p in sub.on("/events")] == ["appeared"] * len(sub.on("/events"))
+        sub.close()
+    finally:
+        b.stop()
 
 
 def test_mqtts_verifies_the_broker_with_the_given_ca(tmp_path):

@@ -156,6 +156,8 @@ class MqttSink:
             if self._refused != str(reason):
                 self._refused = str(reason)
                 self.on_event(f"mqtt: {self.url.masked()} refused the connection ({reason}); retrying")
+            with self._cond:
+                self._cond.notify_all()  # close() waits for the first attempt's outcome
             return
         self._refused = None
         client.publish(self.status_topic, "online", qos=1, retain=True)
@@ -173,6 +175,8 @@ class MqttSink:
             self._refused = "unreachable"
             self.on_event(f"mqtt: cannot connect to {self.url.masked()} (nothing listening there, an unknown name, "
                           "or TLS refused: check ?ca=); retrying with back-off")
+        with self._cond:
+            self._cond.notify_all()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         with self._cond:
@@ -296,6 +300,9 @@ class MqttSink:
     def close(self, timeout: float = 5.0) -> None:
         """Send what is waiting (up to ``timeout`` seconds), say "offline", disconnect."""
         with self._cond:
+            # a short run (one picture) can end before the connection is made: wait for it while
+            # events wait, unless connecting has already failed (then the exit is not delayed)
+            self._cond.wait_for(lambda: self._connected or not self._events or self._refused is not None, timeout)
             connected = self._connected
         if connected:
             self.flush(timeout)
