@@ -511,10 +511,14 @@ def bench(
                                "(accuracy is scored at 0.001 as Ultralytics' val)."),
     iou: float = typer.Option(0.7, "--iou", min=0.0, max=1.0, help="NMS IoU threshold."),
     max_det: int = typer.Option(300, "--max-det", min=1, help="Most instances per frame."),
+    track: bool = typer.Option(False, "--track", help="Track as run --track does: the tracker's ms per frame "
+                               "(inside end_to_end_ms and the FPS), and with 20 synthetic moving objects."),
 ) -> None:
     """Per-stage latency (median, p90), pipelined FPS and peak memory of a bundle; given a model
     and --targets: every target and precision converted, scored and timed in one table."""
     if targets is not None or (bundle is not None and bundle.is_file()):
+        if track:
+            raise EdgesegError("--track times one bundle: edgeseg bench BUNDLE --track (without --targets)")
         return _bench_matrix(bundle, targets or "all", precisions, data, source, frames, json_out, threads, plot,
                              calib, calib_images, imgsz, option, platform, trust_model, conf, iou, max_det)
     from . import load
@@ -531,7 +535,8 @@ def bench(
         return load(b, conf=conf, iou=iou, max_det=max_det, **opts, **({"threads": n} if n else {}))
 
     r = bench_threads(open_model,
-                      source or str(DEFAULT_SCENES), [threads] if threads else thread_counts(), frames=frames)
+                      source or str(DEFAULT_SCENES), [threads] if threads else thread_counts(), frames=frames,
+                      track=track)
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))
     typer.echo(f"{r['target']} {r['precision']} on {r['backend']}, {r['frame_size'][0]}x{r['frame_size'][1]} frames")
@@ -544,6 +549,11 @@ def bench(
                                                   f"({v['pipeline_vs_inference_bound']:.2f}x)"
                                                   for n, v in r["threads"].items()))
     typer.echo(f"peak_rss_mb     {r['peak_rss_mb']:.0f}   instances max {r['instances_max']}")
+    if track:
+        s = r["track_synthetic"]
+        typer.echo(f"track_ms        median {r['track_ms']['median']:8.2f}  p90 {r['track_ms']['p90']:8.2f}  "
+                   f"(in end_to_end_ms); {s['instances']} synthetic moving objects with masks: median "
+                   f"{s['median_ms']:.2f} ms (CPU {s['cpu_median_ms']:.2f}), p90 {s['p90_ms']:.2f}")
 
 
 def _bench_matrix(model, targets, precisions, data, source, frames, json_out, threads, plot, calib, calib_images,

@@ -50,7 +50,9 @@ def peak_rss_mb() -> float:
 
 
 def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10, pipeline_frames: int | None = None,
-          max_images: int = 50) -> dict:
+          max_images: int = 50, track: bool = False) -> dict:
+    """Per-stage figures; ``track``: the tracker runs on every frame as in ``run --track`` (the
+    decoder keeps its low scores too), its time inside end_to_end_ms and the pipeline's FPS."""
     src = open_source(str(source))
     images: list[np.ndarray] = []
     with src:
@@ -62,20 +64,24 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
         raise EdgesegError(f"{source}: no frames to time; pass --source with images or a video")
     for i in range(warmup):
         model(images[i % len(images)])
-    pre, inf, dec, e2e, ninst = [], [], [], [], []
+    pre, inf, dec, e2e, ninst, trk = [], [], [], [], [], []
+    tracking = _tracking(model) if track else None
     for i in range(frames):
         img = images[i % len(images)]
         t0 = time.perf_counter()
         res = model(img)
+        if tracking is not None:
+            tracking.update(res, time.time(), i)
+            trk.append(tracking.last_ms)
         e2e.append((time.perf_counter() - t0) * 1e3)
         t = model.last_timing
         pre.append(t.preprocess_ms)
         inf.append(t.inference_ms)
         dec.append(t.decode_ms)
         ninst.append(len(res.instances))
-    st = run_pipeline(model, _Frames(images, pipeline_frames or frames), [], annotate=False)
+    st = run_pipeline(model, _Frames(images, pipeline_frames or frames), [], annotate=False, tracking=tracking)
     inf_s = _stats(inf)
-    return {
+    return _track_figures(tracking, trk) | {
         "bundle": str(model.bundle.path), "target": model.manifest.target, "precision": model.manifest.precision,
         "backend": model.backend.name,  # what actually ran: e.g. litert+edgetpu, or a host replay
         "frames": frames, "frame_size": list(images[0].shape[:2][::-1]),
@@ -89,7 +95,7 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
 
 
 def bench_threads(open_model: Callable[[int | None], Model], source: str | Path, counts: Sequence[int | None] = (1, 2),
-                  frames: int = 100) -> dict:
+                  frames: int = 100, track: bool = False) -> dict:
     """:func:`bench` once per inference thread count (``open_model(n)`` loads the bundle with ``n``
     threads); the result is the run with the highest pipeline FPS, with every count's figures under
     ``"threads"`` and the winner under ``"best_threads"``."""
@@ -98,7 +104,7 @@ def bench_threads(open_model: Callable[[int | None], Model], source: str | Path,
     for n in counts:
         model = open_model(n)
         try:
-            r = bench(model, source, frames=frames)
+            r = bench(model, source, frames=frames, track=track)
         finally:
             model.close()
         runs[str(n or "default")] = {k: r[k] for k in ("inference_ms", "end_to_end_ms", "pipeline_fps",
@@ -109,6 +115,21 @@ def bench_threads(open_model: Callable[[int | None], Model], source: str | Path,
     best["threads"] = runs
     best["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return best
+
+
+def _tracking(model: Model):
+    from .track import tracking_for
+
+    return tracking_for(model)
+
+
+def _track_figures(tracking, track_ms: list[float]) -> dict:
+    if tracking is None:
+        return {}
+    from .track import bench_figures
+
+    tracking.close()  # the model's own threshold back
+    return bench_figures(track_ms)
 
 
 def thread_counts() -> list[int]:

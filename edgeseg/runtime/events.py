@@ -92,7 +92,7 @@ class EventCounter:
             tid = inst.track_id
             assert tid is not None
             self.classes[tid] = inst.class_name
-            x1, y1, x2, y2 = (float(v) for v in inst.box)
+            x1, y1, x2, y2 = inst.box.tolist()
             c = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
             if tid in new:
                 event("appeared", tid, inst.class_name)

@@ -11,8 +11,11 @@ Events are never dropped while the broker is away: they wait in order (up to ``m
 and go out once it is back, one in flight at a time, so they arrive in order; each carries
 ``seq``, numbered from 1 per run, for a consumer to drop the repeat QoS 1 allows when an
 acknowledgement was lost with the connection. Frame records are only worth their moment: while
-disconnected they are dropped and counted. paho reconnects by itself, waiting twice as long
-after each failure (``reconnect`` seconds: first and longest wait).
+disconnected they are dropped (``records_dropped``); while connected but with
+MAX_RECORDS_IN_FLIGHT earlier records still unwritten (a link slower than the frame rate) the
+new one is skipped (``records_behind``) rather than queued without bound; both are counted and
+said at the end. paho reconnects by itself, waiting twice as long after each failure
+(``reconnect`` seconds: first and longest wait).
 
 Credentials come from the URL (``mqtt://user:pass@host``) or from EDGESEG_MQTT_USERNAME and
 EDGESEG_MQTT_PASSWORD, and are never printed: messages show the URL with the password masked.
@@ -112,7 +115,8 @@ class MqttSink:
         self.on_event = on_event or (lambda msg: log.warning("%s", msg))
         self.topic = self.url.topic
         self.status_topic = f"{self.topic}/status"
-        self.stats = {"records_sent": 0, "records_dropped": 0, "events_sent": 0, "events_dropped": 0}
+        self.stats = {"records_sent": 0, "records_dropped": 0, "records_behind": 0, "events_sent": 0,
+                      "events_dropped": 0}
         self._events: deque[bytes] = deque()
         self.max_events = max(2, max_events)
         self._seq = 0
@@ -152,6 +156,8 @@ class MqttSink:
             if self._refused != str(reason):
                 self._refused = str(reason)
                 self.on_event(f"mqtt: {self.url.masked()} refused the connection ({reason}); retrying")
+            with self._cond:
+                self._cond.notify_all()  # close() waits for the first attempt's outcome
             return
         self._refused = None
         client.publish(self.status_topic, "online", qos=1, retain=True)
@@ -169,6 +175,8 @@ class MqttSink:
             self._refused = "unreachable"
             self.on_event(f"mqtt: cannot connect to {self.url.masked()} (nothing listening there, an unknown name, "
                           "or TLS refused: check ?ca=); retrying with back-off")
+        with self._cond:
+            self._cond.notify_all()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         with self._cond:
@@ -242,8 +250,11 @@ class MqttSink:
             room = len(self._records_in_flight) < MAX_RECORDS_IN_FLIGHT
         if self.events_only:
             return
-        if not connected or not room:
+        if not connected:
             self.stats["records_dropped"] += 1
+            return
+        if not room:
+            self.stats["records_behind"] += 1
             return
         record = json.dumps(result_record(frame, result, self.source or frame.name, masks=False),
                             separators=(",", ":"))
@@ -252,7 +263,7 @@ class MqttSink:
             with self._cond:
                 self._records_in_flight.append(info)
             self.stats["records_sent"] += 1
-        else:
+        else:  # the connection went between our check and publish()
             self.stats["records_dropped"] += 1
 
     def pending(self) -> int:
@@ -289,6 +300,9 @@ class MqttSink:
     def close(self, timeout: float = 5.0) -> None:
         """Send what is waiting (up to ``timeout`` seconds), say "offline", disconnect."""
         with self._cond:
+            # a short run (one picture) can end before the connection is made: wait for it while
+            # events wait, unless connecting has already failed (then the exit is not delayed)
+            self._cond.wait_for(lambda: self._connected or not self._events or self._refused is not None, timeout)
             connected = self._connected
         if connected:
             self.flush(timeout)
@@ -305,8 +319,8 @@ class MqttSink:
         self.client.loop_stop()
         s = self.stats
         unsent = len(self._events)
-        if s["records_dropped"] or s["events_dropped"] or unsent:
+        if s["records_dropped"] or s["records_behind"] or s["events_dropped"] or unsent:
             self.on_event(f"mqtt: {s['events_sent']} events sent, {unsent} unsent at the end, "
                           f"{s['events_dropped']} dropped (more than {self.max_events} waiting); "
                           f"{s['records_sent']} frame records sent, {s['records_dropped']} dropped while the broker "
-                          "was away or behind")
+                          f"was away, {s['records_behind']} skipped while the link was behind")
