@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import sys
@@ -101,6 +102,9 @@ def bench_threads(open_model: Callable[[int | None], Model], source: str | Path,
             r = bench(model, source, frames=frames)
         finally:
             model.close()
+            # gone before the next count's session loads: two sessions at once were 40 MB of the peak
+            del model
+            gc.collect()
         runs[str(n or "default")] = {k: r[k] for k in ("inference_ms", "end_to_end_ms", "pipeline_fps",
                                                        "pipeline_vs_inference_bound")}
         if best is None or r["pipeline_fps"] > best["pipeline_fps"]:
