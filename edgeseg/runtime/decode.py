@@ -102,6 +102,25 @@ def dequantize(x: np.ndarray, quant: dict | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
+# Columns per product in a mask window. OpenBLAS splits a [1, 32] x [32, N] product over threads
+# from N ~ 288 on (a 17x17 prototype window): on a 2-core board those threads wake, then spin,
+# on the cores the inference needs, and a 640 px frame's large windows decoded 2-3x slower. Below
+# this size every product stays on the calling thread.
+_DOT_COLS = 256
+
+
+def _coef_dot(c: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``c @ p`` for coefficients [nm] and prototypes [nm, N], single-threaded, as [N] float32."""
+    n = p.shape[1]
+    if n <= _DOT_COLS:
+        return np.dot(c[None], p)[0]
+    out = np.empty(n, dtype=np.float32)
+    for i in range(0, n, _DOT_COLS):
+        j = min(i + _DOT_COLS, n)
+        out[i:j] = np.dot(c[None], p[:, i:j])[0]
+    return out
+
+
 def _mask_in_frame(logits_fn, box_src: np.ndarray, lb: Letterbox,
                    proto_stride_x: float, proto_stride_y: float, mh: int, mw: int):
     """Binary mask of one instance over the source pixels of its box.
@@ -308,11 +327,10 @@ class YoloSegDecoder:
             """coef @ prototypes over one box's window, dequantizing only that window. Non-finite
             prototypes (an overflowed FP16 runtime) are read as 0 / +-1e4, checked on the window's
             logits: a full-frame nan_to_num cost more than the rest of the masks."""
-            p = dequantize(protos[:, y0:y1, x0:x1], pq)
-            logits = np.dot(c[None], p.reshape(nm, -1))
+            p = dequantize(protos[:, y0:y1, x0:x1], pq).reshape(nm, -1)
+            logits = _coef_dot(c, p)
             if not np.isfinite(logits).all():
-                p = np.nan_to_num(p, nan=0.0, posinf=1e4, neginf=-1e4)
-                logits = np.dot(c[None], p.reshape(nm, -1))
+                logits = _coef_dot(c, np.nan_to_num(p, nan=0.0, posinf=1e4, neginf=-1e4))
             return logits.reshape(y1 - y0, x1 - x0)
 
         for k in range(len(keep)):
