@@ -102,23 +102,19 @@ def dequantize(x: np.ndarray, quant: dict | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
-# Columns per product in a mask window. OpenBLAS splits a [1, 32] x [32, N] product over threads
-# from N ~ 288 on (a 17x17 prototype window): on a 2-core board those threads wake, then spin,
-# on the cores the inference needs, and a 640 px frame's large windows decoded 2-3x slower. Below
-# this size every product stays on the calling thread.
-_DOT_COLS = 256
+# Pixels up to which a mask window's coefficients x prototypes product goes to BLAS. OpenBLAS
+# splits a [1, 32] x [32, N] product over threads from N ~ 288 on (a 17x17 prototype window): on a
+# 2-core board those threads wake, then spin, on the cores the inference needs (a 640 px frame's
+# large windows decoded 2-3x slower). Larger windows take einsum: one thread, no copy of the window.
+_DOT_PIXELS = 256
 
 
 def _coef_dot(c: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """``c @ p`` for coefficients [nm] and prototypes [nm, N], single-threaded, as [N] float32."""
-    n = p.shape[1]
-    if n <= _DOT_COLS:
-        return np.dot(c[None], p)[0]
-    out = np.empty(n, dtype=np.float32)
-    for i in range(0, n, _DOT_COLS):
-        j = min(i + _DOT_COLS, n)
-        out[i:j] = np.dot(c[None], p[:, i:j])[0]
-    return out
+    """``c @ p`` for coefficients [nm] and a prototype window [nm, h, w] (a view): [h, w] float32."""
+    nm, h, w = p.shape
+    if h * w <= _DOT_PIXELS:
+        return np.dot(c[None], p.reshape(nm, -1)).reshape(h, w)
+    return np.einsum("k,khw->hw", c, p)
 
 
 def _mask_in_frame(logits_fn, box_src: np.ndarray, lb: Letterbox,
@@ -327,11 +323,11 @@ class YoloSegDecoder:
             """coef @ prototypes over one box's window, dequantizing only that window. Non-finite
             prototypes (an overflowed FP16 runtime) are read as 0 / +-1e4, checked on the window's
             logits: a full-frame nan_to_num cost more than the rest of the masks."""
-            p = dequantize(protos[:, y0:y1, x0:x1], pq).reshape(nm, -1)
+            p = dequantize(protos[:, y0:y1, x0:x1], pq)
             logits = _coef_dot(c, p)
-            if not np.isfinite(logits).all():
+            if not np.isfinite(logits.sum()):  # one reduction; a finite overflow just takes the slow path
                 logits = _coef_dot(c, np.nan_to_num(p, nan=0.0, posinf=1e4, neginf=-1e4))
-            return logits.reshape(y1 - y0, x1 - x0)
+            return logits
 
         for k in range(len(keep)):
             c = coef[k]
