@@ -63,7 +63,7 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
         raise EdgesegError(f"{source}: no frames to time; pass --source with images or a video")
     for i in range(warmup):
         model(images[i % len(images)])
-    pre, inf, dec, e2e, ninst = [], [], [], [], []
+    pre, inf, dec, dec_cpu, e2e, ninst = [], [], [], [], [], []
     for i in range(frames):
         img = images[i % len(images)]
         t0 = time.perf_counter()
@@ -73,6 +73,7 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
         pre.append(t.preprocess_ms)
         inf.append(t.inference_ms)
         dec.append(t.decode_ms)
+        dec_cpu.append(t.extra.get("decode_cpu_ms", t.decode_ms))
         ninst.append(len(res.instances))
     st = run_pipeline(model, _Frames(images, pipeline_frames or frames), [], annotate=False)
     inf_s = _stats(inf)
@@ -81,7 +82,8 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
         "backend": model.backend.name,  # what actually ran: e.g. litert+edgetpu, or a host replay
         "frames": frames, "frame_size": list(images[0].shape[:2][::-1]),
         "preprocess_ms": _stats(pre), "inference_ms": inf_s, "decode_ms": _stats(dec), "end_to_end_ms": _stats(e2e),
-        "decode_ms_max": round(float(np.max(dec)), 3), "instances_max": int(np.max(ninst)),
+        "decode_ms_max": round(float(np.max(dec)), 3), "decode_cpu_ms": _stats(dec_cpu),
+        "instances_max": int(np.max(ninst)),
         "instances_mean": round(float(np.mean(ninst)), 2),
         # the runtime's own share of a frame: everything but the backend's inference
         "overhead_ms": _stats([e - i for e, i in zip(e2e, inf)]),
