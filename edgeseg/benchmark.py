@@ -228,6 +228,7 @@ def _row_main(spec_file: str) -> None:
                               frames=s["frames"])
             out.update({k: r[k]["median"] for k in ("preprocess_ms", "inference_ms", "decode_ms", "end_to_end_ms")})
             out.update({k: r[k] for k in ("pipeline_fps", "pipeline_vs_inference_bound", "best_threads", "threads",
+                                          "overhead_vs_inference", "decode_cpu_ms",
                                           "peak_rss_mb", "backend", "decode_ms_max", "instances_max")})
             out["inference_ms_p90"] = r["inference_ms"]["p90"]
         best = out.get("best_threads")

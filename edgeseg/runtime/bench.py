@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import sys
@@ -64,7 +65,7 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
         raise EdgesegError(f"{source}: no frames to time; pass --source with images or a video")
     for i in range(warmup):
         model(images[i % len(images)])
-    pre, inf, dec, e2e, ninst, trk = [], [], [], [], [], []
+    pre, inf, dec, dec_cpu, e2e, ninst, trk = [], [], [], [], [], [], []
     tracking = _tracking(model) if track else None
     for i in range(frames):
         img = images[i % len(images)]
@@ -78,6 +79,7 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
         pre.append(t.preprocess_ms)
         inf.append(t.inference_ms)
         dec.append(t.decode_ms)
+        dec_cpu.append(t.extra.get("decode_cpu_ms", t.decode_ms))
         ninst.append(len(res.instances))
     st = run_pipeline(model, _Frames(images, pipeline_frames or frames), [], annotate=False, tracking=tracking)
     inf_s = _stats(inf)
@@ -86,8 +88,12 @@ def bench(model: Model, source: str | Path, frames: int = 100, warmup: int = 10,
         "backend": model.backend.name,  # what actually ran: e.g. litert+edgetpu, or a host replay
         "frames": frames, "frame_size": list(images[0].shape[:2][::-1]),
         "preprocess_ms": _stats(pre), "inference_ms": inf_s, "decode_ms": _stats(dec), "end_to_end_ms": _stats(e2e),
-        "decode_ms_max": round(float(np.max(dec)), 3), "instances_max": int(np.max(ninst)),
+        "decode_ms_max": round(float(np.max(dec)), 3), "decode_cpu_ms": _stats(dec_cpu),
+        "instances_max": int(np.max(ninst)),
         "instances_mean": round(float(np.mean(ninst)), 2),
+        # the runtime's own share of a frame: everything but the backend's inference
+        "overhead_ms": _stats([e - i for e, i in zip(e2e, inf)]),
+        "overhead_vs_inference": round(float(np.median(np.subtract(e2e, inf) / np.asarray(inf))), 3),
         "pipeline_fps": round(st.fps, 2),
         "pipeline_vs_inference_bound": round(st.fps / (1000.0 / inf_s["median"]), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -107,6 +113,9 @@ def bench_threads(open_model: Callable[[int | None], Model], source: str | Path,
             r = bench(model, source, frames=frames, track=track)
         finally:
             model.close()
+            # gone before the next count's session loads: two sessions at once were 40 MB of the peak
+            del model
+            gc.collect()
         runs[str(n or "default")] = {k: r[k] for k in ("inference_ms", "end_to_end_ms", "pipeline_fps",
                                                        "pipeline_vs_inference_bound")}
         if best is None or r["pipeline_fps"] > best["pipeline_fps"]:

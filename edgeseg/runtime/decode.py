@@ -102,6 +102,21 @@ def dequantize(x: np.ndarray, quant: dict | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
+# Pixels up to which a mask window's coefficients x prototypes product goes to BLAS. OpenBLAS
+# splits a [1, 32] x [32, N] product over threads from N ~ 288 on (a 17x17 prototype window): on a
+# 2-core board those threads wake, then spin, on the cores the inference needs (a 640 px frame's
+# large windows decoded 2-3x slower). Larger windows take einsum: one thread, no copy of the window.
+_DOT_PIXELS = 256
+
+
+def _coef_dot(c: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``c @ p`` for coefficients [nm] and a prototype window [nm, h, w] (a view): [h, w] float32."""
+    nm, h, w = p.shape
+    if h * w <= _DOT_PIXELS:
+        return np.dot(c[None], p.reshape(nm, -1)).reshape(h, w)
+    return np.einsum("k,khw->hw", c, p)
+
+
 def _mask_in_frame(logits_fn, box_src: np.ndarray, lb: Letterbox,
                    proto_stride_x: float, proto_stride_y: float, mh: int, mw: int):
     """Binary mask of one instance over the source pixels of its box.
@@ -161,6 +176,9 @@ class YoloSegDecoder:
                 ax.append(gx.ravel() + 0.5)
                 ay.append(gy.ravel() + 0.5)
                 st.append(np.full(h * w, s, dtype=np.float32))
+            # where each scale's anchors start in the joined anchor index: survivors are gathered
+            # from each scale's own output, the full grid is never copied into one array
+            self.offsets = np.cumsum([0] + [len(a) for a in ax])
             self.anchor_x = np.concatenate(ax)
             self.anchor_y = np.concatenate(ay)
             self.anchor_stride = np.concatenate(st)
@@ -170,9 +188,23 @@ class YoloSegDecoder:
         else:
             raise ValueError(f"unknown YOLO-seg layout {self.layout!r}")
 
-    def _flat(self, outs: dict, names: list[str]) -> np.ndarray:
-        parts = [dequantize(outs[n], self.quant.get(n)) for n in names]
-        return np.concatenate([p.reshape(p.shape[1], -1) for p in parts], axis=1)
+    def _parts(self, outs: dict, names: list[str]) -> list[np.ndarray]:
+        """Each output of ``names`` as [C, anchors] (a view; joined outputs are one part)."""
+        return [outs[n].reshape(outs[n].shape[1], -1) for n in names]
+
+    def _gather(self, outs: dict, names: list[str], idx: np.ndarray) -> np.ndarray:
+        """[C, len(idx)] float32: the columns ``idx`` of the outputs ``names`` joined along the
+        anchors, dequantized; only those columns are copied or converted."""
+        parts = self._parts(outs, names)
+        if len(parts) == 1:
+            return dequantize(parts[0][:, idx], self.quant.get(names[0]))
+        scale = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((parts[0].shape[0], len(idx)), dtype=np.float32)
+        for s, (n, p) in enumerate(zip(names, parts)):
+            sel = np.flatnonzero(scale == s)
+            if len(sel):
+                out[:, sel] = dequantize(p[:, idx[sel] - self.offsets[s]], self.quant.get(n))
+        return out
 
     def candidates(self, outs: dict, conf: float, classes: list[int] | None, max_det: int = 300):
         """Boxes (xyxy, input pixels), scores, class ids and coefficients above ``conf``.
@@ -201,13 +233,18 @@ class YoloSegDecoder:
             idx = keep
         else:
             if self.layout == "split":
-                cls = self._flat(outs, self.cls_names)  # [nc, A] logits
+                # the threshold is applied to raw logits (sigmoid is monotonic): only survivors see a sigmoid
                 thr = -np.inf if conf <= 0 else (np.inf if conf >= 1 else math.log(conf / (1 - conf)))
+                parts = self._parts(outs, self.cls_names)
+                best = np.concatenate([dequantize(p, self.quant.get(n)).max(0)
+                                       for n, p in zip(self.cls_names, parts)])
+                cls_at = lambda i: self._gather(outs, self.cls_names, i)  # noqa: E731
             else:
                 det = dequantize(outs[self.det_name], self.quant.get(self.det_name))[0]  # [4+nc+nm, A]
                 cls = det[4:4 + self.nc]
                 thr = conf
-            best = cls.max(0)
+                best = cls.max(0)
+                cls_at = lambda i: cls[:, i]  # noqa: E731
             idx = np.flatnonzero(best > thr)
             if len(idx) == 0:
                 return None
@@ -215,13 +252,13 @@ class YoloSegDecoder:
                 # Ultralytics' end-to-end top-k: the max_det best anchors, then the max_det best
                 # (anchor, class) pairs among them; an anchor may yield several classes.
                 idx = idx[self._top(best[idx], max_det)]
-                sub = cls[:, idx]
+                sub = cls_at(idx)
                 ci, ai = np.nonzero(sub > thr)
                 pick = self._top(sub[ci, ai], max_det)
                 ci, ai = ci[pick], ai[pick]
                 idx, cid, score = idx[ai], ci, sub[ci, ai]
             else:
-                cid = cls[:, idx].argmax(0)
+                cid = cls_at(idx).argmax(0)
                 score = best[idx]
             if self.layout == "split":
                 score = _sigmoid(score)
@@ -232,7 +269,7 @@ class YoloSegDecoder:
                 top = self._top(score, MAX_NMS)
                 idx, cid, score = idx[top], cid[top], score[top]
             if self.layout == "split":
-                box = self._flat(outs, self.box_names)[:, idx]
+                box = self._gather(outs, self.box_names, idx)
                 if self.reg_max > 1:
                     dfl = box.reshape(4, self.reg_max, -1)
                     dfl = np.exp(dfl - dfl.max(1, keepdims=True))
@@ -242,7 +279,7 @@ class YoloSegDecoder:
                 s = self.anchor_stride[idx]
                 x, y = self.anchor_x[idx], self.anchor_y[idx]
                 boxes = np.stack([(x - dist[0]) * s, (y - dist[1]) * s, (x + dist[2]) * s, (y + dist[3]) * s], 1)
-                coef = self._flat(outs, self.coef_names)[:, idx].T
+                coef = self._gather(outs, self.coef_names, idx).T
             else:
                 xywh = det[:4, idx].T
                 boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
@@ -260,6 +297,12 @@ class YoloSegDecoder:
 
     def __call__(self, outs: dict, lb: Letterbox, conf: float = 0.25, iou: float = 0.7,
                  classes: list[int] | None = None, max_det: int = 300, masks: bool = True) -> FrameResult:
+        # non-finite runtime outputs are dropped or read as 0 / +-1e4 below, not warned about
+        with np.errstate(all="ignore"):
+            return self._decode(outs, lb, conf, iou, classes, max_det, masks)
+
+    def _decode(self, outs: dict, lb: Letterbox, conf: float, iou: float, classes: list[int] | None,
+                max_det: int, masks: bool) -> FrameResult:
         res = FrameResult(lb.src_w, lb.src_h, names=self.names)
         cand = self.candidates(outs, conf, classes, max_det)
         if cand is None:
@@ -271,16 +314,27 @@ class YoloSegDecoder:
             keep = nms(boxes, score, cid, iou, max_det)
         boxes, score, cid, coef = boxes[keep], score[keep], cid[keep], coef[keep]
         src_boxes = lb.to_source(boxes)
-        protos = np.nan_to_num(dequantize(outs[self.protos_name], self.quant.get(self.protos_name))[0],
-                               nan=0.0, posinf=1e4, neginf=-1e4)
+        protos = outs[self.protos_name][0]
+        pq = self.quant.get(self.protos_name)
         nm, mh, mw = protos.shape
         psx, psy = self.input_hw[1] / mw, self.input_hw[0] / mh
+
+        def window(c: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            """coef @ prototypes over one box's window, dequantizing only that window. Non-finite
+            prototypes (an overflowed FP16 runtime) are read as 0 / +-1e4, checked on the window's
+            logits: a full-frame nan_to_num cost more than the rest of the masks."""
+            p = dequantize(protos[:, y0:y1, x0:x1], pq)
+            logits = _coef_dot(c, p)
+            if not np.isfinite(logits.sum()):  # one reduction; a finite overflow just takes the slow path
+                logits = _coef_dot(c, np.nan_to_num(p, nan=0.0, posinf=1e4, neginf=-1e4))
+            return logits
+
         for k in range(len(keep)):
             c = coef[k]
             inst = Instance(int(cid[k]), self.names[cid[k]] if cid[k] < len(self.names) else str(cid[k]),
                             float(score[k]), src_boxes[k])
             if masks:
-                fn = lambda y0, y1, x0, x1, c=c: np.tensordot(c, protos[:, y0:y1, x0:x1], 1)  # noqa: E731
+                fn = lambda y0, y1, x0, x1, c=c: window(c, y0, y1, x0, x1)  # noqa: E731
                 m, mx, my = _mask_in_frame(fn, src_boxes[k], lb, psx, psy, mh, mw)
                 # Like Ultralytics, an instance whose mask is empty is not reported.
                 if m is None or not m.any():

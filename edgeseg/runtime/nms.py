@@ -6,6 +6,37 @@ import cv2
 import numpy as np
 
 
+# Up to this many candidates (a typical frame at the default conf has a few dozen) the n x n
+# overlap matrix is built at once (n^2 floats: 16 KB at 64) and the greedy pass is one numpy
+# row per candidate; the per-class loop below pays ~10 numpy calls per kept box instead.
+SMALL_N = 64
+
+
+def _greedy_small(b: np.ndarray, c: np.ndarray, area: np.ndarray, iou_thres: float, max_det: int,
+                  agnostic: bool) -> np.ndarray:
+    """Greedy NMS of boxes already in score order, with the same float32 IoU, operand for
+    operand, as the loop in :func:`nms` (so a tie at the threshold goes the same way)."""
+    n = len(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.minimum(b[None, :, 2], b[:, None, 2]) - np.maximum(b[None, :, 0], b[:, None, 0])
+        h = np.minimum(b[None, :, 3], b[:, None, 3]) - np.maximum(b[None, :, 1], b[:, None, 1])
+        inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+        over = inter / (area[None, :] + area[:, None] - inter) > iou_thres  # NaN: no overlap
+    over &= np.triu(np.ones((n, n), dtype=bool), 1)  # a box only suppresses those after it
+    if not agnostic:
+        over &= c[:, None] == c[None, :]
+    suppressed = np.zeros(n, dtype=bool)
+    keep: list[int] = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if len(keep) >= max_det:
+            break
+        suppressed |= over[i]
+    return np.asarray(keep, dtype=np.int64)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every xyxy box in ``a`` [N,4] with every box in ``b`` [M,4]."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -44,6 +75,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thres: f
     b = boxes[order].astype(np.float32, copy=False)
     c = classes[order]
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    if n <= SMALL_N:
+        return order[_greedy_small(b, c, area, iou_thres, max_det, agnostic)]
     # per class, the candidates in score order: a kept box is compared only with its own class
     groups = {0: np.arange(n)} if agnostic else {int(k): np.flatnonzero(c == k) for k in np.unique(c)}
     group_of = np.zeros(n, dtype=np.int64) if agnostic else c.astype(np.int64)

@@ -44,5 +44,9 @@ class OnnxRuntimeBackend(Backend):
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x})))
 
+    def close(self) -> None:
+        # the session's weights and arena go now, not whenever the last reference to the model does
+        self.session = None
+
 
 BACKEND = OnnxRuntimeBackend
