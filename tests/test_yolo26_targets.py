@@ -12,12 +12,13 @@ from conftest import DATA_YAML, MODEL_Y26
 pytestmark = [pytest.mark.toolchain, pytest.mark.slow]
 
 GOAL = 0.010  # mask mAP50-95 below FP32 (issue #22)
-# measured drops above the goal, bounded so that a further loss fails: MNN -0.029 and NCNN -0.028
-# (README). An ONNX Runtime simulation of MNN's scheme (asymmetric per-tensor activations with its
-# shared ranges, per-channel weights, output convolutions float) keeps class cosine 0.99 and
-# prototypes 0.994, where MNN's runtime gives 0.95 and 0.955: the loss is in how those runtimes
-# execute this int8 graph, not in the split outputs or the ranges edgeseg measures.
-KNOWN = {"mnn": 0.035, "ncnn": 0.035}
+# measured drops above the goal, bounded so that a further loss fails: MNN -0.029, NCNN -0.012
+# (README; NCNN lost 0.028 while its KL table, which clips the class branch, was picked). An ONNX
+# Runtime simulation of MNN's scheme (asymmetric per-tensor activations with its shared ranges,
+# per-channel weights, output convolutions float) keeps class cosine 0.99 and prototypes 0.994,
+# where MNN's runtime gives 0.95 and 0.955: the loss is in how MNN executes this int8 graph, not
+# in the split outputs or the ranges edgeseg measures.
+KNOWN = {"mnn": 0.035, "ncnn": 0.020}
 
 
 def _score(path) -> float:
