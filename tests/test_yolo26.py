@@ -125,3 +125,23 @@ def test_reference_default_export_is_recognised():
     assert im.head == {"type": "yolo26-seg", "layout": "concat", "variant": "one2many", "num_classes": 5,
                        "num_masks": 32, "reg_max": 1}
     assert import_model(MODEL_Y26, head="yolo-seg").head["type"] == "yolo26-seg"  # --head yolo-seg covers it
+
+
+def test_split_graph_has_static_split_sizes():
+    """YOLO26's export feeds its Split sizes from Constant nodes; onnx2tf took them as dynamic and
+    emitted SPLIT_V, which has no full-integer TFLite kernel. The split graph holds them as
+    initializers (the TFLite conversion itself: test_yolo26_targets.py)."""
+    import onnx
+
+    from edgeseg.convert.importer import import_model
+    from edgeseg.heads import get_head
+
+    im = import_model(MODEL_Y26)
+    assert any(n.op_type == "Constant" for n in im.model.graph.node)  # the export as it comes
+    m, outs, _ = get_head(im.head["type"]).split(im.model, im.head, im.output_roles)
+    inits = {t.name for t in m.graph.initializer}
+    splits = [n for n in m.graph.node if n.op_type == "Split"]
+    assert splits and all(n.input[1] in inits for n in splits)
+    assert not any(n.op_type == "Constant" for n in m.graph.node)
+    assert len(outs) == 10
+    onnx.checker.check_model(m)

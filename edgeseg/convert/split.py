@@ -68,6 +68,24 @@ def _prune(graph: onnx.GraphProto) -> None:
     graph.value_info.extend(vis)
 
 
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+    """Turn Constant nodes into initializers. onnx2tf takes a Split whose sizes come from a
+    Constant node (YOLO26's export leaves them so) as dynamic and emits SPLIT_V, which has no
+    full-integer TFLite kernel (ERROR_NEEDS_FLEX_OPS); as initializers they are static."""
+    keep = []
+    for n in graph.node:
+        value = next((a for a in n.attribute if a.name == "value"), None) if n.op_type == "Constant" else None
+        if value is None:
+            keep.append(n)
+            continue
+        t = onnx.TensorProto()
+        t.CopyFrom(value.t)
+        t.name = n.output[0]
+        graph.initializer.append(t)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
     for n in graph.node:
         for k, i in enumerate(n.input):
@@ -197,6 +215,7 @@ def split_yolo_seg(model: onnx.ModelProto, det_output: str, proto_output: str,
     del g.output[:]
     g.output.extend(new_outs)
     _prune(g)
+    _constants_to_initializers(g)
     onnx.checker.check_model(m)
     return m, outputs
 

@@ -131,8 +131,8 @@ class Imx500Toolchain(Toolchain):
         model = onnx.load(str(job.fp32_path))
         outputs = job.outputs
         grids = None
-        if opts["merge_scales"] and job.imported.head.get("type") == "yolo-seg" \
-                and any(o["role"] == "box_dfl" for o in outputs):
+        # every YOLO family split per stride (YOLO26's 9 + protos would exceed the 8 outputs too)
+        if opts["merge_scales"] and any(o["role"] == "box_dfl" for o in outputs):
             model, outputs, grids = merge_scales(model, outputs)
         if len(outputs) > int(limits.get("max_outputs", 8)):
             raise EdgesegError(f"the model has {len(outputs)} outputs; the IMX500 sends at most "

@@ -177,6 +177,9 @@ class NcnnToolchain(Toolchain):
 
         net = _float_net(param, binf)
         outs = [f"out{i}" for i in range(len(job.outputs))]
+        # class logits compared as probabilities, as the fidelity check does: the background's large
+        # negative logits keep a logit cosine near 1 while the scores near the threshold move
+        probs = {f"out{i}" for i, o in enumerate(job.outputs) if o["role"] == "cls_logits"}
         cos: dict[str, list[float]] = {o: [] for o in outs}
         # the held-back images when there are any: the pick is then not scored on what it was calibrated on
         which = "holdout" if job.calib.holdout else "images"
@@ -188,7 +191,8 @@ class NcnnToolchain(Toolchain):
                 got.append({o: np.array(ex.extract(o)[1], dtype=np.float64).ravel() for o in outs})
                 del ex  # its blobs belong to the net's allocator: gone before the net is cleared
             for o in outs:
-                cos[o].append(cosine(got[0][o], got[1][o]))
+                a, b = (1 / (1 + np.exp(-np.clip(v, -80, 80))) if o in probs else v for v in (got[0][o], got[1][o]))
+                cos[o].append(cosine(a, b))
         net.clear()
         return round(min(float(np.mean(v)) for v in cos.values()), 4)
 
