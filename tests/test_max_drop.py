@@ -49,7 +49,8 @@ def _convert(model, out, **kw):
     from edgeseg.convert import convert
 
     lines: list[str] = []
-    b = convert(model, target="onnxruntime", precision=kw.pop("precision", "int8"), head="semantic", names=NAMES,
+    b = convert(model, target=kw.pop("target", "onnxruntime"), precision=kw.pop("precision", "int8"), head="semantic",
+                names=NAMES,
                 calib_images=16, out=out, log=lines.append, **kw)
     return b, lines
 
@@ -156,18 +157,74 @@ def test_max_drop_on_the_reference_model_holds_on_labeled_scenes(tmp_path):
     assert scores["fp32"] - scores["bounded"] <= 0.005, scores
 
 
-def test_simulator_targets_are_not_estimated_on_views_they_never_ran(outlier_model, tmp_path):
-    """RKNN and IMX500 run their simulator once, at build time, on the held-back files: their replay
-    has no outputs for the mirrored and zoomed views, so the estimate says so instead of failing."""
+def test_a_replay_without_the_views_is_not_estimated(outlier_model, tmp_path):
+    """RKNN and IMX500 run their simulator only at build time: convert hands it the estimate's views.
+    A replay that lacks them (a bundle converted before) says "not measured" instead of failing."""
     from edgeseg.convert.accuracy import DropEstimator
     from edgeseg.convert.calibration import CalibrationSet
     from edgeseg.convert.toolchains import load_toolchain
     from edgeseg.defaults import DEFAULT_CALIB
+    from edgeseg.runtime.replay import Replay
 
     b, _ = _convert(outlier_model, tmp_path / "plain")
     m = b.manifest
     est = DropEstimator(b.path / "model.onnx", m.head, m.outputs, m.names, m.input_hw,
                         CalibrationSet.from_path(DEFAULT_CALIB, 16).holdout[:2])
     assert est.estimate_bundle(b.path, load_toolchain("onnxruntime"))["estimated_drop"] is not None
-    for name in ("rknn", "imx500"):
-        assert est.estimate_bundle(b.path, load_toolchain(name)) is None
+
+    class NothingRecorded:
+        def host_runner(self, bundle_dir):
+            return Replay("0" * 64)
+
+    assert est.estimate_bundle(b.path, NothingRecorded()) is None
+    assert len(est.view_files(tmp_path / "views")) == len(est.frames) == 6  # what a simulator is handed
+
+
+def test_edgetpu_searches_calibration_only_where_tflite_keeps_layers_float():
+    """Both targets share the tflite toolchain; only the CPU one can run a float layer."""
+    from edgeseg.convert.accuracy import Search
+    from edgeseg.convert.toolchains import load_toolchain
+
+    tc = load_toolchain("tflite")
+
+    def plan(target):
+        return Search(tc, None, 0.005, None, None, None, None, target=target).plan
+
+    assert plan("edgetpu").keep_float is None and plan("tflite").keep_float is not None
+    assert plan("imx500").keep_float is None and plan("rknn").keep_float is not None
+
+
+def _vendor_bounded(outlier_model, tmp_path, target, **kw):
+    bound = 0.02
+    b, lines = _convert(outlier_model, tmp_path / target, target=target, max_drop=bound, **kw)
+    q = b.manifest.quantization
+    md = q["max_drop"]
+    assert md["attempts"][0]["estimated_drop"] > bound, md["attempts"]  # plain INT8 misses it: work to do
+    assert md["met"] and md["estimated_drop"] <= bound, md
+    assert [k["layer"] for k in md["layers_kept_float"]] == ["conv_b"]
+    assert any(ln.startswith(f"--max-drop {bound}: met") for ln in lines), lines
+    return b, q
+
+
+@pytest.mark.toolchain
+@pytest.mark.slow
+def test_rknn_search_keeps_the_sensitive_layer_in_fp16(outlier_model, tmp_path):
+    """RKNN's hybrid quantization from the search: conv_b, which reads the outlier activation, becomes
+    a float16 subgraph; every estimate is scored on the simulator's outputs for the held-back views."""
+    b, q = _vendor_bounded(outlier_model, tmp_path, "rknn")
+    assert q["hybrid"] == [["rc", "logits"]] and q["kept_float"] == ["conv_b"]
+
+
+@pytest.mark.toolchain
+@pytest.mark.slow
+def test_tflite_search_keeps_the_sensitive_layer_in_float(outlier_model, tmp_path):
+    """TFLite float fallback: onnx2tf renames the layers, found again by their weights."""
+    b, q = _vendor_bounded(outlier_model, tmp_path, "tflite")
+    assert q["kept_float"] == ["conv_b"] and "float fallback" in q["scheme"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(b.path / "model.tflite"))
+    types = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
+    convs = [op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
+    # one convolution runs on float inputs, the other two stay int8
+    assert sorted(np.dtype(types[op["inputs"][0]]).name for op in convs) == ["float32", "int8", "int8"]

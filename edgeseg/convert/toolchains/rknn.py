@@ -48,6 +48,39 @@ def float_tail_pairs(fp32_onnx: Path) -> list[list[str]]:
     return pairs
 
 
+def hybrid_pairs(fp32_onnx: Path, nodes: list[str]) -> list[list[str]]:
+    """[input, output] tensor pairs for rknn-toolkit2's custom hybrid quantization (float16
+    subgraphs) from ONNX node names (``--keep-float``, the --max-drop search): a Conv with the SiLU
+    (Sigmoid, Mul) that reads it, both kept, is one subgraph from the Conv's input to the Mul's output."""
+    import onnx
+
+    g = onnx.load(str(fp32_onnx), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+    by_name = {n.name: n for n in g.node}
+    keep = [by_name[n] for n in dict.fromkeys(nodes) if n in by_name]
+    kept = {n.name for n in keep}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    pairs, covered = [], set()
+    for n in keep:
+        if n.name in covered:
+            continue
+        end = n.output[0]
+        if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            sig = [r for r in readers.get(end, []) if r.op_type == "Sigmoid" and r.name in kept]
+            mul = [r for r in readers.get(end, []) if r.op_type == "Mul" and r.name in kept
+                   and (not sig or sig[0].output[0] in r.input)]
+            if mul:
+                covered.update(r.name for r in sig[:1] + mul[:1])
+                end = mul[0].output[0]
+        start = next((i for i in n.input if i and i not in inits), None)
+        if start is not None:
+            pairs.append([start, end])
+    return pairs
+
+
 class RknnToolchain(Toolchain):
     name = "rknn"
     OPTIONS = {
@@ -87,8 +120,10 @@ class RknnToolchain(Toolchain):
                           # the board is fed raw pixels: the model's scale, mean and std go into it
                           "mean_values": [[m / inp.scale for m in inp.mean]],
                           "std_values": [[s / inp.scale for s in inp.std]]}
-            if job.precision == "int8" and opts["float_tail"]:
-                spec["hybrid"] = float_tail_pairs(job.fp32_path)
+            tail = float_tail_pairs(job.fp32_path) if job.precision == "int8" and opts["float_tail"] else []
+            kept = hybrid_pairs(job.fp32_path, job.keep_float) if job.precision == "int8" else []
+            if tail or kept:
+                spec["hybrid"] = tail + [p for p in kept if p not in tail]
             if job.precision == "int8":
                 # the toolkit's calibration .npy files follow the ONNX layout (NCHW) ...
                 spec["dataset"] = str(job.calib.save_arrays(work / "in", inp, "nchw", "uint8"))
@@ -113,7 +148,8 @@ class RknnToolchain(Toolchain):
         q = {"precision": job.precision, "platform": platform}
         if job.precision == "int8":
             q.update(scheme=spec["quantized_dtype"], algorithm=spec["algorithm"], disable_rules=spec["disable_rules"],
-                     float_tail=[p[1] for p in spec.get("hybrid", [])])
+                     float_tail=[p[1] for p in tail],
+                     kept_float=list(job.keep_float), hybrid=spec.get("hybrid", []))
         outputs = [dict(o, quant=None) for o in job.outputs]  # RKNNLite and the simulator return float32
         return ConvertResult([MODEL_FILE], outputs, q, {**res.get("versions", {}), "platform": platform},
                              input={"layout": "nhwc", "dtype": "uint8",
