@@ -18,7 +18,13 @@ NAMES = "background,circle,rectangle,triangle,star,hexagon"  # the shapes datase
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
+    from edgeseg.runtime.replay import cache_root
+
+    envs = cache_root() / "envs"  # the vendor toolchains' environments (GBs) are shared, not rebuilt per test
+    envs.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "cache"))  # the layer ranking is cached there
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "envs").symlink_to(envs, target_is_directory=True)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +207,8 @@ def _vendor_bounded(outlier_model, tmp_path, target, **kw):
     md = q["max_drop"]
     assert md["attempts"][0]["estimated_drop"] > bound, md["attempts"]  # plain INT8 misses it: work to do
     assert md["met"] and md["estimated_drop"] <= bound, md
-    assert [k["layer"] for k in md["layers_kept_float"]] == ["conv_b"]
+    kept = [k["layer"] for k in md["layers_kept_float"]]
+    assert kept[0] == "conv_b" and len(kept) <= 2, kept  # the sensitive layer first; converted with 2 at first
     assert any(ln.startswith(f"--max-drop {bound}: met") for ln in lines), lines
     return b, q
 
@@ -212,7 +219,9 @@ def test_rknn_search_keeps_the_sensitive_layer_in_fp16(outlier_model, tmp_path):
     """RKNN's hybrid quantization from the search: conv_b, which reads the outlier activation, becomes
     a float16 subgraph; every estimate is scored on the simulator's outputs for the held-back views."""
     b, q = _vendor_bounded(outlier_model, tmp_path, "rknn")
-    assert q["hybrid"] == [["rc", "logits"]] and q["kept_float"] == ["conv_b"]
+    # conv_b's float16 subgraph starts at conv_c's input: conv_b then reads the outlier activation in float
+    assert ["ra", "logits"] in q["hybrid"] and q["kept_float"][0] == "conv_b"
+    assert "not measured" in q["max_drop"]["latency"]["note"]  # no NPU here: a replay's speed means nothing
 
 
 @pytest.mark.toolchain
@@ -220,11 +229,14 @@ def test_rknn_search_keeps_the_sensitive_layer_in_fp16(outlier_model, tmp_path):
 def test_tflite_search_keeps_the_sensitive_layer_in_float(outlier_model, tmp_path):
     """TFLite float fallback: onnx2tf renames the layers, found again by their weights."""
     b, q = _vendor_bounded(outlier_model, tmp_path, "tflite")
-    assert q["kept_float"] == ["conv_b"] and "float fallback" in q["scheme"]
+    assert q["kept_float"][0] == "conv_b" and "float fallback" in q["scheme"]
+    assert q["max_drop"]["latency"]["inference_ms"] > 0  # LiteRT runs here: the cost is measured
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(b.path / "model.tflite"))
-    types = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
-    convs = [op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
-    # one convolution runs on float inputs, the other two stay int8
-    assert sorted(np.dtype(types[op["inputs"][0]]).name for op in convs) == ["float32", "int8", "int8"]
+    t = {d["index"]: d for d in it.get_tensor_details()}
+    conv_b = next(op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"
+                  and tuple(t[op["inputs"][1]]["shape"]) == (6, 1, 1, 8))
+    # conv_b reads the outlier activation in float (its feeder stays float too); the model is still int8 outside
+    assert np.dtype(t[conv_b["inputs"][0]]["dtype"]) == np.float32
+    assert np.dtype(it.get_input_details()[0]["dtype"]) == np.int8

@@ -54,6 +54,8 @@ def job(spec: dict, result: dict) -> None:
 
 
 WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "BATCH_MATMUL")
+# single-input steps between two layers (PAD: onnx2tf's explicit padding before a 3x3 convolution)
+ACTIVATIONS = ("LOGISTIC", "MUL", "RELU", "RELU6", "LEAKY_RELU", "HARD_SWISH", "PAD")
 
 
 def _float_fallback(tf, conv, keep: list[dict], result: dict) -> bytes:
@@ -61,7 +63,9 @@ def _float_fallback(tf, conv, keep: list[dict], result: dict) -> bytes:
 
     onnx2tf renames every layer, so each ONNX layer is found by its weights (count, sum, sum of
     magnitudes: transposing them changes none) among the calibrated model's weighted ops; the
-    quantizer then leaves that op, and the SiLU (LOGISTIC, MUL) reading it, in float."""
+    quantizer then leaves that op, and the SiLU (LOGISTIC, MUL) reading it, in float. So that it also
+    reads float (an int8 input carries the very error the ranking measured), the layer feeding it and
+    that layer's activation stay float too."""
     import numpy as np
     from tensorflow.lite.python import convert as tfl_convert
 
@@ -73,9 +77,30 @@ def _float_fallback(tf, conv, keep: list[dict], result: dict) -> bytes:
     names = {t["index"]: t["name"] for t in it.get_tensor_details()}
     ops = it._get_ops_details()
     readers: dict[int, list[dict]] = {}
+    producer: dict[int, dict] = {}
     for op in ops:
         for i in op["inputs"]:
             readers.setdefault(int(i), []).append(op)
+        for o in op["outputs"]:
+            producer[int(o)] = op
+
+    def feeding(op: dict) -> list[str]:
+        """The layer (and its activation) producing ``op``'s data input: what makes that input float."""
+        t = next((int(i) for i in op["inputs"] if int(i) in producer), None)
+        chain: list[str] = []
+        for _ in range(4):
+            p = producer.get(t) if t is not None else None
+            if p is None:
+                return []
+            chain.append(names[int(p["outputs"][0])])
+            if p["op_name"] in WEIGHTED:
+                return chain
+            if p["op_name"] not in ACTIVATIONS:
+                return []  # a Concat, Add...: several tensors meet; the input stays as the quantizer made it
+            ins = [int(i) for i in p["inputs"] if int(i) in producer]
+            ins = [i for i in ins if producer[i]["op_name"] != "LOGISTIC"] or ins  # a SiLU's Mul: its x
+            t = ins[0] if ins else None
+        return []
     sigs = []
     for op in ops:
         if op["op_name"] not in WEIGHTED:
@@ -99,6 +124,7 @@ def _float_fallback(tf, conv, keep: list[dict], result: dict) -> bytes:
                 mul = [r for r in rs if r["op_name"] == "MUL"
                        and (not sig or int(sig[0]["outputs"][0]) in [int(v) for v in r["inputs"]])]
                 deny += [names[int(r["outputs"][0])] for r in sig[:1] + mul[:1]]
+                deny += [n for n in feeding(op) if n not in deny]
                 found.append(k["node"])
                 break
     result["kept_float"] = found
