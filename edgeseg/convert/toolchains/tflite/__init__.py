@@ -106,8 +106,8 @@ class TfliteToolchain(Toolchain):
             rep["compiler"] = {"compiled": False, "how": "use --target edgetpu"} if job.profile.name != "edgetpu" \
                 else compile_if_available(job.workdir / MODEL_FILE, job.workdir, job.log_path("edgetpu_compiler"))
             (job.workdir / "edgetpu_report.json").write_text(json.dumps(rep, indent=1))
-            q.update(scheme="full-integer TFLite (TFLITE_BUILTINS_INT8), int8 in and out"
-                     + (", float fallback for the layers kept" if res.get("kept_float") else ""),
+            q.update(scheme="TFLite INT8 with float fallback for the layers kept, float in and out"
+                     if res.get("kept_float") else "full-integer TFLite (TFLITE_BUILTINS_INT8), int8 in and out",
                      kept_float=res.get("kept_float", []),
                      edgetpu={k: rep[k] for k in ("op_count", "mapped_to_edgetpu", "mapped_fraction", "split_at",
                                                   "unsupported_ops", "advice")},
