@@ -18,7 +18,13 @@ NAMES = "background,circle,rectangle,triangle,star,hexagon"  # the shapes datase
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
+    from edgeseg.runtime.replay import cache_root
+
+    envs = cache_root() / "envs"  # the vendor toolchains' environments (GBs) are shared, not rebuilt per test
+    envs.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "cache"))  # the layer ranking is cached there
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "envs").symlink_to(envs, target_is_directory=True)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,8 @@ def _convert(model, out, **kw):
     from edgeseg.convert import convert
 
     lines: list[str] = []
-    b = convert(model, target="onnxruntime", precision=kw.pop("precision", "int8"), head="semantic", names=NAMES,
+    b = convert(model, target=kw.pop("target", "onnxruntime"), precision=kw.pop("precision", "int8"), head="semantic",
+                names=NAMES,
                 calib_images=16, out=out, log=lines.append, **kw)
     return b, lines
 
@@ -157,18 +164,80 @@ def test_max_drop_on_the_reference_model_holds_on_labeled_scenes(tmp_path):
     assert scores["fp32"] - scores["bounded"] <= 0.005, scores
 
 
-def test_simulator_targets_are_not_estimated_on_views_they_never_ran(outlier_model, tmp_path):
-    """RKNN and IMX500 run their simulator once, at build time, on the held-back files: their replay
-    has no outputs for the mirrored and zoomed views, so the estimate says so instead of failing."""
+def test_a_replay_without_the_views_is_not_estimated(outlier_model, tmp_path):
+    """RKNN and IMX500 run their simulator only at build time: convert hands it the estimate's views.
+    A replay that lacks them (a bundle converted before) says "not measured" instead of failing."""
     from edgeseg.convert.accuracy import DropEstimator
     from edgeseg.convert.calibration import CalibrationSet
     from edgeseg.convert.toolchains import load_toolchain
     from edgeseg.defaults import DEFAULT_CALIB
+    from edgeseg.runtime.replay import Replay
 
     b, _ = _convert(outlier_model, tmp_path / "plain")
     m = b.manifest
     est = DropEstimator(b.path / "model.onnx", m.head, m.outputs, m.names, m.input_hw,
                         CalibrationSet.from_path(DEFAULT_CALIB, 16).holdout[:2])
     assert est.estimate_bundle(b.path, load_toolchain("onnxruntime"))["estimated_drop"] is not None
-    for name in ("rknn", "imx500"):
-        assert est.estimate_bundle(b.path, load_toolchain(name)) is None
+
+    class NothingRecorded:
+        def host_runner(self, bundle_dir):
+            return Replay("0" * 64)
+
+    assert est.estimate_bundle(b.path, NothingRecorded()) is None
+    assert len(est.view_files(tmp_path / "views")) == len(est.frames) == 6  # what a simulator is handed
+
+
+def test_edgetpu_searches_calibration_only_where_tflite_keeps_layers_float():
+    """Both targets share the tflite toolchain; only the CPU one can run a float layer."""
+    from edgeseg.convert.accuracy import Search
+    from edgeseg.convert.toolchains import load_toolchain
+
+    tc = load_toolchain("tflite")
+
+    def plan(target):
+        return Search(tc, None, 0.005, None, None, None, None, target=target).plan
+
+    assert plan("edgetpu").keep_float is None and plan("tflite").keep_float is not None
+    assert plan("imx500").keep_float is None and plan("rknn").keep_float is not None
+
+
+def _vendor_bounded(outlier_model, tmp_path, target, **kw):
+    bound = 0.02
+    b, lines = _convert(outlier_model, tmp_path / target, target=target, max_drop=bound, **kw)
+    q = b.manifest.quantization
+    md = q["max_drop"]
+    assert md["attempts"][0]["estimated_drop"] > bound, md["attempts"]  # plain INT8 misses it: work to do
+    assert md["met"] and md["estimated_drop"] <= bound, md
+    kept = [k["layer"] for k in md["layers_kept_float"]]
+    assert kept[0] == "conv_b" and len(kept) <= 2, kept  # the sensitive layer first; converted with 2 at first
+    assert any(ln.startswith(f"--max-drop {bound}: met") for ln in lines), lines
+    return b, q
+
+
+@pytest.mark.toolchain
+@pytest.mark.slow
+def test_rknn_search_keeps_the_sensitive_layer_in_fp16(outlier_model, tmp_path):
+    """RKNN's hybrid quantization from the search: conv_b, which reads the outlier activation, becomes
+    a float16 subgraph; every estimate is scored on the simulator's outputs for the held-back views."""
+    b, q = _vendor_bounded(outlier_model, tmp_path, "rknn")
+    # conv_b's float16 subgraph starts at conv_c's input: conv_b then reads the outlier activation in float
+    assert ["ra", "logits"] in q["hybrid"] and "conv_b" in q["kept_float"]
+    assert "not measured" in q["max_drop"]["latency"]["note"]  # no NPU here: a replay's speed means nothing
+
+
+@pytest.mark.toolchain
+@pytest.mark.slow
+def test_tflite_search_keeps_the_sensitive_layer_in_float(outlier_model, tmp_path):
+    """TFLite float fallback: onnx2tf renames the layers, found again by their weights."""
+    b, q = _vendor_bounded(outlier_model, tmp_path, "tflite")
+    assert "conv_b" in q["kept_float"] and "float fallback" in q["scheme"]
+    assert q["max_drop"]["latency"]["inference_ms"] > 0  # LiteRT runs here: the cost is measured
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(b.path / "model.tflite"))
+    t = {d["index"]: d for d in it.get_tensor_details()}
+    conv_b = next(op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"
+                  and tuple(t[op["inputs"][1]]["shape"]) == (6, 1, 1, 8))
+    # conv_b reads the outlier activation in float (its feeder stays float too); the rest of the model is int8
+    assert np.dtype(t[conv_b["inputs"][0]]["dtype"]) == np.float32
+    assert any(np.dtype(d["dtype"]) == np.int8 for d in t.values())

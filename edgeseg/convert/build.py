@@ -163,7 +163,9 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                     and (fidelity or max_drop is not None or data is not None)):
                 from .accuracy import Accuracy
 
-                acc = Accuracy(fp32_path, spec, outputs, imported, cset, work, toolchain, log, model_input)
+                acc = Accuracy(fp32_path, spec, outputs, imported, cset, work, toolchain, log, model_input,
+                               target=profile.name)
+                simulate += acc.simulated_views(work / "views")  # the estimate's views, for a simulator
             if max_drop is not None and acc is not None:
                 res, manifest = acc.bounded(attempt, tmp, max_drop)
             else:

@@ -48,6 +48,71 @@ def float_tail_pairs(fp32_onnx: Path) -> list[list[str]]:
     return pairs
 
 
+WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# single-input steps between two layers that a float reader must redo in float (a SiLU's Mul reads x and Sigmoid(x))
+PASS_THROUGH = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "Mul")
+
+
+def hybrid_pairs(fp32_onnx: Path, nodes: list[str]) -> list[list[str]]:
+    """[input, output] tensor pairs for rknn-toolkit2's custom hybrid quantization (float16
+    subgraphs) from ONNX node names (``--keep-float``, the --max-drop search).
+
+    A kept layer must also read float: a subgraph starting at its own input reads that tensor
+    dequantized from int8, the very error the ranking measured (an outlier channel). So each subgraph
+    starts at the input of the layer feeding it, through that layer's activation (Relu, SiLU), and
+    ends after the kept layer's own SiLU (Sigmoid, Mul) when it has one."""
+    import onnx
+
+    g = onnx.load(str(fp32_onnx), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+    by_name = {n.name: n for n in g.node}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def data_inputs(n) -> list[str]:
+        return [i for i in n.input if i and i not in inits]
+
+    def float_start(t: str) -> str:
+        """Walk back from tensor ``t`` through activations to the layer producing it; its input."""
+        seen = 0
+        while seen < 4:
+            n = producer.get(t)
+            if n is None:
+                return t
+            ins = data_inputs(n)
+            if n.op_type in WEIGHTED:
+                return ins[0] if ins else t
+            if n.op_type not in PASS_THROUGH or len(set(ins)) != 1 and not (
+                    n.op_type == "Mul" and len(ins) == 2 and any(producer.get(i) is not None
+                                                                 and producer[i].op_type == "Sigmoid"
+                                                                 and ins[0] in producer[i].input for i in ins[1:])):
+                return t  # a Concat, Add, Resize...: several tensors meet here, the subgraph starts after it
+            t = ins[0]
+            seen += 1
+        return t
+
+    keep = [by_name[n] for n in dict.fromkeys(nodes) if n in by_name]
+    kept = {n.name for n in keep}
+    pairs, covered = [], set()
+    for n in keep:
+        if n.name in covered or n.op_type not in WEIGHTED and any(k.op_type in WEIGHTED for k in keep):
+            continue  # a kept Sigmoid/Mul belongs to its layer's subgraph
+        end = n.output[0]
+        rs = readers.get(end, [])
+        sig = [r for r in rs if r.op_type == "Sigmoid"]
+        mul = [r for r in rs if r.op_type == "Mul" and (not sig or sig[0].output[0] in r.input)]
+        if n.op_type in WEIGHTED and mul and (not sig or sig[0].name in kept or mul[0].name in kept):
+            covered.update(r.name for r in sig[:1] + mul[:1])
+            end = mul[0].output[0]
+        ins = data_inputs(n)
+        if ins:
+            pairs.append([float_start(ins[0]) if n.op_type in WEIGHTED else ins[0], end])
+    return pairs
+
+
 class RknnToolchain(Toolchain):
     name = "rknn"
     OPTIONS = {
@@ -87,8 +152,10 @@ class RknnToolchain(Toolchain):
                           # the board is fed raw pixels: the model's scale, mean and std go into it
                           "mean_values": [[m / inp.scale for m in inp.mean]],
                           "std_values": [[s / inp.scale for s in inp.std]]}
-            if job.precision == "int8" and opts["float_tail"]:
-                spec["hybrid"] = float_tail_pairs(job.fp32_path)
+            tail = float_tail_pairs(job.fp32_path) if job.precision == "int8" and opts["float_tail"] else []
+            kept = hybrid_pairs(job.fp32_path, job.keep_float) if job.precision == "int8" else []
+            if tail or kept:
+                spec["hybrid"] = tail + [p for p in kept if p not in tail]
             if job.precision == "int8":
                 # the toolkit's calibration .npy files follow the ONNX layout (NCHW) ...
                 spec["dataset"] = str(job.calib.save_arrays(work / "in", inp, "nchw", "uint8"))
@@ -113,7 +180,8 @@ class RknnToolchain(Toolchain):
         q = {"precision": job.precision, "platform": platform}
         if job.precision == "int8":
             q.update(scheme=spec["quantized_dtype"], algorithm=spec["algorithm"], disable_rules=spec["disable_rules"],
-                     float_tail=[p[1] for p in spec.get("hybrid", [])])
+                     float_tail=[p[1] for p in tail],
+                     kept_float=list(job.keep_float), hybrid=spec.get("hybrid", []))
         outputs = [dict(o, quant=None) for o in job.outputs]  # RKNNLite and the simulator return float32
         return ConvertResult([MODEL_FILE], outputs, q, {**res.get("versions", {}), "platform": platform},
                              input={"layout": "nhwc", "dtype": "uint8",

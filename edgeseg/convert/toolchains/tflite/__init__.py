@@ -28,6 +28,26 @@ ENV = EnvSpec("tflite-tf2.19", (
 ))
 
 
+def weight_signatures(fp32_onnx, nodes: list[str]) -> list[dict]:
+    """What finds an ONNX layer again after onnx2tf renamed it: its weights' count, sum and sum of
+    magnitudes (a transpose changes none of them). Nodes without a weight (a SiLU's Sigmoid/Mul)
+    follow the layer they belong to in the worker."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(fp32_onnx), load_external_data=False).graph
+    inits = {i.name: i for i in g.initializer}
+    wanted = set(nodes)
+    out = []
+    for n in g.node:
+        if n.name in wanted and n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            w = next((numpy_helper.to_array(inits[i]) for i in n.input[1:2] if i in inits), None)
+            if w is not None and w.size > 1:
+                out.append({"node": n.name, "size": int(w.size), "sum": float(w.sum(dtype=np.float64)),
+                            "abs": float(np.abs(w).sum(dtype=np.float64))})
+    return out
+
+
 class TfliteToolchain(Toolchain):
     name = "tflite"
     OPTIONS = {"io": Option(str, "type of the full-integer model's input and output", "int8", ("int8", "uint8"))}
@@ -68,6 +88,10 @@ class TfliteToolchain(Toolchain):
                     "work": str(work), "io": job.settings["io"]}
             if job.precision == "int8":
                 spec["dataset"] = str(job.calib.save_arrays(work, job.input, "nhwc", "float32"))
+                if job.keep_float and job.profile.name == "edgetpu":
+                    job.log("the Edge TPU runs integer only: --keep-float is ignored for it")
+                elif job.keep_float:
+                    spec["keep_float"] = weight_signatures(job.fp32_path, job.keep_float)
             res = run_worker(ENV, WORKERS / "tflite_worker.py", spec, work, log)
             text = log.read_text(errors="replace") if log.is_file() else ""
             log.unlink(missing_ok=True)
@@ -82,7 +106,9 @@ class TfliteToolchain(Toolchain):
             rep["compiler"] = {"compiled": False, "how": "use --target edgetpu"} if job.profile.name != "edgetpu" \
                 else compile_if_available(job.workdir / MODEL_FILE, job.workdir, job.log_path("edgetpu_compiler"))
             (job.workdir / "edgetpu_report.json").write_text(json.dumps(rep, indent=1))
-            q.update(scheme="full-integer TFLite (TFLITE_BUILTINS_INT8), int8 in and out",
+            q.update(scheme="TFLite INT8 with float fallback for the layers kept, float in and out"
+                     if res.get("kept_float") else "full-integer TFLite (TFLITE_BUILTINS_INT8), int8 in and out",
+                     kept_float=res.get("kept_float", []),
                      edgetpu={k: rep[k] for k in ("op_count", "mapped_to_edgetpu", "mapped_fraction", "split_at",
                                                   "unsupported_ops", "advice")},
                      edgetpu_compiled=rep["compiler"]["compiled"])
