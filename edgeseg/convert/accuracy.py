@@ -459,6 +459,10 @@ PLANS: dict[str, Plan] = {
     "openvino": Plan([("NNCF, fast bias correction", {}),
                       ("NNCF, full bias correction", {"fast_bias_correction": False})],
                      keep_float=_ov_names),
+    # both take ONNX Conv node names (NCNN maps them to pnnx's layers by their weights: toolchains/ncnn/mixed.py);
+    # NCNN's "auto" already builds its KL and max tables and keeps the one closer to FP32 on held-back images
+    "ncnn": Plan([("KL or max, the closer to FP32", {})], keep_float=list),
+    "mnn": Plan([("MinMax", {}), ("Percentile 99.999", {"activation_ranges": "percentile"})], keep_float=list),
 }
 INTEGER_ONLY = Plan([("the profile's calibration", {})])
 MAX_FLOAT_CONVERSIONS = 3
