@@ -218,7 +218,8 @@ class Attempt:
 
     @property
     def drop(self) -> float:
-        v = self.estimate.get("estimated_drop")
+        """The drop the search goes by: measured on the labels when the user gave them, else estimated."""
+        v = self.estimate.get("labeled_drop", self.estimate.get("estimated_drop"))
         return float("inf") if v is None else float(v)  # not measurable here: never within a bound
 
 
@@ -480,9 +481,13 @@ class Search:
 
     def __init__(self, toolchain, est: DropEstimator, max_drop: float, scratch: Path,
                  attempt: Callable[[Path, dict], Any], ort_attempt: Callable[[Path, dict], Any] | None,
-                 fp32_path: Path, log: Callable[[str], None] = print, budget_s: float = 600.0):
+                 fp32_path: Path, log: Callable[[str], None] = print, budget_s: float = 600.0,
+                 measure: Callable[[Path], float] | None = None):
         self.tc, self.est, self.max_drop, self.scratch = toolchain, est, max_drop, scratch
-        self.goal = max_drop * SEARCH_MARGIN
+        # with labels (``measure``: the drop of a converted folder on them) the bound is checked where it is
+        # defined, and the label-free estimate's margin is not needed
+        self.measure = measure
+        self.goal = max_drop if measure is not None else max_drop * SEARCH_MARGIN
         self.attempt, self.ort_attempt, self.fp32_path, self.log = attempt, ort_attempt, fp32_path, log
         self.plan = PLANS.get(toolchain.name, INTEGER_ONLY)
         self.budget_s, self.t0 = budget_s, time.monotonic()
@@ -503,11 +508,14 @@ class Search:
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print to stdout
             result = self.attempt(folder, opts)
         est = self.est.estimate_bundle(folder, self.tc) or {"estimated_drop": None}
+        if self.measure is not None:
+            est["labeled_drop"] = self.measure(folder)
         a = Attempt(label, sets, folder, est, round(time.monotonic() - t, 1), list(keep), result)
         self.tries.append(a)
         self.log(f"  max-drop search [{self._elapsed():.0f}s]: {label}"
                  f"{f', {len(keep)} layers in float' if keep else ''}"
-                 f" -> estimated drop {a.drop:.4f} ({'within' if a.drop <= self.goal else 'over'} {self.goal:.4g})")
+                 f" -> {'measured' if 'labeled_drop' in est else 'estimated'} drop {a.drop:.4f}"
+                 f" ({'within' if a.drop <= self.goal else 'over'} {self.goal:.4g})")
         return a
 
     def run(self) -> Attempt:
@@ -645,6 +653,8 @@ class Accuracy:
         self.chosen: Attempt | None = None
         self.max_drop: float | None = None
         self.section: dict[str, Any] = {}
+        self._fp32_score: dict[str, float] = {}
+        self._measured: dict[str, dict[str, Any]] = {}  # folder -> its drop on the labels, as the search measured
 
     @property
     def est(self) -> DropEstimator:
@@ -653,8 +663,10 @@ class Accuracy:
                                       self.model_input or self.imported.input_hw, self.cset.holdout)
         return self._est
 
-    def bounded(self, attempt: Callable[..., Any], folder: Path, max_drop: float, budget_s: float = 600.0) -> Any:
-        """Run the search, move the chosen model into ``folder``; returns what ``attempt`` returned for it."""
+    def bounded(self, attempt: Callable[..., Any], folder: Path, max_drop: float, budget_s: float = 600.0,
+                data: str | Path | None = None) -> Any:
+        """Run the search, move the chosen model into ``folder``; returns what ``attempt`` returned for it.
+        With ``data`` (labels) each attempt is measured on them and the search goes by that."""
         from ..profiles import load_profile
         from .toolchains import load_toolchain
 
@@ -664,10 +676,17 @@ class Accuracy:
         def ort_attempt(f: Path, extra: dict) -> Any:
             return attempt(f, extra, prof=load_profile("onnxruntime"), tc=ort_tc, prec="int8")
 
-        self.log(f"searching for the cheapest INT8 model within {max_drop} mask mAP50-95 of FP32 "
-                 f"(label-free estimate on {len(self.cset.holdout)} held-back images)")
+        how = (f"measured on the labels of {data}" if data is not None
+               else f"label-free estimate on {len(self.cset.holdout)} held-back images")
+        self.log(f"searching for the cheapest INT8 model within {max_drop} mask mAP50-95 of FP32 ({how})")
+        measure = None
+        if data is not None:
+            def measure(f: Path) -> float:
+                self._measured[str(f)] = self._measure(f, attempt, data)
+                return float(self._measured[str(f)]["drop"])
         self.search = Search(self.tc, self.est, max_drop, self.work / "search", attempt,
-                             ort_attempt if self.tc.name != "onnxruntime" else None, self.fp32_path, self.log, budget_s)
+                             ort_attempt if self.tc.name != "onnxruntime" else None, self.fp32_path, self.log, budget_s,
+                             measure)
         h = hashlib.sha256(self.fp32_path.read_bytes())
         for p in [*self.cset.images, "|", *self.cset.holdout]:
             h.update(str(p).encode())
@@ -690,9 +709,11 @@ class Accuracy:
                 est = {"estimated_drop": None, "note": f"not measured: {type(e).__name__}: {e}"}
             est = est or {"estimated_drop": None, "note": "not measured: the model runs here only in its "
                                                           "simulator, on the held-back images themselves"}
+        est.pop("labeled_drop", None)
         sec: dict[str, Any] = {"estimate": est}
-        if data is not None:
-            sec["measured"] = self._measure(bundle_dir, attempt, data)
+        if data is not None:  # the search measured the chosen model already when it went by the labels
+            sec["measured"] = (self._measured.get(str(self.chosen.folder)) if self.chosen is not None else None) \
+                or self._measure(bundle_dir, attempt, data)
         out: dict[str, Any] = {"accuracy": sec}
         if self.search is not None and self.chosen is not None:
             s, c = self.search, self.chosen
@@ -700,6 +721,8 @@ class Accuracy:
             met = c.drop <= float(self.max_drop or 0)
             out["max_drop"] = {
                 "bound": self.max_drop, "met": met, "estimated_drop": c.estimate.get("estimated_drop"),
+                "decided_by": "the labels given (--data)" if s.measure is not None else "the label-free estimate",
+                **({"measured_drop": c.estimate["labeled_drop"]} if "labeled_drop" in c.estimate else {}),
                 "chosen": c.label,
                 "calibration": c.options, "layers_kept_float": [{"layer": n, "nodes": s._units.get(n, [n]),
                                                                   "sensitivity": round(sens.get(n, 0.0), 6)}
@@ -709,6 +732,7 @@ class Accuracy:
                 "sensitivity_top": [{"layer": n, "sensitivity": round(e, 6)} for n, e in s.sensitivity[:15]],
                 "attempts": [{"label": a.label, "layers_kept_float": len(a.kept_float),
                               "estimated_drop": a.estimate.get("estimated_drop"),
+                              **({"measured_drop": a.estimate["labeled_drop"]} if "labeled_drop" in a.estimate else {}),
                               "seconds": a.seconds} for a in s.tries],
                 "search_seconds": round(s._elapsed(), 1),
             }
@@ -733,12 +757,16 @@ class Accuracy:
         from .toolchains import load_toolchain
 
         ref = self.work / "fp32-reference"
-        attempt(ref, {}, prof=load_profile("onnxruntime"), tc=load_toolchain("onnxruntime"), prec="fp32")
-        scores = {}
+        scores = dict(self._fp32_score)  # the FP32 model is converted and scored once per conversion
+        if not scores:
+            attempt(ref, {}, prof=load_profile("onnxruntime"), tc=load_toolchain("onnxruntime"), prec="fp32")
         for tag, folder in (("fp32", ref), ("converted", bundle_dir)):
+            if tag in scores:
+                continue
             with load(folder, conf=PRED_CONF, iou=0.7) as m:
                 r = evaluate(m, data, progress=False)
             scores[tag] = r.get("miou", r.get("mask_map50_95"))
+        self._fp32_score = {"fp32": scores["fp32"]}
         metric = "miou" if self.head["type"] == "semantic" else "mask_map50_95"
         return {"data": str(data), "metric": metric, "fp32": scores["fp32"], "converted": scores["converted"],
                 "drop": round(scores["fp32"] - scores["converted"], 4), "fp32_reference": "FP32 ONNX on ONNX Runtime"}
@@ -776,8 +804,9 @@ class Accuracy:
             kept = md["layers_kept_float"]
             out.append(f"--max-drop {md['bound']}: {'met' if md['met'] else 'NOT met'} with {md['chosen']}"
                        f"{f', {len(kept)} layers kept in float' if kept else ''}"
-                       f" (estimated drop {md['estimated_drop']},"
-                       f" search {md['search_seconds']:.0f} s)"
+                       + (f" (measured drop {md['measured_drop']}, estimated {md['estimated_drop']},"
+                          if "measured_drop" in md else f" (estimated drop {md['estimated_drop']},")
+                       + f" search {md['search_seconds']:.0f} s)"
                        + (f"; latency {md['latency']['inference_ms_plain_int8']} -> {md['latency']['inference_ms']} ms"
                           if "latency" in md else ""))
             if not md["met"]:

@@ -157,7 +157,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
 
                 acc = Accuracy(fp32_path, spec, outputs, imported, cset, work, toolchain, log, model_input)
             if max_drop is not None and acc is not None:
-                res, manifest = acc.bounded(attempt, tmp, max_drop)
+                res, manifest = acc.bounded(attempt, tmp, max_drop, data=data)
             else:
                 res, manifest = attempt(tmp, {})
             spec.update(res.head)

@@ -3,6 +3,7 @@ edgeseg itself (:mod:`.int8`) and verified in the real ncnn runtime."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from .. import Availability, ConvertJob, ConvertResult, Toolchain, probe
 from .mixed import drop_from_table
 
 PARAM, BIN = "model.ncnn.param", "model.ncnn.bin"
+_TABLES: dict[str, dict] = {}  # activation scales of the last models calibrated in this process
 INSTALL = pip_extra("ncnn-host") + '  (install torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)'
 
 
@@ -150,7 +152,15 @@ class NcnnToolchain(Toolchain):
                 yield d
 
         skip = _keep_float_layers(job, param, binf)
-        tables = activation_scales(passes, methods=("kl", "max") if method == "auto" else (method,))
+        methods = ("kl", "max") if method == "auto" else (method,)
+        # the tables depend on the FP32 model and the images only: a --max-drop search, converting the
+        # same model again with other layers kept float, reuses them instead of calibrating again
+        key = hashlib.sha256(param.read_bytes() + binf.read_bytes() + repr(
+            ([str(p) for p in job.calib.images], job.input, methods)).encode()).hexdigest()
+        tables = _TABLES.pop(key, None) or activation_scales(passes, methods=methods)
+        _TABLES[key] = tables
+        while len(_TABLES) > 2:
+            _TABLES.pop(next(iter(_TABLES)))
         made = {m: quantize(param, binf, t, work / f"{m}.param", work / f"{m}.bin", skip=skip)
                 for m, t in tables.items()}
         agreement = {m: self._agreement(job, net, work / f"{m}.param", work / f"{m}.bin") for m in made} \
