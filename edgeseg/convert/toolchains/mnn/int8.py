@@ -101,8 +101,8 @@ def tensor_ranges(onnx_path: Path, input_name: str, inputs: Iterable[np.ndarray]
                                 augmented_model_path=str(Path(d) / "augmented.onnx"),
                                 calibrate_method=getattr(CalibrationMethod, "Percentile" if method == "percentile"
                                                          else "MinMax"), extra_options=extra)
-        cal.collect_data(ArrayReader(input_name, inputs))
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print to stdout
+            cal.collect_data(ArrayReader(input_name, inputs))
             data = cal.compute_data().data
     return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in data.items()}
 
