@@ -654,6 +654,7 @@ class Accuracy:
         self.max_drop: float | None = None
         self.section: dict[str, Any] = {}
         self._fp32_score: dict[str, float] = {}
+        self.search_seconds = 0.0
         self._measured: dict[str, dict[str, Any]] = {}  # folder -> its drop on the labels, as the search measured
 
     @property
@@ -694,6 +695,7 @@ class Accuracy:
 
         self.search.cache_file = cache_root() / "sensitivity" / f"{h.hexdigest()[:24]}.json"
         self.chosen = self.search.run()
+        self.search_seconds = round(self.search._elapsed(), 1)  # not counting fidelity, --data and latency after it
         for p in self.chosen.folder.iterdir():
             shutil.move(str(p), str(folder / p.name))
         return self.chosen.result
@@ -734,7 +736,7 @@ class Accuracy:
                               "estimated_drop": a.estimate.get("estimated_drop"),
                               **({"measured_drop": a.estimate["labeled_drop"]} if "labeled_drop" in a.estimate else {}),
                               "seconds": a.seconds} for a in s.tries],
-                "search_seconds": round(s._elapsed(), 1),
+                "search_seconds": self.search_seconds,
             }
             if not met and c.estimate.get("estimated_drop") is None:
                 out["max_drop"]["note"] = "the drop cannot be estimated on this host for this target yet"
