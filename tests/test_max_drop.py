@@ -171,6 +171,28 @@ def test_ncnn_table_loses_the_kept_layers_only(tmp_path):
     assert t.read_text() == "conv_10_param_0 9.0\nconv_10 33.1\n"
 
 
+def test_search_budget_is_the_targets_own_plain_conversion_times_three(tmp_path, monkeypatch):
+    """A target slower than the caller's overall budget still gets 3x its plain conversion: the
+    second calibration choice is tried after a first conversion longer than that budget."""
+    import time
+    from types import SimpleNamespace
+
+    from edgeseg.convert import accuracy
+
+    monkeypatch.setitem(accuracy.PLANS, "slow", accuracy.Plan([("a", {}), ("b", {"x": 1})]))
+    tried = []
+
+    def attempt(folder, opts):
+        tried.append(opts["set"])
+        time.sleep(0.3)
+
+    est = SimpleNamespace(estimate_bundle=lambda folder, tc: {"estimated_drop": 0.01 if len(tried) == 1 else 0.001})
+    s = accuracy.Search(SimpleNamespace(name="slow"), est, 0.005, tmp_path, attempt, None, tmp_path / "m.onnx",
+                        log=lambda m: None, budget_s=0.2)
+    chosen = s.run()
+    assert tried == [{}, {"x": 1}] and chosen.label == "b" and chosen.drop <= 0.005
+
+
 def test_integer_only_target_reports_bound_not_met(outlier_model, tmp_path, monkeypatch):
     """The contract for targets that cannot keep a layer in float (Edge TPU, IMX500), exercised on
     ONNX Runtime with its float mechanism withheld: calibration choices only, the best kept, the
