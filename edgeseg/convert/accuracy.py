@@ -743,7 +743,8 @@ class Accuracy:
             if not met and c.estimate.get("estimated_drop") is None:
                 out["max_drop"]["note"] = "the drop cannot be estimated on this host for this target yet"
             elif not met:
-                out["max_drop"]["note"] = (f"best estimated drop {c.estimate.get('estimated_drop')} is over the bound "
+                out["max_drop"]["note"] = (f"best {'measured' if s.measure is not None else 'estimated'} drop "
+                                           f"{round(c.drop, 4)} is over the bound "
                                            f"{self.max_drop}: "
                                            + ("the target runs integer only, and its calibration choices were all tried"
                                               if s.plan.keep_float is None
