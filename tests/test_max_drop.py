@@ -193,6 +193,29 @@ def test_search_budget_is_the_targets_own_plain_conversion_times_three(tmp_path,
     assert tried == [{}, {"x": 1}] and chosen.label == "b" and chosen.drop <= 0.005
 
 
+def test_search_converts_the_ranked_layers_once_even_past_its_budget(tmp_path, monkeypatch):
+    """The ranking (ONNX Runtime's, cached) can take longer than 3x a fast target's conversion: the
+    search still converts its first float attempt, what the ranking was paid for, then stops."""
+    from types import SimpleNamespace
+
+    from edgeseg.convert import accuracy
+
+    monkeypatch.setitem(accuracy.PLANS, "fast", accuracy.Plan([("a", {})], keep_float=list, budget_x=None))
+    tried = []
+    est = SimpleNamespace(estimate_bundle=lambda folder, tc: {"estimated_drop": 0.01})
+    s = accuracy.Search(SimpleNamespace(name="fast"), est, 0.005, tmp_path, lambda f, o: tried.append(o),
+                        None, tmp_path / "m.onnx", log=lambda m: None)
+
+    def rank(base):
+        s.budget_s = 0.0  # the ranking used the whole budget
+        return [("l1", 1.0), ("l2", 0.5), ("l3", 0.1)]
+
+    s._rank = rank
+    chosen = s.run()
+    assert [o.get("keep_float", []) for o in tried] == [[], ["l1", "l2"]]  # one float attempt, the top two
+    assert chosen.drop == 0.01
+
+
 def test_integer_only_target_reports_bound_not_met(outlier_model, tmp_path, monkeypatch):
     """The contract for targets that cannot keep a layer in float (Edge TPU, IMX500), exercised on
     ONNX Runtime with its float mechanism withheld: calibration choices only, the best kept, the
