@@ -444,6 +444,7 @@ class Plan:
     keep_float: Callable[[list[str]], list[str]] | None = None  # ONNX node names -> the toolchain's names
     predicts: bool = False  # the ranking's QDQ edits predict a float set's drop without converting
     budget_x: float | None = 3.0  # the search stops starting steps after this many plain conversions' time
+    float_conversions: int = 3  # at most this many conversions with layers kept float
 
 
 def _ov_names(nodes: list[str]) -> list[str]:
@@ -462,11 +463,11 @@ PLANS: dict[str, Plan] = {
                      keep_float=_ov_names),
     # both take ONNX Conv node names (NCNN maps them to pnnx's layers by their weights: toolchains/ncnn/mixed.py);
     # NCNN's "auto" already builds its KL and max tables and keeps the one closer to FP32 on held-back images
-    "ncnn": Plan([("KL or max, the closer to FP32", {})], keep_float=list),
+    # an NCNN float attempt reuses the plain one's tables: 20 s against 197 s for YOLOv8n-seg, so it may take more
+    "ncnn": Plan([("KL or max, the closer to FP32", {})], keep_float=list, float_conversions=6),
     "mnn": Plan([("MinMax", {}), ("Percentile 99.999", {"activation_ranges": "percentile"})], keep_float=list),
 }
 INTEGER_ONLY = Plan([("the profile's calibration", {})])
-MAX_FLOAT_CONVERSIONS = 3
 # The search aims 10% under the bound: the estimate is off by ~0.002 on 8 held-back images (README),
 # and YOLOv8n-seg on OpenVINO estimated 0.0047 measured 0.0052.
 SEARCH_MARGIN = 0.9
@@ -543,7 +544,7 @@ class Search:
         base, k = (best, 2)
         if self.plan.predicts:
             base, k = self._predict_k(calibrated, names)
-        for i in range(MAX_FLOAT_CONVERSIONS):
+        for i in range(self.plan.float_conversions):
             # past the budget, the first float attempt is still converted once: it is what the ranking was paid
             # for (the ranking alone, ONNX Runtime's, took 4x MNN's plain conversion of YOLOv8n-seg; it is cached)
             if i > 0 and self._elapsed() > self.budget_s:
