@@ -170,6 +170,31 @@ def test_compression_params_cover_each_range_and_keep_outputs_float():
     assert ws.shape == (8,) and np.allclose(ws * 127, np.abs(w1).reshape(8, -1).max(1))
 
 
+def test_percentile_ranges_clip_a_rare_outlier_that_minmax_keeps(tmp_path):
+    """--max-drop's second MNN calibration: one extreme input value in one image stretches MinMax's
+    range; the percentile range stays with the bulk of the values, and stays asymmetric."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from edgeseg.convert.toolchains.mnn.int8 import tensor_ranges
+
+    w = np.ones((2, 1, 1, 1), "float32")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="c")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 256, 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 256, 256])],
+                          [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "m.onnx"
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    rng = np.random.default_rng(0)
+    # 1M output values: the outlier's two are under the 0.0005% percentile calibration cuts on each side
+    xs = [rng.uniform(-0.3, 2.0, (1, 1, 256, 256)).astype("float32") for _ in range(8)]
+    xs[3][0, 0, 5, 5] = 50.0
+    mm = tensor_ranges(path, "x", iter(xs))
+    pc = tensor_ranges(path, "x", iter(xs), "percentile")
+    assert mm["y"][1] == pytest.approx(50.0) and pc["y"][1] < 2.5  # the outlier clipped
+    assert -0.35 < pc["y"][0] < -0.2  # the negative side is its own, not -max
+
+
 def test_relu_network_really_gets_int8_convolutions(tmp_path):
     """MNN fuses Conv+ReLU before placing compression parameters; keyed on the conv's own output
     they were dropped without a word and the 'int8' model came out all float."""

@@ -82,6 +82,27 @@ def test_int8_writer_round_trips_weights(tmp_path, nc):
     assert np.abs(back - w.reshape(len(scales), -1)).max() <= (0.5 / scales.min()) + 1e-6
 
 
+def test_onnx_conv_names_find_their_ncnn_layers(nc, fp32_bundle):
+    """pnnx renames every layer: --keep-float and --max-drop name ONNX nodes, found in the ncnn model
+    by their weights. Each of the reference model's convolutions finds its own layer, which holds
+    exactly its weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeseg.convert.toolchains.ncnn.mixed import _ncnn_weights, onnx_to_ncnn
+
+    fp = nc["fp32"].path
+    model = onnx.load(str(fp32_bundle.path / "model.onnx"))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    found = onnx_to_ncnn(fp32_bundle.path / "model.onnx", fp / "model.ncnn.param", fp / "model.ncnn.bin",
+                         [n.name for n in convs] + ["/model.0/act/Sigmoid"])
+    assert len(found) == len(convs) == 99 and len(set(found.values())) == 99  # the activation maps to nothing
+    weights = {l.name: w for l, w in _ncnn_weights(fp / "model.ncnn.param", fp / "model.ncnn.bin")}
+    inits = {i.name: i for i in model.graph.initializer}
+    n = convs[10]
+    assert np.array_equal(weights[found[n.name]], numpy_helper.to_array(inits[n.input[1]]).ravel())
+
+
 def test_ncnn_own_tools_give_the_same_accuracy(tmp_path):
     """ncnn2table + ncnn2int8 against edgeseg's table and writer, both with KL thresholds. No PyPI
     or Debian package ships the two tools (TOOLCHAINS.md), so this runs only where someone built

@@ -233,7 +233,8 @@ class Attempt:
 
     @property
     def drop(self) -> float:
-        v = self.estimate.get("estimated_drop")
+        """The drop the search goes by: measured on the labels when the user gave them, else estimated."""
+        v = self.estimate.get("labeled_drop", self.estimate.get("estimated_drop"))
         return float("inf") if v is None else float(v)  # not measurable here: never within a bound
 
 
@@ -458,6 +459,7 @@ class Plan:
     keep_float: Callable[[list[str]], list[str]] | None = None  # ONNX node names -> the toolchain's names
     predicts: bool = False  # the ranking's QDQ edits predict a float set's drop without converting
     budget_x: float | None = 3.0  # the search stops starting steps after this many plain conversions' time
+    float_conversions: int = 3  # at most this many conversions with layers kept float
 
 
 def _ov_names(nodes: list[str]) -> list[str]:
@@ -485,8 +487,12 @@ PLANS: dict[str, Plan] = {
     # TensorFlow's converter offers no calibration choice. The Edge TPU runs integer only.
     "tflite": Plan([("TFLite converter", {})], keep_float=list),
     "edgetpu": INTEGER_ONLY,
+    # both take ONNX Conv node names (NCNN maps them to pnnx's layers by their weights: toolchains/ncnn/mixed.py);
+    # NCNN's "auto" already builds its KL and max tables and keeps the one closer to FP32 on held-back images
+    # an NCNN float attempt reuses the plain one's tables: 20 s against 197 s for YOLOv8n-seg, so it may take more
+    "ncnn": Plan([("KL or max, the closer to FP32", {})], keep_float=list, float_conversions=6),
+    "mnn": Plan([("MinMax", {}), ("Percentile 99.999", {"activation_ranges": "percentile"})], keep_float=list),
 }
-MAX_FLOAT_CONVERSIONS = 3
 # The search aims 10% under the bound: the estimate is off by ~0.002 on 8 held-back images (README),
 # and YOLOv8n-seg on OpenVINO estimated 0.0047 measured 0.0052.
 SEARCH_MARGIN = 0.9
@@ -502,9 +508,12 @@ class Search:
     def __init__(self, toolchain, est: DropEstimator, max_drop: float, scratch: Path,
                  attempt: Callable[[Path, dict], Any], ort_attempt: Callable[[Path, dict], Any] | None,
                  fp32_path: Path, log: Callable[[str], None] = print, budget_s: float = 600.0,
-                 target: str | None = None):
+                 target: str | None = None, measure: Callable[[Path], float] | None = None):
         self.tc, self.est, self.max_drop, self.scratch = toolchain, est, max_drop, scratch
-        self.goal = max_drop * SEARCH_MARGIN
+        # with labels (``measure``: the drop of a converted folder on them) the bound is checked where it is
+        # defined, and the label-free estimate's margin is not needed
+        self.measure = measure
+        self.goal = max_drop if measure is not None else max_drop * SEARCH_MARGIN
         self.attempt, self.ort_attempt, self.fp32_path, self.log = attempt, ort_attempt, fp32_path, log
         # by target first: two targets share the tflite toolchain, and only the CPU one runs float layers
         self.plan = PLANS.get(target or toolchain.name) or PLANS.get(toolchain.name, INTEGER_ONLY)
@@ -526,11 +535,14 @@ class Search:
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print to stdout
             result = self.attempt(folder, opts)
         est = self.est.estimate_bundle(folder, self.tc) or {"estimated_drop": None}
+        if self.measure is not None:
+            est["labeled_drop"] = self.measure(folder)
         a = Attempt(label, sets, folder, est, round(time.monotonic() - t, 1), list(keep), result)
         self.tries.append(a)
         self.log(f"  max-drop search [{self._elapsed():.0f}s]: {label}"
                  f"{f', {len(keep)} layers in float' if keep else ''}"
-                 f" -> estimated drop {a.drop:.4f} ({'within' if a.drop <= self.goal else 'over'} {self.goal:.4g})")
+                 f" -> {'measured' if 'labeled_drop' in est else 'estimated'} drop {a.drop:.4f}"
+                 f" ({'within' if a.drop <= self.goal else 'over'} {self.goal:.4g})")
         return a
 
     def run(self) -> Attempt:
@@ -539,9 +551,9 @@ class Search:
             if best is not None and self._elapsed() > self.budget_s:
                 break
             a = self._try(label, sets, [])
-            if best is None and self.plan.budget_x:
-                # bounded by the target's own plain conversion time: an RKNN or IMX500 conversion alone
-                # can take longer than the 10 minutes given to ONNX Runtime
+            if best is None and self.plan.budget_x:  # bounded by the target's own plain conversion time
+                # (not also by ONNX Runtime's 10 minutes: an NCNN conversion of the reference model alone can
+                # take longer on a loaded machine, and the search then stopped before keeping any layer float)
                 self.budget_s = self.plan.budget_x * a.seconds
             if best is None or a.drop < best.drop:
                 best = a
@@ -558,8 +570,9 @@ class Search:
         base, k = (best, 2)
         if self.plan.predicts:
             base, k = self._predict_k(calibrated, names)
-        for i in range(MAX_FLOAT_CONVERSIONS):
-            # past the budget, the ranking's first choice is still converted once: it is what was paid for
+        for i in range(self.plan.float_conversions):
+            # past the budget, the first float attempt is still converted once: it is what the ranking was paid
+            # for (the ranking alone, ONNX Runtime's, took 4x MNN's plain conversion of YOLOv8n-seg; it is cached)
             if i > 0 and self._elapsed() > self.budget_s:
                 break
             a = self._try(base.label, base.options, names[:k])
@@ -670,6 +683,9 @@ class Accuracy:
         self.chosen: Attempt | None = None
         self.max_drop: float | None = None
         self.section: dict[str, Any] = {}
+        self._fp32_score: dict[str, float] = {}
+        self.search_seconds = 0.0
+        self._measured: dict[str, dict[str, Any]] = {}  # folder -> its drop on the labels, as the search measured
 
     @property
     def est(self) -> DropEstimator:
@@ -690,8 +706,10 @@ class Accuracy:
         whose bundles run here."""
         return self.est.view_files(folder) if self.simulated else []
 
-    def bounded(self, attempt: Callable[..., Any], folder: Path, max_drop: float, budget_s: float = 600.0) -> Any:
-        """Run the search, move the chosen model into ``folder``; returns what ``attempt`` returned for it."""
+    def bounded(self, attempt: Callable[..., Any], folder: Path, max_drop: float, budget_s: float = 600.0,
+                data: str | Path | None = None) -> Any:
+        """Run the search, move the chosen model into ``folder``; returns what ``attempt`` returned for it.
+        With ``data`` (labels) each attempt is measured on them and the search goes by that."""
         from ..profiles import load_profile
         from .toolchains import load_toolchain
 
@@ -702,11 +720,17 @@ class Accuracy:
             return attempt(f, extra, prof=load_profile("onnxruntime"), tc=ort_tc, prec="int8")
 
         metric = "mIoU" if self.head["type"] == "semantic" else "mask mAP50-95"
-        self.log(f"searching for the cheapest INT8 model within {max_drop} {metric} of FP32 "
-                 f"(label-free estimate on {len(self.cset.holdout)} held-back images)")
+        how = (f"measured on the labels of {data}" if data is not None
+               else f"label-free estimate on {len(self.cset.holdout)} held-back images")
+        self.log(f"searching for the cheapest INT8 model within {max_drop} {metric} of FP32 ({how})")
+        measure = None
+        if data is not None:
+            def measure(f: Path) -> float:
+                self._measured[str(f)] = self._measure(f, attempt, data)
+                return float(self._measured[str(f)]["drop"])
         self.search = Search(self.tc, self.est, max_drop, self.work / "search", attempt,
                              ort_attempt if self.tc.name != "onnxruntime" else None, self.fp32_path, self.log, budget_s,
-                             self.target)
+                             self.target, measure)
         h = hashlib.sha256(self.fp32_path.read_bytes())
         for p in [*self.cset.images, "|", *self.cset.holdout]:
             h.update(str(p).encode())
@@ -714,6 +738,7 @@ class Accuracy:
 
         self.search.cache_file = cache_root() / "sensitivity" / f"{h.hexdigest()[:24]}.json"
         self.chosen = self.search.run()
+        self.search_seconds = round(self.search._elapsed(), 1)  # not counting fidelity, --data and latency after it
         for p in self.chosen.folder.iterdir():
             shutil.move(str(p), str(folder / p.name))
         return self.chosen.result
@@ -729,9 +754,11 @@ class Accuracy:
                 est = {"estimated_drop": None, "note": f"not measured: {type(e).__name__}: {e}"}
             est = est or {"estimated_drop": None, "note": "not measured: the model runs here only in its "
                                                           "simulator, on the held-back images themselves"}
+        est.pop("labeled_drop", None)
         sec: dict[str, Any] = {"estimate": est}
-        if data is not None:
-            sec["measured"] = self._measure(bundle_dir, attempt, data)
+        if data is not None:  # the search measured the chosen model already when it went by the labels
+            sec["measured"] = (self._measured.get(str(self.chosen.folder)) if self.chosen is not None else None) \
+                or self._measure(bundle_dir, attempt, data)
         out: dict[str, Any] = {"accuracy": sec}
         if self.search is not None and self.chosen is not None:
             s, c = self.search, self.chosen
@@ -739,6 +766,8 @@ class Accuracy:
             met = c.drop <= float(self.max_drop or 0)
             out["max_drop"] = {
                 "bound": self.max_drop, "met": met, "estimated_drop": c.estimate.get("estimated_drop"),
+                "decided_by": "the labels given (--data)" if s.measure is not None else "the label-free estimate",
+                **({"measured_drop": c.estimate["labeled_drop"]} if "labeled_drop" in c.estimate else {}),
                 "chosen": c.label,
                 "calibration": c.options, "layers_kept_float": [{"layer": n, "nodes": s._units.get(n, [n]),
                                                                   "sensitivity": round(sens.get(n, 0.0), 6)}
@@ -748,13 +777,15 @@ class Accuracy:
                 "sensitivity_top": [{"layer": n, "sensitivity": round(e, 6)} for n, e in s.sensitivity[:15]],
                 "attempts": [{"label": a.label, "layers_kept_float": len(a.kept_float),
                               "estimated_drop": a.estimate.get("estimated_drop"),
+                              **({"measured_drop": a.estimate["labeled_drop"]} if "labeled_drop" in a.estimate else {}),
                               "seconds": a.seconds} for a in s.tries],
-                "search_seconds": round(s._elapsed(), 1),
+                "search_seconds": self.search_seconds,
             }
             if not met and c.estimate.get("estimated_drop") is None:
                 out["max_drop"]["note"] = "the drop cannot be estimated on this host for this target yet"
             elif not met:
-                out["max_drop"]["note"] = (f"best estimated drop {c.estimate.get('estimated_drop')} is over the bound "
+                out["max_drop"]["note"] = (f"best {'measured' if s.measure is not None else 'estimated'} drop "
+                                           f"{round(c.drop, 4)} is over the bound "
                                            f"{self.max_drop}: "
                                            + ("the target runs integer only, and its calibration choices were all tried"
                                               if s.plan.keep_float is None
@@ -779,12 +810,16 @@ class Accuracy:
         from .toolchains import load_toolchain
 
         ref = self.work / "fp32-reference"
-        attempt(ref, {}, prof=load_profile("onnxruntime"), tc=load_toolchain("onnxruntime"), prec="fp32")
-        scores = {}
+        scores = dict(self._fp32_score)  # the FP32 model is converted and scored once per conversion
+        if not scores:
+            attempt(ref, {}, prof=load_profile("onnxruntime"), tc=load_toolchain("onnxruntime"), prec="fp32")
         for tag, folder in (("fp32", ref), ("converted", bundle_dir)):
+            if tag in scores:
+                continue
             with load(folder, conf=PRED_CONF, iou=0.7) as m:
                 r = evaluate(m, data, progress=False)
             scores[tag] = r.get("miou", r.get("mask_map50_95"))
+        self._fp32_score = {"fp32": scores["fp32"]}
         metric = "miou" if self.head["type"] == "semantic" else "mask_map50_95"
         return {"data": str(data), "metric": metric, "fp32": scores["fp32"], "converted": scores["converted"],
                 "drop": round(scores["fp32"] - scores["converted"], 4), "fp32_reference": "FP32 ONNX on ONNX Runtime"}
@@ -822,8 +857,9 @@ class Accuracy:
             kept = md["layers_kept_float"]
             out.append(f"--max-drop {md['bound']}: {'met' if md['met'] else 'NOT met'} with {md['chosen']}"
                        f"{f', {len(kept)} layers kept in float' if kept else ''}"
-                       f" (estimated drop {md['estimated_drop']},"
-                       f" search {md['search_seconds']:.0f} s)"
+                       + (f" (measured drop {md['measured_drop']}, estimated {md['estimated_drop']},"
+                          if "measured_drop" in md else f" (estimated drop {md['estimated_drop']},")
+                       + f" search {md['search_seconds']:.0f} s)"
                        + (f"; latency {md['latency']['inference_ms_plain_int8']} -> {md['latency']['inference_ms']} ms"
                           if "inference_ms" in md.get("latency", {}) else ""))
             if not md["met"]:

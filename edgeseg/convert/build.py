@@ -167,7 +167,7 @@ def convert(model: str | Path | None = None, *, target: str = "onnxruntime", pre
                                target=profile.name)
                 simulate += acc.simulated_views(work / "views")  # the estimate's views, for a simulator
             if max_drop is not None and acc is not None:
-                res, manifest = acc.bounded(attempt, tmp, max_drop)
+                res, manifest = acc.bounded(attempt, tmp, max_drop, data=data)
             else:
                 res, manifest = attempt(tmp, {})
             spec.update(res.head)

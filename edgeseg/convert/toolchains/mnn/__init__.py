@@ -42,6 +42,8 @@ class MnnToolchain(Toolchain):
     OPTIONS = {
         "int8_tool": Option(str, "full INT8 from edgeseg's calibration or MNN's own mnnquant", "edgeseg",
                             ("edgeseg", "mnnquant")),
+        "activation_ranges": Option(str, "edgeseg: activation ranges from the calibration images (minmax, or "
+                                    "percentile 99.999: outliers clipped)", "minmax", ("minmax", "percentile")),
         "feature_method": Option(str, "mnnquant: activation range method", "EMA", ("EMA", "KL", "ADMM")),
         "weight_method": Option(str, "mnnquant: weight quantization method", "MAX_ABS", ("MAX_ABS", "ADMM")),
         "skip_quant_op_names": Option(list, "mnnquant: MNN op names to keep in float (a,b,c)", []),
@@ -107,14 +109,15 @@ class MnnToolchain(Toolchain):
         if not layers:
             raise EdgesegError(f"{job.fp32_path}: no convolution left to quantize; convert with --fp16 or --int8w")
         ranges = shared_ranges(model, tensor_ranges(job.fp32_path, job.imported.input_name,
-                                                    job.calib.arrays(job.input)))
+                                                    job.calib.arrays(job.input), job.settings["activation_ranges"]))
         params = work / "compression.json"  # the .json suffix tells MNN's converter to read JSON
         params.write_text(json.dumps(compression_params(layers, ranges)))
         run_guarded({"tool": "mnn", "op": "convert",
                      "args": args + ["--compressionParamsFile", str(params), "--MNNModel", str(out)]}, work, log)
         return {"scheme": "MNN full INT8 convolutions (MNN converter, edgeseg calibration as compression parameters)",
                 "int8_tool": "edgeseg",
-                "activations": "int8 per-tensor asymmetric, MinMax, one range per group of tensors joined by "
+                "activations": f"int8 per-tensor asymmetric, {job.settings['activation_ranges']}, one range per "
+                               "group of tensors joined by "
                                "concat/resize/split/slice (MNN keeps int8 parameters per tensor)",
                 "weights": "int8 per-channel symmetric", "requested_convolutions": len(layers),
                 "kept_float": keep + ["convolutions producing the model outputs"]}

@@ -3,6 +3,7 @@ edgeseg itself (:mod:`.int8`) and verified in the real ncnn runtime."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -13,8 +14,10 @@ from ....errors import EdgesegError
 from ....install import pip_extra
 from ....options import Option
 from .. import Availability, ConvertJob, ConvertResult, Toolchain, probe
+from .mixed import drop_from_table
 
 PARAM, BIN = "model.ncnn.param", "model.ncnn.bin"
+_TABLES: dict[str, dict] = {}  # activation scales of the last models calibrated in this process
 INSTALL = pip_extra("ncnn-host") + '  (install torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)'
 
 
@@ -108,6 +111,7 @@ class NcnnToolchain(Toolchain):
         if method in ("auto", "max"):  # ncnn2table's methods are kl, aciq and eq: its default for ours
             method = "kl"
         table = work / "model.table"
+        skip = _keep_float_layers(job, param, binf)
         log = job.log_path("ncnn2int8")
         steps = [[tools[0], str(param), str(binf), str(inputs), str(table), f"shape=[{w},{h},3]",
                   "type=1", f"thread={os.cpu_count() or 1}", f"method={method}"],
@@ -118,9 +122,11 @@ class NcnnToolchain(Toolchain):
                 if r.returncode != 0:
                     raise EdgesegError(f"{log}: {Path(argv[0]).name} failed (exit {r.returncode}); see this log, "
                                        "which is kept")
+                if argv is steps[0] and skip:
+                    drop_from_table(table, skip)
         log.unlink()
         return {"scheme": "ncnn int8 convolutions (ncnn2table + ncnn2int8)", "activation_method": method,
-                "tools": [str(t) for t in tools]}
+                "tools": [str(t) for t in tools], "kept_float": sorted(skip)}
 
     def _int8(self, job: ConvertJob, param: Path, binf: Path, work: Path) -> dict:
         import ncnn
@@ -145,8 +151,16 @@ class NcnnToolchain(Toolchain):
                     d[b] = np.array(m)
                 yield d
 
-        skip = set(job.keep_float)
-        tables = activation_scales(passes, methods=("kl", "max") if method == "auto" else (method,))
+        skip = _keep_float_layers(job, param, binf)
+        methods = ("kl", "max") if method == "auto" else (method,)
+        # the tables depend on the FP32 model and the images only: a --max-drop search, converting the
+        # same model again with other layers kept float, reuses them instead of calibrating again
+        key = hashlib.sha256(param.read_bytes() + binf.read_bytes() + repr(
+            ([str(p) for p in job.calib.images], job.input, methods)).encode()).hexdigest()
+        tables = _TABLES.pop(key, None) or activation_scales(passes, methods=methods)
+        _TABLES[key] = tables
+        while len(_TABLES) > 2:
+            _TABLES.pop(next(iter(_TABLES)))
         made = {m: quantize(param, binf, t, work / f"{m}.param", work / f"{m}.bin", skip=skip)
                 for m, t in tables.items()}
         agreement = {m: self._agreement(job, net, work / f"{m}.param", work / f"{m}.bin") for m in made} \
@@ -195,6 +209,20 @@ class NcnnToolchain(Toolchain):
                 cos[o].append(cosine(a, b))
         net.clear()
         return round(min(float(np.mean(v)) for v in cos.values()), 4)
+
+
+def _keep_float_layers(job: ConvertJob, param: Path, binf: Path) -> set[str]:
+    """``--keep-float`` names as ncnn layers: ncnn layer names as given, ONNX Conv node names through
+    their weights (pnnx renames layers; :mod:`.mixed`). Other names (an activation: float in ncnn
+    anyway) select nothing."""
+    from .int8 import read_param
+    from .mixed import onnx_to_ncnn
+
+    names = set(job.keep_float)
+    if not names:
+        return set()
+    own = {l.name for l in read_param(param)[0]}
+    return (names & own) | set(onnx_to_ncnn(job.fp32_path, param, binf, names - own).values())
 
 
 def _float_net(param: Path, binf: Path, keep_blobs: bool = False):
