@@ -12,32 +12,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from lsuv import unit_deviation  # tests/lsuv.py: this script's folder is on sys.path
 from ultralytics import YOLO
 
 images = sorted(Path(sys.argv[1]).glob("*.jpg"))[:16]
 torch.manual_seed(0)
 y = YOLO("yolo26n-seg.yaml")
 m = y.model.eval()
-# A random init's activations vanish layer by layer: scale each convolution, in execution order,
-# so that its output has unit deviation on a real picture (LSUV-style), then put the class
-# logits where a few anchors pass conf 0.25.
-hooks = []
-def unit(mod, inp, out):
-    s = float(out.std())
-    if s > 0:
-        mod.weight.data /= s
-        return out / s
-for mod in m.modules():
-    if isinstance(mod, torch.nn.Conv2d):
-        if mod.bias is not None:
-            mod.bias.data.zero_()
-        hooks.append(mod.register_forward_hook(unit))
+# random weights that see the picture (tests/lsuv.py), then the class logits put where a few
+# anchors pass conf 0.25
 x = np.stack([cv2.resize(cv2.imread(str(p)), (160, 160))[:, :, ::-1].transpose(2, 0, 1) for p in images])
-x = torch.from_numpy(x).float() / 255
-with torch.no_grad():
-    m(x)
-for h in hooks:
-    h.remove()
+unit_deviation(m, torch.from_numpy(x).float() / 255)
 head = m.model[-1]
 with torch.no_grad():
     for branch in (head.cv3, head.one2one_cv3):

@@ -16,35 +16,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from lsuv import unit_deviation  # tests/lsuv.py: this script's folder is on sys.path
 from ultralytics import YOLO
 
 frames = [cv2.imread(p) for p in sys.argv[1:]]
 torch.manual_seed(0)
 y = YOLO("yolo26n-sem.yaml")
 m = y.model.eval()
-# A random init's activations vanish layer by layer, and its biases put every pixel in one class:
-# zero the biases and scale each convolution, in execution order, to unit output deviation on
-# real pictures (LSUV-style), so that the picture decides the classes.
-hooks = []
-
-
-def unit(mod, inp, out):
-    s = float(out.std())
-    if s > 0:
-        mod.weight.data /= s
-        return out / s
-
-
-for mod in m.modules():
-    if isinstance(mod, torch.nn.Conv2d):
-        if mod.bias is not None:
-            mod.bias.data.zero_()
-        hooks.append(mod.register_forward_hook(unit))
 x = np.stack([cv2.resize(f, (320, 320))[:, :, ::-1].transpose(2, 0, 1) for f in frames])
-with torch.no_grad():
-    m(torch.from_numpy(x.copy()).float() / 255)
-for h in hooks:
-    h.remove()
+unit_deviation(m, torch.from_numpy(x.copy()).float() / 255)
 y.save("rand26-sem.pt")
 out = YOLO("rand26-sem.pt").export(format="onnx", imgsz=320, opset=17)
 if Path(out).resolve() != Path("rand26-sem.onnx").resolve():

@@ -63,7 +63,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thres: f
     if n == 0 or max_det <= 0:
         return np.zeros(0, dtype=np.int64)
     wh = boxes[:, 2:] - boxes[:, :2]
-    if n > 64 and (wh > 0).all() and np.isfinite(boxes).all() and np.isfinite(scores).all():
+    if n > SMALL_N and (wh > 0).all() and np.isfinite(boxes).all() and np.isfinite(scores).all():
         # OpenCV's batched NMS: the same greedy rule (score order, suppress IoU > threshold, per
         # class) in C++, ~10x faster on thousands of candidates; degenerate boxes take the loop below
         xywh = np.concatenate([boxes[:, :2], wh], 1).astype(np.float64)
