@@ -188,7 +188,7 @@ def _brief(r: dict) -> str:
     if not r.get("timed"):
         return f"{acc}, scored by the vendor simulator's recorded outputs (not timed)"
     return (f"{acc}, end to end {r['end_to_end_ms']} ms, pipeline {r['pipeline_fps']} FPS "
-            f"({r['best_threads']} threads), peak RSS {r['peak_rss_mb']} MB")
+            f"({r['best_threads']} thread{'s' if r['best_threads'] != 1 else ''}), peak RSS {r['peak_rss_mb']} MB")
 
 
 def _run_row(bundle: Path, data: Path, **kw: Any) -> dict:
